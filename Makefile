@@ -1,0 +1,44 @@
+# Two commands do everything (each is safe to run again):
+#   make demo   - set up (venv, packages, Fashion-MNIST) and run the main job
+#   make test   - set up and run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.barlab-installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+ARGS   ?=
+
+.PHONY: demo test setup data clean
+
+demo: setup data
+	$(PY) -m barlab.train $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(ARGS)
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "barlab needs Python >= 3.10")'
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+	  echo "python3-venv is missing; installing it with apt-get"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -c 'import barlab, torch, lightning; print("barlab ready: torch", torch.__version__)'
+	@touch $@
+
+# Fashion-MNIST from the Debian package where apt is usable; otherwise barlab downloads the
+# official files on first use (into data/downloads/).
+data:
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST: Debian package present"; \
+	elif command -v apt-get >/dev/null 2>&1 && { [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then \
+	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist) \
+	    || echo "apt-get failed: barlab will download Fashion-MNIST itself"; \
+	else \
+	  echo "apt not usable: barlab will download Fashion-MNIST itself"; \
+	fi
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,71 @@
+"""Shared plumbing for barlab's Hydra entry points: config paths, early checks of the
+command line, and one-line error reporting."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig
+from hydra.utils import instantiate
+
+from barlab.errors import BarlabError, ConfigError
+
+log = logging.getLogger("barlab")
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def check_group_overrides(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
+    """Reject ``group=option`` overrides whose option file does not exist, in one line.
+
+    Hydra would otherwise print a multi-line search-path report. Handles sweeps (``a,b``),
+    ``+``/``++`` prefixes and the dotted spelling of a group (``tokenizer.quantizer=fsq``,
+    which must be written ``tokenizer/quantizer=fsq``).
+    """
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~").split("@", 1)[0]
+        if key.startswith("hydra") or any(ch in value for ch in "()[]{}$*"):
+            continue
+        as_group = config_dir / key
+        dotted = config_dir / key.replace(".", "/")
+        if "." in key and dotted.is_dir() and not as_group.is_dir():
+            group = key.replace(".", "/")
+            raise ConfigError(key, f"is a config group; select an option with {group}={value}",
+                              fix=f"{group}={value}")
+        if not as_group.is_dir():
+            continue
+        options = sorted(p.stem for p in as_group.glob("*.yaml"))
+        for choice in value.split(","):
+            choice = choice.strip()
+            if choice in ("null", "") or (as_group / f"{choice}.yaml").is_file():
+                continue
+            raise ConfigError(key, f"unknown option {choice!r}; choose one of {', '.join(options)}",
+                              fix=f"{key}={options[0] if options else '...'}")
+
+
+def instantiate_checked(node: DictConfig, knob: str, **kwargs):
+    """``hydra.utils.instantiate`` that lets barlab's own errors through unchanged.
+
+    Hydra wraps constructor errors in ``InstantiationException``; a wrapped :class:`BarlabError`
+    is re-raised as is, anything else becomes a ConfigError naming ``knob``.
+    """
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, BarlabError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, BarlabError):
+            raise cause from None
+        raise ConfigError(knob, str(err).splitlines()[0]) from err
+
+
+def report_error(err: BaseException) -> None:
+    """Print a user error as one line on stderr."""
+    print(f"error: {err}", file=sys.stderr, flush=True)

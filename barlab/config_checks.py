@@ -1,0 +1,70 @@
+"""Checks of a composed config, run before anything is built or trained.
+
+Each check raises :class:`barlab.errors.ConfigError` naming the knob and the fix, so a bad
+sweep point fails in a second instead of after an hour of training.
+"""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import DictConfig, OmegaConf
+
+from barlab.errors import ConfigError
+
+STAGES = ("tokenizer",)
+
+
+def positive_int(value, knob: str, example: int) -> int:
+    """``value`` must be an int >= 1 (bools, floats and strings are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(knob, f"must be a positive integer, got {value!r}", fix=f"{knob}={example}")
+    return value
+
+
+def _target(node) -> str:
+    return str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Validate the knobs users sweep and the paths they point at."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(missing[0], "is required but not set", fix=f"{missing[0]}=<value>")
+    if cfg.stage not in STAGES:
+        raise ConfigError("stage", f"unknown stage {cfg.stage!r}; choose one of {', '.join(STAGES)}",
+                          fix=f"stage={STAGES[0]}")
+
+    tok = cfg.tokenizer
+    quantizer = _target(tok.quantizer)
+    if quantizer.endswith("BinaryFSQ"):
+        bits = positive_int(tok.get("bits"), "tokenizer.bits", 16)
+        if bits > 4096:
+            raise ConfigError("tokenizer.bits", f"{bits} bits per token is beyond any sensible tokenizer",
+                              fix="tokenizer.bits=16")
+    elif quantizer.endswith("KLLatent"):
+        positive_int(tok.quantizer.get("channels"), "tokenizer.quantizer.channels", 4)
+    elif quantizer.endswith("FSQ"):
+        levels = tok.quantizer.get("levels")
+        if not levels or any(isinstance(l, bool) or not isinstance(l, int) or l < 2 for l in levels):
+            raise ConfigError("tokenizer.quantizer.levels", f"must be a list of integers >= 2, got {levels}",
+                              fix="tokenizer.quantizer.levels=[8,5,5,5]")
+
+    f = positive_int(tok.encoder.get("downsample"), "tokenizer.encoder.downsample", 4)
+    if f & (f - 1):
+        raise ConfigError("tokenizer.encoder.downsample", f"must be a power of two, got {f}",
+                          fix="tokenizer.encoder.downsample=4")
+    size = positive_int(cfg.data.get("image_size"), "data.image_size", 32)
+    if size % f:
+        raise ConfigError("data.image_size", f"{size} is not divisible by the downsampling factor {f}",
+                          fix=f"data.image_size={max(f, size // f * f)}")
+    positive_int(cfg.data.get("batch_size"), "data.batch_size", 64)
+    positive_int(cfg.trainer.get("max_steps"), "trainer.max_steps", 1000)
+
+    source = cfg.data.get("source")
+    if isinstance(source, DictConfig):
+        for key in ("idx_dir", "root", "val_root"):
+            path = source.get(key)
+            if path is not None and not os.path.isdir(str(path)):
+                raise ConfigError(f"data.source.{key}", f"folder {path} does not exist",
+                                  fix=f"data.source.{key}=/path/to/data" + (" or null" if key != "root" else ""))

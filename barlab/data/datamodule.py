@@ -1,0 +1,181 @@
+"""``ImageShardDataModule``: Lightning loaders over the tar shards written by ``shard_writer``.
+
+Batches are dicts::
+
+    {"image": float32 (B, C, H, W) in [-1, 1], "label": int64 (B,), "skipped": int}
+
+``skipped`` is how many samples the producing worker dropped as corrupt since its previous batch
+(summing it over batches gives the skips up to the last batch of each worker). ``dm.skipped`` is
+the total dropped by this process and its loader workers so far (shared counter; includes skips
+after a worker's last batch).
+
+Train: shards resampled with replacement forever, shuffle buffer, random crop/flip, and an epoch
+of ``ceil(epoch_length / (world_size * workers * batch_size))`` batches per worker, i.e. about
+``epoch_length`` samples per epoch over all ranks. Val: every shard once, fixed order, shards
+split over ranks and workers, no augmentation, optionally only the first ``max_val_samples``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+
+import lightning as L
+import webdataset as wds
+from torch.utils.data import DataLoader
+
+from barlab.data.pipeline import (Batch, Decode, LimitPerShard, Shuffle, SizedPipeline, SkipCounter,
+                                  TarSamples, rank_and_world, worker_seed)
+from barlab.data.shard_writer import ensure_shards
+from barlab.data.transforms import ImageTransform
+from barlab.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def _positive(knob: str, value, fix: str, allow_none: bool = False, allow_zero: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+        kind = "a non-negative" if allow_zero else "a positive"
+        raise ConfigError(f"data.{knob}", f"must be {kind} integer{' or null' if allow_none else ''}, got {value!r}", fix=fix)
+    return value
+
+
+class ImageShardDataModule(L.LightningDataModule):
+    """Loaders over ``shards_dir`` (prepared from ``source`` on first use if it has no manifest).
+
+    Args mirror the ``data`` config group; see the module docstring for the batch format.
+    ``num_classes``, ``class_names``, ``channels``, ``manifest`` are available right after
+    construction (they read, and if needed prepare, the shards).
+    """
+
+    def __init__(self, shards_dir: str, source=None, image_size: int = 32, channels: int | None = None,
+                 batch_size: int = 64, val_batch_size: int | None = None, num_workers: int = 1,
+                 epoch_length: int = 60000, shuffle_buffer: int = 2000, flip: bool = True,
+                 random_crop: bool = True, max_val_samples: int | None = None, seed: int = 0,
+                 pin_memory: bool = False):
+        super().__init__()
+        if not shards_dir:
+            raise ConfigError("data.shards_dir", "is empty", fix="data.shards_dir=/path/to/shards")
+        if isinstance(source, Mapping) and "_target_" in source:
+            from hydra.utils import instantiate  # a config node passed without recursive instantiation
+
+            source = instantiate(source)
+        if channels not in (None, 1, 3):
+            raise ConfigError("data.channels", f"must be 1, 3 or null, got {channels!r}", fix="data.channels=null")
+        self.shards_dir = os.path.abspath(os.path.expanduser(str(shards_dir)))
+        self.source = source
+        self.image_size = _positive("image_size", image_size, "data.image_size=32")
+        self._channels = channels
+        self.batch_size = _positive("batch_size", batch_size, "data.batch_size=64")
+        self.val_batch_size = _positive("val_batch_size", val_batch_size, "data.val_batch_size=null", allow_none=True)
+        self.num_workers = _positive("num_workers", num_workers, "data.num_workers=1", allow_zero=True)
+        self.epoch_length = _positive("epoch_length", epoch_length, "data.epoch_length=60000")
+        self.shuffle_buffer = _positive("shuffle_buffer", shuffle_buffer, "data.shuffle_buffer=2000", allow_zero=True)
+        self.max_val_samples = _positive("max_val_samples", max_val_samples, "data.max_val_samples=null", allow_none=True)
+        self.flip, self.random_crop, self.seed, self.pin_memory = bool(flip), bool(random_crop), int(seed), bool(pin_memory)
+        self._manifest: dict | None = None
+        self._counters: list[SkipCounter] = []
+
+    # ---- metadata -------------------------------------------------------------------------
+    @property
+    def manifest(self) -> dict:
+        """The shards' manifest.json (prepares the shards from ``source`` if missing)."""
+        if self._manifest is None:
+            self._manifest = ensure_shards(self.shards_dir, self.source)
+        return self._manifest
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.manifest["num_classes"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest["class_names"])
+
+    @property
+    def channels(self) -> int:
+        """Channels of the batches: the ``channels`` argument, else the shards'."""
+        return int(self._channels or self.manifest["channels"])
+
+    @property
+    def skipped(self) -> int:
+        """Corrupt samples / shard tails skipped so far by this process and its loader workers."""
+        return sum(c.total for c in self._counters)
+
+    def prepare_data(self) -> None:
+        ensure_shards(self.shards_dir, self.source)
+
+    def setup(self, stage: str | None = None) -> None:
+        self._manifest = ensure_shards(self.shards_dir, self.source)  # no-op if prepare_data made them
+
+    # ---- loaders --------------------------------------------------------------------------
+    def _urls(self, split: str) -> tuple[list[str], list[int]]:
+        entry = self.manifest["splits"].get(split)
+        if entry is None:
+            raise DataError(f"{self.shards_dir}: manifest has no {split!r} split; re-run python -m barlab.data.shard")
+        urls = [os.path.join(self.shards_dir, name) for name in entry["shards"]]
+        return urls, list(entry.get("shard_sizes") or [None] * len(urls))
+
+    def _loader(self, dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataset(self) -> SizedPipeline:
+        """Infinite resampled stream cut into epochs of ``len(dataset)`` batches per rank."""
+        urls, _ = self._urls("train")
+        if not urls:
+            raise DataError(f"{self.shards_dir}: the train split is empty; re-shard with a source that has train data")
+        counter = SkipCounter()
+        self._counters.append(counter)
+        world = rank_and_world()[1]
+        workers = max(self.num_workers, 1)
+        per_worker = max(1, math.ceil(self.epoch_length / (world * workers * self.batch_size)))
+        transform = ImageTransform(self.image_size, self.channels, train=True,
+                                   random_crop=self.random_crop, flip=self.flip)
+        pipeline = SizedPipeline(
+            wds.ResampledShards(urls, seed=self.seed, worker_seed=worker_seed, deterministic=True),
+            TarSamples(counter),
+            Shuffle(self.shuffle_buffer, self.seed) if self.shuffle_buffer > 1 else None,
+            Decode(transform, self.num_classes, counter, seed=self.seed),
+            Batch(self.batch_size, counter, partial=False),
+            num_batches=per_worker * workers,
+        )
+        return pipeline.with_epoch(per_worker)
+
+    def val_dataset(self) -> wds.DataPipeline:
+        """One deterministic pass over the val shards (first ``max_val_samples`` samples if set)."""
+        urls, sizes = self._urls("val")
+        limits = {}
+        if self.max_val_samples is not None and None not in sizes:
+            left, kept = self.max_val_samples, []
+            for url, size in zip(urls, sizes):
+                if left <= 0:
+                    break
+                kept.append(url)
+                limits[url] = min(size, left)
+                left -= size
+            urls = kept
+        elif self.max_val_samples is not None:
+            log.warning("%s: manifest has no shard_sizes, so data.max_val_samples is ignored", self.shards_dir)
+        counter = SkipCounter()
+        self._counters.append(counter)
+        transform = ImageTransform(self.image_size, self.channels, train=False)
+        return wds.DataPipeline(
+            wds.SimpleShardList(urls) if urls else [],
+            wds.split_by_node,
+            wds.split_by_worker,
+            TarSamples(counter),
+            LimitPerShard(limits) if limits else None,
+            Decode(transform, self.num_classes, counter),
+            Batch(self.val_batch_size or self.batch_size, counter, partial=True),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset())
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset())

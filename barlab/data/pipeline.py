@@ -1,0 +1,222 @@
+"""Loader pipeline stages over tar shards: read, (shuffle), decode + transform, batch.
+
+Each stage is a callable ``stage(iterator) -> iterator`` usable in ``webdataset.DataPipeline``.
+Bad data never crashes a stage: a corrupt sample (bad PNG, bad or missing ``.cls``) or an
+unreadable / truncated shard is logged, counted in a ``SkipCounter`` and skipped. Batches are
+``{"image": float32 (B, C, H, W) in [-1, 1], "label": int64 (B,), "skipped": int}`` where
+``skipped`` is the number of samples (plus unreadable shard tails) this worker skipped since
+its previous batch.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import multiprocessing
+import os
+import random
+import re
+import tarfile
+from multiprocessing.context import get_spawning_popen
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from barlab.data.tarstream import iter_tar
+from barlab.data.transforms import ImageTransform, uint8_to_float
+
+log = logging.getLogger(__name__)
+
+_KEY_EXT = re.compile(r"^((?:.*/)?[^./]+)\.([^/]*)$")  # "dir/key.ext.more" -> ("dir/key", "ext.more")
+_LOG_FIRST, _LOG_EVERY = 10, 1000
+
+
+class SkipCounter:
+    """Counts skipped samples. ``local``: this process; ``total``: this process and its loader workers.
+
+    The cross-process total lives in a ``multiprocessing.Value`` that forked or spawned DataLoader
+    workers inherit; it is dropped when the counter is pickled any other way.
+    """
+
+    def __init__(self, shared: bool = True):
+        self.local = 0
+        # a spawn-context Value works in forked *and* spawned workers (a fork-context one only in forked)
+        self._shared = multiprocessing.get_context("spawn").Value("q", 0) if shared else None
+
+    def skip(self, what: str, reason: object) -> None:
+        self.local += 1
+        if self._shared is not None:
+            with self._shared.get_lock():
+                self._shared.value += 1
+        if self.local <= _LOG_FIRST or self.local % _LOG_EVERY == 0:
+            more = " (further skips logged every 1000)" if self.local == _LOG_FIRST else ""
+            log.warning("skipping %s: %s [%d skipped in pid %d]%s", what, reason, self.local, os.getpid(), more)
+
+    @property
+    def total(self) -> int:
+        return self.local if self._shared is None else int(self._shared.value)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if get_spawning_popen() is None:
+            state["_shared"] = None
+        return state
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed if initialised, else env RANK / WORLD_SIZE, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def worker_and_count() -> tuple[int, int]:
+    """(DataLoader worker id, number of workers); (0, 1) in the main process."""
+    info = torch.utils.data.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def worker_seed() -> int:
+    """A seed distinct per (rank, worker); used for ``webdataset.ResampledShards``."""
+    return rank_and_world()[0] * 1000 + worker_and_count()[0]
+
+
+def _stream_rng(seed: int, salt: int, calls: int) -> random.Random:
+    return random.Random(f"{seed}/{salt}/{worker_seed()}/{calls}")
+
+
+class TarSamples:
+    """``{"url": path}`` stream -> sample dicts ``{"__key__", "__url__", "<ext>": bytes, ...}``.
+
+    Members are grouped by key (file name up to the first dot) as they come; a shard that cannot
+    be opened or is truncated counts one skip and its unfinished sample is dropped.
+    """
+
+    def __init__(self, counter: SkipCounter):
+        self.counter = counter
+
+    def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
+        for item in src:
+            url = item["url"]
+            sample: dict = {}
+            try:
+                with open(url, "rb", buffering=1 << 20) as f:
+                    for name, data in iter_tar(f):
+                        m = _KEY_EXT.match(name)
+                        if m is None:
+                            continue
+                        if sample and sample["__key__"] != m.group(1):
+                            yield sample
+                            sample = {}
+                        sample.setdefault("__key__", m.group(1))
+                        sample["__url__"] = url
+                        sample[m.group(2).lower()] = data
+                if sample:
+                    yield sample
+            except (OSError, EOFError, ValueError, tarfile.TarError) as err:
+                self.counter.skip(f"rest of shard {url}", f"{type(err).__name__}: {err}")
+
+
+class LimitPerShard:
+    """Keep at most ``limits[url]`` samples of each shard (shards not in ``limits`` are unlimited)."""
+
+    def __init__(self, limits: dict[str, int]):
+        self.limits = limits
+
+    def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
+        seen: dict[str, int] = {}
+        for sample in src:
+            url = sample["__url__"]
+            seen[url] = seen.get(url, 0) + 1
+            if seen[url] <= self.limits.get(url, seen[url]):
+                yield sample
+
+
+class Shuffle:
+    """Shuffle buffer of ``bufsize`` samples, seeded per (seed, rank, worker, iteration)."""
+
+    def __init__(self, bufsize: int, seed: int):
+        self.bufsize, self.seed, self._calls = int(bufsize), int(seed), 0
+
+    def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
+        rng = _stream_rng(self.seed, 1, self._calls)
+        self._calls += 1
+        buf: list = []
+        for sample in src:
+            if len(buf) < self.bufsize:
+                buf.append(sample)
+                continue
+            i = rng.randrange(len(buf))
+            buf[i], sample = sample, buf[i]
+            yield sample
+        rng.shuffle(buf)
+        yield from buf
+
+
+class Decode:
+    """Sample dicts -> ``(uint8 array (C, H, W), label)`` via PIL + ``transform.array``; bad samples are skipped."""
+
+    def __init__(self, transform: ImageTransform, num_classes: int, counter: SkipCounter, seed: int = 0):
+        self.transform, self.num_classes, self.counter = transform, int(num_classes), counter
+        self.seed, self._calls = int(seed), 0
+
+    def _parse(self, sample: dict) -> tuple[Image.Image, int]:
+        if "png" not in sample or "cls" not in sample:
+            raise KeyError(f"needs .png and .cls members, has {sorted(k for k in sample if not k.startswith('__'))}")
+        label = int(sample["cls"].decode("ascii").strip())
+        if not 0 <= label < self.num_classes:
+            raise ValueError(f"label {label} outside 0..{self.num_classes - 1}")
+        img = Image.open(io.BytesIO(sample["png"]), formats=("PNG",))
+        img.load()
+        return img, label
+
+    def __call__(self, src: Iterable[dict]) -> Iterator[tuple[np.ndarray, int]]:
+        rng = _stream_rng(self.seed, 2, self._calls)
+        self._calls += 1
+        for sample in src:
+            try:
+                img, label = self._parse(sample)
+            except (OSError, ValueError, SyntaxError, KeyError, EOFError, Image.DecompressionBombError) as err:
+                self.counter.skip(f"sample {sample.get('__key__')} of {sample.get('__url__')}",
+                                  f"{type(err).__name__}: {err}")
+                continue
+            yield self.transform.array(img, rng), label
+
+
+class Batch:
+    """``(uint8 (C, H, W), label)`` stream -> batch dicts (see module docstring); ``partial``: emit a short last batch."""
+
+    def __init__(self, batch_size: int, counter: SkipCounter, partial: bool = True):
+        self.batch_size, self.counter, self.partial = int(batch_size), counter, partial
+
+    def _emit(self, images: list, labels: list, since: int) -> dict:
+        return {"image": uint8_to_float(np.stack(images)), "label": torch.tensor(labels, dtype=torch.long),
+                "skipped": self.counter.local - since}
+
+    def __call__(self, src: Iterable[tuple[np.ndarray, int]]) -> Iterator[dict]:
+        images, labels, since = [], [], self.counter.local
+        for image, label in src:
+            images.append(image)
+            labels.append(label)
+            if len(images) == self.batch_size:
+                yield self._emit(images, labels, since)
+                images, labels, since = [], [], self.counter.local
+        if images and self.partial:
+            yield self._emit(images, labels, since)
+
+
+class SizedPipeline(wds.DataPipeline):
+    """A ``webdataset.DataPipeline`` whose ``len()`` is ``num_batches`` (picklable, unlike ``.with_length``).
+
+    Lightning reads it as the number of batches per epoch on this rank.
+    """
+
+    def __init__(self, *stages, num_batches: int):
+        super().__init__(*stages)
+        self.num_batches = int(num_batches)
+
+    def __len__(self) -> int:
+        return self.num_batches

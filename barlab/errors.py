@@ -1,0 +1,37 @@
+"""Errors that carry a one-line, actionable message.
+
+Every error a user can cause by a bad config, bad data or a bad checkpoint is one of these.
+The entry points (``python -m barlab.train`` and friends) print ``str(err)`` on one line and
+exit non-zero instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+
+class BarlabError(Exception):
+    """Base class: a user-fixable problem with a one-line message."""
+
+
+class ConfigError(BarlabError, ValueError):
+    """A config knob holds a bad value.
+
+    ``ConfigError("tokenizer.bits", "must be a positive integer, got 0", fix="tokenizer.bits=16")``
+    renders as ``tokenizer.bits: must be a positive integer, got 0 (fix: tokenizer.bits=16)``.
+    """
+
+    def __init__(self, knob: str, message: str, fix: str | None = None):
+        self.knob = knob
+        self.message = message
+        self.fix = fix
+        text = f"{knob}: {message}"
+        if fix:
+            text += f" (fix: {fix})"
+        super().__init__(text)
+
+
+class DataError(BarlabError):
+    """The data cannot be found or read; the message says how to get it."""
+
+
+class CheckpointError(BarlabError):
+    """A checkpoint is missing, unreadable or does not match the config."""

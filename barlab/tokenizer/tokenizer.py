@@ -1,0 +1,118 @@
+"""Tokenizer = encoder -> quantizer -> decoder, plus the bit-sequence view used by the AR generator."""
+
+from __future__ import annotations
+
+from einops import rearrange
+from torch import Tensor, nn
+
+from barlab.errors import ConfigError
+from barlab.tokenizer.quantizers.base import Quantizer, QuantizerOutput
+
+
+def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size, size
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, int) and not isinstance(s, bool) for s in size):
+        return int(size[0]), int(size[1])
+    raise ConfigError("data.image_size", f"must be an int or a pair of ints, got {size!r}", fix="data.image_size=32")
+
+
+class Tokenizer(nn.Module):
+    """Image autoencoder with a (discrete or continuous) bottleneck.
+
+    Images are (B, C, H, W) in [-1, 1]; the latent grid is (h, w) = (H / f, W / f) with f the
+    encoder's ``downsample`` attribute. Plain ``nn.Module``; training logic lives elsewhere.
+
+    Args:
+        encoder: (B, C, H, W) -> (B, D, h, w); must expose ``downsample`` (f).
+        quantizer: a ``Quantizer`` with ``latent_channels == D``.
+        decoder: (B, D, h, w) -> (B, C, H, W).
+    """
+
+    def __init__(self, encoder: nn.Module, quantizer: Quantizer, decoder: nn.Module):
+        super().__init__()
+        if not isinstance(getattr(encoder, "downsample", None), int):
+            raise TypeError(f"{type(encoder).__name__} must expose an int attribute `downsample` (the factor f)")
+        enc_d = getattr(encoder, "out_channels", quantizer.latent_channels)
+        dec_d = getattr(decoder, "in_channels", quantizer.latent_channels)
+        if not enc_d == quantizer.latent_channels == dec_d:
+            raise ConfigError(
+                "tokenizer.latent_channels",
+                f"encoder out ({enc_d}), quantizer ({quantizer.latent_channels}) and decoder in ({dec_d}) widths differ",
+                fix="set them all from tokenizer.latent_channels",
+            )
+        dec_f = getattr(decoder, "upsample", encoder.downsample)
+        if dec_f != encoder.downsample:
+            raise ConfigError(
+                "tokenizer.decoder.upsample",
+                f"is {dec_f} but tokenizer.encoder.downsample is {encoder.downsample}",
+                fix=f"tokenizer.decoder.upsample={encoder.downsample}",
+            )
+        self.encoder = encoder
+        self.quantizer = quantizer
+        self.decoder = decoder
+
+    @property
+    def downsample(self) -> int:
+        """f, the side length of one token in pixels."""
+        return int(self.encoder.downsample)
+
+    @property
+    def is_discrete(self) -> bool:
+        """Whether the latent is made of tokens (and so has bits)."""
+        return bool(self.quantizer.is_discrete)
+
+    @property
+    def bits_per_token(self) -> int:
+        """k = ceil(log2 C) for discrete, channels * 16 for continuous."""
+        return int(self.quantizer.bits_per_token)
+
+    def grid_size(self, image_size: int | tuple[int, int]) -> tuple[int, int]:
+        """Token grid (h, w) for an image of side ``image_size`` (int or (H, W)); sides must divide by f."""
+        height, width = _pair(image_size)
+        f = self.downsample
+        if height < 1 or width < 1 or height % f or width % f:
+            raise ConfigError(
+                "data.image_size",
+                f"{height}x{width} is not a positive multiple of the tokenizer downsample factor {f}",
+                fix=f"data.image_size={max(f, height // f * f)} or another tokenizer.encoder.downsample",
+            )
+        return height // f, width // f
+
+    def bits_per_image(self, image_size: int | tuple[int, int]) -> int:
+        """Bit budget of one image: h * w * bits_per_token (exact Python int)."""
+        return self.quantizer.bits_per_image(self.grid_size(image_size))
+
+    def encode(self, x: Tensor) -> QuantizerOutput:
+        """x (B, C, H, W) in [-1, 1] -> QuantizerOutput (latent (B, D, h, w), bits/codes (B, h, w, .))."""
+        self.grid_size(tuple(x.shape[-2:]))
+        return self.quantizer(self.encoder(x))
+
+    def decode(self, latent: Tensor) -> Tensor:
+        """latent (B, D, h, w) -> images (B, C, h*f, w*f), unbounded."""
+        return self.decoder(latent)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, QuantizerOutput]:
+        """x (B, C, H, W) in [-1, 1] -> (reconstruction (B, C, H, W), QuantizerOutput)."""
+        out = self.encode(x)
+        return self.decode(out.latent), out
+
+    def encode_bits(self, x: Tensor) -> Tensor:
+        """x (B, C, H, W) -> token bits (B, L, k) in {0, 1}, L = h * w in raster order (row by row)."""
+        self.grid_size(tuple(x.shape[-2:]))
+        bits = self.quantizer.encode_bits(self.encoder(x))
+        return rearrange(bits, "b h w k -> b (h w) k")
+
+    def decode_bits(self, bits: Tensor, grid: tuple[int, int]) -> Tensor:
+        """bits (B, L, k) in {0, 1}, raster order, L = h * w -> images (B, C, h*f, w*f)."""
+        if not self.is_discrete:
+            raise self.quantizer._no_bits()
+        h, w = int(grid[0]), int(grid[1])
+        if bits.ndim != 3 or bits.shape[1] != h * w:
+            raise ConfigError(
+                "data.image_size",
+                f"decode_bits got bits of shape {tuple(bits.shape)}, expected (B, {h * w}, k) for a {h}x{w} grid",
+                fix="generate with the grid of the tokenizer's image size",
+            )
+        latent = self.quantizer.decode_bits(rearrange(bits, "b (h w) k -> b h w k", h=h, w=w))
+        return self.decode(latent)

@@ -1,0 +1,206 @@
+"""LightningModule that trains a tokenizer (BAR-FSQ, FSQ or a continuous KL latent).
+
+One training step, written out (manual optimisation, because the GAN needs two optimisers):
+
+1. ``recon, q = tokenizer(x)``; loss = 0.1·L1 + 1.0·L2 (+ perceptual) (+ quantizer aux, e.g. KL)
+   (+ gan_weight·hinge generator loss once ``global_step >= gan_start_step``)
+2. backward, clip the gradient norm, AdamW step, learning-rate schedule step
+3. if the GAN is on: one hinge step of the discriminator on (x, recon.detach())
+
+Validation logs PSNR and SSIM on [0, 1] images, per-bit usage and entropy of the codes (never a
+2^k histogram) and the bits per image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from barlab.tokenizer.bit_stats import BitStatsAccumulator, binary_entropy, bit_statistics
+from barlab.tokenizer.discriminator import hinge_d_loss, hinge_g_loss
+from barlab.tokenizer.losses import ReconstructionLoss
+from barlab.tokenizer.tokenizer import Tokenizer
+from barlab.training.schedules import warmup_cosine
+
+
+class TokenizerModule(L.LightningModule):
+    """Wires a :class:`Tokenizer` to its losses and optimisers.
+
+    tokenizer: encoder + quantizer + decoder (plain nn.Modules).
+    image_size: side of the square training images (for the bit budget).
+    l1_weight, l2_weight: reconstruction weights (paper: 0.1, 1.0).
+    perceptual: an optional frozen perceptual loss module, weighted by ``perceptual_weight``.
+    discriminator: an optional discriminator; its hinge loss enters with ``gan_weight`` from
+        ``gan_start_step`` on.
+    lr, betas, weight_decay, warmup_steps, min_lr_ratio, grad_clip: optimisation.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        image_size: int,
+        l1_weight: float = 0.1,
+        l2_weight: float = 1.0,
+        perceptual: nn.Module | None = None,
+        perceptual_weight: float = 0.0,
+        discriminator: nn.Module | None = None,
+        gan_weight: float = 0.0,
+        gan_start_step: int = 0,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.1,
+        grad_clip: float = 1.0,
+        disc_lr: float | None = None,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.recon_loss = ReconstructionLoss(l1_weight=l1_weight, l2_weight=l2_weight)
+        self.perceptual = perceptual
+        self.perceptual_weight = perceptual_weight
+        self.discriminator = discriminator
+        self.gan_weight = gan_weight
+        self.gan_start_step = gan_start_step
+        self.lr = lr
+        self.betas = tuple(betas)
+        self.weight_decay = weight_decay
+        self.warmup_steps = warmup_steps
+        self.min_lr_ratio = min_lr_ratio
+        self.grad_clip = grad_clip
+        self.disc_lr = disc_lr if disc_lr is not None else lr
+
+        self.bits_per_image = tokenizer.bits_per_image(image_size)
+        self.val_psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
+        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+        k = tokenizer.quantizer.bits_per_token if tokenizer.quantizer.is_discrete else 0
+        self.val_bits = BitStatsAccumulator(k) if k else None  # only fed when the quantizer yields bits
+        self.last_bit_stats: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def ema_module(self) -> nn.Module:
+        """The weights the EMA callback averages: the tokenizer only."""
+        return self.tokenizer
+
+    @property
+    def gan_active(self) -> bool:
+        return self.discriminator is not None and self.gan_weight > 0 and self.global_step >= self.gan_start_step
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [-1, 1] → reconstructions clamped to [-1, 1]."""
+        recon, _ = self.tokenizer(images.to(self.device))
+        return recon.float().clamp(-1, 1)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images = batch["image"]
+        optimizers = self.optimizers()
+        opt_g, opt_d = (optimizers if isinstance(optimizers, list) else (optimizers, None))
+        schedulers = self.lr_schedulers()
+        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
+
+        recon, q = self.tokenizer(images)
+        terms = self.recon_loss(recon.float(), images.float())
+        loss = terms["loss"] + q.loss
+        logs = {"train/l1": terms["l1"], "train/l2": terms["l2"]}
+        for name, value in q.metrics.items():
+            logs[f"train/{name}"] = value
+        if self.perceptual is not None and self.perceptual_weight > 0:
+            perceptual = self.perceptual(recon.float(), images.float())
+            loss = loss + self.perceptual_weight * perceptual
+            logs["train/perceptual"] = perceptual
+        if self.gan_active:
+            g_loss = hinge_g_loss(self.discriminator(recon))
+            loss = loss + self.gan_weight * g_loss
+            logs["train/gan_g"] = g_loss
+
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        self.clip_gradients(opt_g, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+        opt_g.step()
+        schedulers[0].step()
+
+        if self.gan_active and opt_d is not None:
+            d_loss = hinge_d_loss(self.discriminator(images), self.discriminator(recon.detach()))
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            self.clip_gradients(opt_d, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+            opt_d.step()
+            schedulers[1].step()
+            logs["train/disc"] = d_loss
+
+        if "skipped" in batch:
+            logs["data/skipped"] = torch.as_tensor(batch["skipped"], dtype=torch.float32).sum()
+        logs["train/loss"] = loss
+        logs["lr"] = torch.tensor(opt_g.param_groups[0]["lr"])
+        n = images.shape[0]
+        self.log_dict({k: v.detach().float() for k, v in logs.items()}, prog_bar=False, on_step=True, batch_size=n)
+        self.log("loss", loss.detach().float(), prog_bar=True, logger=False, batch_size=n)
+        return loss.detach()
+
+    # ---------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        if self.val_bits is not None:
+            self.val_bits.reset()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        images = batch["image"]
+        recon, q = self.tokenizer(images)
+        recon = recon.float()
+        terms = self.recon_loss(recon, images.float())
+        target01 = (images.float() + 1) / 2
+        recon01 = (recon.clamp(-1, 1) + 1) / 2
+        self.val_psnr(recon01, target01)
+        self.val_ssim(recon01, target01)
+        if self.val_bits is not None and q.bits is not None:
+            self.val_bits.update(q.bits.detach())
+            unique = bit_statistics(q.bits.detach())["unique_fraction"]
+            self.log("val/bits_unique_fraction", unique, on_epoch=True, sync_dist=True, batch_size=images.shape[0])
+        n = images.shape[0]
+        self.log("val/loss", terms["loss"], on_epoch=True, sync_dist=True, prog_bar=True, batch_size=n)
+        self.log("val/l1", terms["l1"], on_epoch=True, sync_dist=True, batch_size=n)
+        self.log("val/l2", terms["l2"], on_epoch=True, sync_dist=True, batch_size=n)
+        self.log("val/psnr", self.val_psnr, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("val/ssim", self.val_ssim, on_epoch=True, batch_size=n)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/bits_per_image", float(self.bits_per_image))
+        if self.val_bits is None or self.val_bits.ones is None:
+            return
+        ones = self.val_bits.ones.to(self.device)
+        tokens = torch.tensor(self.val_bits.num_tokens, device=self.device)
+        if self.trainer.world_size > 1:  # per-bit counts are additive across ranks
+            ones = self.all_gather(ones).reshape(-1, ones.shape[-1]).sum(0)
+            tokens = self.all_gather(tokens).sum()
+        usage = ones.double() / tokens.double()
+        entropy = binary_entropy(usage)
+        self.last_bit_stats = {"usage": usage.tolist(), "entropy": entropy.tolist()}
+        self.log("val/bits_mean_entropy", float(entropy.mean()))
+        self.log("val/bits_min_entropy", float(entropy.min()))
+        self.log("val/bits_usage_min", float(usage.min()))
+        self.log("val/bits_usage_max", float(usage.max()))
+
+    # -------------------------------------------------------------- optimisers
+    def configure_optimizers(self):
+        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else 10_000
+
+        def schedule(step: int) -> float:
+            return warmup_cosine(step, self.warmup_steps, total, self.min_lr_ratio)
+
+        opt_g = torch.optim.AdamW(self.tokenizer.parameters(), lr=self.lr, betas=self.betas,
+                                  weight_decay=self.weight_decay)
+        optimizers = [opt_g]
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(opt_g, schedule)]
+        if self.discriminator is not None and self.gan_weight > 0:
+            opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=self.disc_lr, betas=self.betas,
+                                      weight_decay=self.weight_decay)
+            optimizers.append(opt_d)
+            schedulers.append(torch.optim.lr_scheduler.LambdaLR(opt_d, schedule))
+        return optimizers, [{"scheduler": s, "interval": "step"} for s in schedulers]

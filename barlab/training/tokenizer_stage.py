@@ -1,0 +1,153 @@
+"""Stage ``tokenizer``: train a tokenizer, evaluate it on the validation split, export it.
+
+Reads top to bottom: build data, model, callbacks, loggers and trainer from the config; fit;
+validate with the EMA weights; write ``tokenizer.pt`` and return the numbers for results.json.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from barlab.cli import instantiate_checked
+from barlab.errors import CheckpointError, ConfigError
+from barlab.tokenizer.checkpoint import build_tokenizer, save_tokenizer
+from barlab.training.callbacks.ema import EMA
+from barlab.training.callbacks.recon_grid import ReconstructionGrid
+from barlab.training.checkpoint_io import AtomicCheckpointIO
+from barlab.training.tokenizer_module import TokenizerModule
+
+log = logging.getLogger("barlab")
+
+
+def build_tokenizer_module(cfg: DictConfig) -> TokenizerModule:
+    """The LightningModule for ``cfg.tokenizer``: tokenizer + losses + optimiser settings."""
+    tok = cfg.tokenizer
+    try:
+        tokenizer = build_tokenizer(tok)
+    except Exception as err:  # noqa: BLE001 - re-raised with the knob when it is ours
+        cause = err.__cause__ if err.__cause__ is not None else err
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise
+    gan, perceptual = tok.loss.gan, tok.loss.perceptual
+    discriminator = instantiate_checked(gan.discriminator, "tokenizer.loss.gan.discriminator") if gan.weight > 0 else None
+    perceptual_net = None
+    if perceptual.weight > 0:
+        from barlab.tokenizer.perceptual import VGGPerceptualLoss
+
+        perceptual_net = VGGPerceptualLoss(perceptual.weights_path)
+    return TokenizerModule(
+        tokenizer=tokenizer,
+        image_size=cfg.data.image_size,
+        l1_weight=tok.loss.l1_weight,
+        l2_weight=tok.loss.l2_weight,
+        perceptual=perceptual_net,
+        perceptual_weight=perceptual.weight,
+        discriminator=discriminator,
+        gan_weight=gan.weight,
+        gan_start_step=gan.start_step,
+        lr=tok.optim.lr,
+        betas=tuple(tok.optim.betas),
+        weight_decay=tok.optim.weight_decay,
+        warmup_steps=tok.optim.warmup_steps,
+        min_lr_ratio=tok.optim.min_lr_ratio,
+        grad_clip=tok.optim.grad_clip,
+    )
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    return [instantiate_checked(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items()
+            if node is not None]
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None:
+            continue
+        try:
+            loggers.append(instantiate_checked(node, f"logger.{name}"))
+        except ConfigError as err:
+            if "tensorboard" in str(err).lower():
+                raise ConfigError("logger", "TensorBoard is not installed",
+                                  fix="pip install tensorboard, or logger=csv") from None
+            raise
+    return loggers
+
+
+def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
+    return instantiate_checked(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
+                               plugins=[AtomicCheckpointIO()])
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path``: null, ``last`` (this run's last.ckpt if it exists) or an explicit file."""
+    value = cfg.get("ckpt_path")
+    if value in (None, ""):
+        return None
+    if value == "last":
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(value).is_file():
+        raise CheckpointError(f"ckpt_path={value} does not exist (set ckpt_path=null to start afresh)")
+    return str(value)
+
+
+def run_tokenizer_stage(cfg: DictConfig) -> dict[str, Any]:
+    """Train, evaluate and export a tokenizer. Returns the results.json body."""
+    run_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate_checked(cfg.data, "data")
+    module = build_tokenizer_module(cfg)
+    callbacks = build_callbacks(cfg)
+    loggers = build_loggers(cfg)
+    trainer = build_trainer(cfg, callbacks, loggers)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    log.info("tokenizer: %s, %d bits per image, %.2fM parameters", type(module.tokenizer.quantizer).__name__,
+             module.bits_per_image, sum(p.numel() for p in module.tokenizer.parameters()) / 1e6)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+
+    # Final numbers on the validation split, with the EMA weights (the callback swaps them in).
+    trainer.limit_val_batches = cfg.final_eval.max_batches or 1.0
+    final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+
+    ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
+    state = ema.averaged_state_dict(module) if ema is not None else module.tokenizer.state_dict()
+    quantizer = module.tokenizer.quantizer
+    grid = module.tokenizer.grid_size(cfg.data.image_size)
+    tokenizer_path = save_tokenizer(
+        run_dir / "tokenizer.pt", cfg.tokenizer, state, image_size=cfg.data.image_size,
+        channels=cfg.data.channels,
+        extra={"grid": list(grid), "bits_per_token": quantizer.bits_per_token,
+               "is_discrete": quantizer.is_discrete, "ema": ema is not None},
+    )
+    grid_cb = next((c for c in trainer.callbacks if isinstance(c, ReconstructionGrid)), None)
+
+    metrics = {k: float(v) for k, v in final.items()}
+    return {
+        "stage": "tokenizer",
+        "quantizer": type(quantizer).__name__,
+        "bits_per_token": quantizer.bits_per_token,
+        "grid": list(grid),
+        "bits_per_image": module.bits_per_image,
+        "psnr": metrics.get("val/psnr"),
+        "ssim": metrics.get("val/ssim"),
+        "val_loss": metrics.get("val/loss"),
+        "metrics": metrics,
+        "bit_stats": module.last_bit_stats,
+        "train_steps": trainer.global_step,
+        "skipped_samples": getattr(datamodule, "skipped", 0),
+        "artifacts": {
+            "tokenizer": str(tokenizer_path),
+            "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
+            "recon_grid": str(grid_cb.latest) if grid_cb is not None and grid_cb.latest else None,
+        },
+    }

@@ -1,0 +1,305 @@
+"""Quantizers: STE, bit round trips, bit budgets, validation, memory for large k."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from barlab.errors import ConfigError
+from barlab.tokenizer.bit_stats import BitStatsAccumulator, bit_statistics
+from barlab.tokenizer.quantizers import FSQ, BinaryFSQ, KLLatent, Quantizer
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+# ---------------------------------------------------------------- binary FSQ
+
+
+def test_binary_fsq_forward_values_are_exactly_pm1_and_bits_match():
+    q = BinaryFSQ(latent_channels=8, bits=12)
+    u = torch.randn(3, 12, 4, 5) * 2
+    u[0, 0, 0, 0] = 0.0  # tie goes to +1
+    values = q.quantize(u)
+    assert set(values.unique().tolist()) == {-1.0, 1.0}
+    assert torch.equal(values, torch.where(u >= 0, 1.0, -1.0))
+    assert values[0, 0, 0, 0] == 1.0
+
+    out = q(torch.randn(3, 8, 4, 5))
+    assert out.latent.shape == (3, 8, 4, 5)
+    assert out.bits.shape == (3, 4, 5, 12) and out.codes.shape == (3, 4, 5, 12)
+    assert set(out.bits.unique().tolist()) <= {0.0, 1.0}
+    assert out.codes.dtype == torch.long and torch.equal(out.codes, out.bits.long())
+    assert out.loss.item() == 0.0 and out.metrics == {}
+
+
+def test_binary_fsq_ste_gradient_is_tanh_derivative():
+    q = BinaryFSQ(latent_channels=4, bits=6)
+    u = (torch.randn(2, 6, 3, 3) * 1.5).requires_grad_(True)
+    weights = torch.randn(2, 6, 3, 3)
+    (q.quantize(u) * weights).sum().backward()
+    expected = weights * (1 - torch.tanh(u.detach()) ** 2)
+    assert torch.count_nonzero(u.grad) == u.numel()
+    torch.testing.assert_close(u.grad, expected)
+
+
+def test_binary_fsq_gradient_reaches_encoder_side_input():
+    q = BinaryFSQ(latent_channels=4, bits=6)
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    q(z).latent.square().sum().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    assert q.proj_in.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bool, torch.long])
+def test_binary_fsq_bits_round_trip_is_exact(dtype):
+    q = BinaryFSQ(latent_channels=16, bits=10).eval()
+    z = torch.randn(4, 16, 3, 5)
+    bits = q.encode_bits(z)
+    assert bits.shape == (4, 3, 5, 10) and bits.dtype == torch.float32
+    assert set(bits.unique().tolist()) <= {0.0, 1.0}
+    out = q(z)
+    assert torch.equal(bits, out.bits)
+    assert torch.equal(q.decode_bits(bits.to(dtype)), out.latent)
+
+
+def test_binary_fsq_decode_bits_rejects_wrong_k():
+    q = BinaryFSQ(latent_channels=8, bits=16)
+    with pytest.raises(ConfigError) as err:
+        q.decode_bits(torch.zeros(1, 2, 2, 8))
+    assert err.value.knob == "tokenizer.bits"
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "8", None, 8.0])
+def test_binary_fsq_rejects_bad_bits(bad):
+    with pytest.raises(ConfigError) as err:
+        BinaryFSQ(latent_channels=8, bits=bad)
+    assert err.value.knob == "tokenizer.bits"
+    assert "tokenizer.bits" in str(err.value) and "positive integer" in str(err.value)
+    assert "tokenizer.bits=16" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("k", [64, 256])
+def test_binary_fsq_large_k_is_small_in_memory(k):
+    d = 64
+    q = BinaryFSQ(latent_channels=d, bits=k)
+    assert list(q.buffers()) == []
+    n_params = sum(p.numel() for p in q.parameters())
+    assert n_params == 2 * d * k + k + d  # two 1x1 convs: O(D * k), nothing of size 2^k
+    assert n_params < 4 * d * k
+    assert all(p.numel() <= d * k for p in q.parameters())
+    z = torch.randn(2, d, 8, 8)
+    out = q(z)
+    assert out.bits.shape == (2, 8, 8, k)
+    assert out.latent.shape == (2, d, 8, 8)
+    assert torch.equal(q.decode_bits(q.encode_bits(z)), out.latent)
+    assert q.bits_per_image((16, 16)) == 16 * 16 * k
+
+
+def test_binary_fsq_k256_peak_memory_is_tiny():
+    """Run forward+backward for k=256 under the torch CPU profiler and bound every allocation."""
+    q = BinaryFSQ(latent_channels=64, bits=256)
+    z = torch.randn(2, 64, 8, 8, requires_grad=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = q(z)
+        out.latent.sum().backward()
+        bit_statistics(out.bits)
+    biggest = max(abs(e.cpu_memory_usage) for e in prof.key_averages())
+    assert 0 < biggest < 4 << 20  # < 4 MiB: a 2^256 table, or even a 2^32 one, could never fit
+
+
+# ---------------------------------------------------------------- bit budgets
+
+
+def test_bit_budgets_match_paper_formulas():
+    assert BinaryFSQ(8, 16).bits_per_image((16, 16)) == 4096
+    assert BinaryFSQ(8, 256).bits_per_image((16, 16)) == 65536
+    fsq = FSQ(8, [8, 8, 8, 5, 5, 5])
+    assert fsq.codebook_size == 64000
+    assert fsq.bits_per_token == 16 == math.ceil(math.log2(64000))
+    assert fsq.bits_per_image((16, 16)) == 4096
+    kl = KLLatent(8, channels=16)
+    assert kl.bits_per_token == 256
+    assert kl.bits_per_image((16, 16)) == 65536
+    assert KLLatent(8, channels=4).bits_per_image((32, 32)) == 65536  # SD-VAE f8 row of the table
+    for q in (BinaryFSQ(8, 16), fsq, kl):
+        assert isinstance(q, Quantizer)
+        assert type(q.bits_per_image((16, 16))) is int
+
+
+def test_bit_budgets_are_exact_python_ints_for_huge_codebooks():
+    # 2^62 levels of 2 (product 2^62 overflows nothing yet), and a product far beyond int64.
+    assert FSQ(4, [2] * 62).bits_per_token == 62
+    huge = FSQ(4, [7] * 40)  # 7^40 ~ 6.4e33
+    assert huge.codebook_size == 7**40
+    assert huge.bits_per_token == math.ceil(40 * math.log2(7)) == 113
+    assert huge.bits_per_image((256, 256)) == 256 * 256 * 113
+    assert FSQ(4, [2, 2, 2, 2]).bits_per_token == 4  # exact power of two: no off-by-one
+    assert FSQ(4, [3]).bits_per_token == 2
+    assert BinaryFSQ(4, 256).bits_per_image((1024, 1024)) == 1024 * 1024 * 256
+    with pytest.raises(ConfigError) as err:
+        huge.encode_bits(torch.randn(1, 4, 2, 2))
+    assert err.value.knob == "tokenizer.quantizer.levels"
+
+
+# ---------------------------------------------------------------- FSQ
+
+
+def test_fsq_values_on_grid_and_codes_in_range():
+    levels = [8, 5, 4, 3, 2]
+    q = FSQ(latent_channels=6, levels=levels)
+    u = torch.randn(3, 5, 4, 4) * 4
+    values, codes = q.quantize(u)
+    for i, lv in enumerate(levels):
+        half = lv // 2
+        grid = torch.tensor([(c - half) / half for c in range(lv)])
+        v = values[:, i].flatten()
+        assert torch.isin(v, grid).all(), f"channel {i} off the grid"
+        c = codes[:, i]
+        assert c.min() >= 0 and c.max() < lv
+        assert torch.equal(values[:, i], (c.float() - half) / half)
+    # extreme inputs reach both ends of every channel
+    _, codes_hi = q.quantize(torch.full((1, 5, 1, 1), 50.0))
+    _, codes_lo = q.quantize(torch.full((1, 5, 1, 1), -50.0))
+    assert codes_hi.flatten().tolist() == [lv - 1 for lv in levels]
+    assert codes_lo.flatten().tolist() == [0] * len(levels)
+
+
+def test_fsq_uses_every_level():
+    q = FSQ(latent_channels=2, levels=[8, 5])
+    u = torch.linspace(-6, 6, 2001).view(1, 1, 1, -1).expand(1, 2, 1, -1)
+    _, codes = q.quantize(u)
+    assert codes[0, 0].unique().tolist() == list(range(8))
+    assert codes[0, 1].unique().tolist() == list(range(5))
+
+
+def test_fsq_ste_gradient_and_forward_output():
+    q = FSQ(latent_channels=6, levels=[8, 8, 8, 5, 5, 5])
+    z = torch.randn(2, 6, 4, 4, requires_grad=True)
+    out = q(z)
+    assert out.bits is None
+    assert out.codes.shape == (2, 4, 4, 6) and out.codes.dtype == torch.long
+    assert out.loss.item() == 0.0
+    out.latent.sum().backward()
+    assert z.grad.abs().sum() > 0
+
+
+def test_fsq_bits_round_trip_is_exact():
+    q = FSQ(latent_channels=6, levels=[8, 8, 8, 5, 5, 5]).eval()
+    z = torch.randn(3, 6, 4, 4) * 3
+    bits = q.encode_bits(z)
+    assert bits.shape == (3, 4, 4, 16)
+    assert set(bits.unique().tolist()) <= {0.0, 1.0}
+    out = q(z)
+    assert torch.equal(q.decode_bits(bits), out.latent)
+    # bits are the little-endian mixed-radix index of the codes
+    basis = torch.tensor([1, 8, 64, 512, 2560, 12800])
+    index = (out.codes * basis).sum(-1)
+    from_bits = (bits.long() << torch.arange(16)).sum(-1)
+    assert torch.equal(index, from_bits)
+    assert index.max() < 64000
+
+
+@pytest.mark.parametrize("bad", [[8, 1], [0], [2.5, 4], [True, 4], ["8"], [], "885"])
+def test_fsq_rejects_bad_levels(bad):
+    with pytest.raises(ConfigError) as err:
+        FSQ(latent_channels=4, levels=bad)
+    assert err.value.knob == "tokenizer.quantizer.levels"
+
+
+# ---------------------------------------------------------------- KL
+
+
+def test_kl_latent_eval_deterministic_train_stochastic_and_loss():
+    q = KLLatent(latent_channels=8, channels=4, kl_weight=1e-3)
+    z = torch.randn(2, 8, 4, 4)
+    q.eval()
+    a, b = q(z), q(z)
+    assert torch.equal(a.latent, b.latent)
+    assert a.bits is None and a.codes is None
+    assert a.metrics["kl"] > 0 and a.loss > 0
+    torch.testing.assert_close(a.loss, 1e-3 * a.metrics["kl"])
+    # hand check of the normalisation: sum over latent dims, mean over batch
+    mean, logvar = q.proj_in(z).chunk(2, dim=1)
+    kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).sum(dim=(1, 2, 3)).mean()
+    torch.testing.assert_close(a.metrics["kl"], kl)
+    q.train()
+    c, d = q(z), q(z)
+    assert not torch.equal(c.latent, d.latent)
+    assert q.bits_per_token == 16 * 4
+    with pytest.raises(ConfigError) as err:
+        q.encode_bits(z)
+    assert err.value.knob == "tokenizer.quantizer"
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "16"])
+def test_kl_rejects_bad_channels(bad):
+    with pytest.raises(ConfigError) as err:
+        KLLatent(latent_channels=8, channels=bad)
+    assert err.value.knob == "tokenizer.quantizer.channels"
+
+
+def test_kl_rejects_negative_weight():
+    with pytest.raises(ConfigError) as err:
+        KLLatent(latent_channels=8, channels=4, kl_weight=-1.0)
+    assert err.value.knob == "tokenizer.quantizer.kl_weight"
+
+
+# ---------------------------------------------------------------- bit statistics
+
+
+def test_bit_statistics_hand_made():
+    bits = torch.tensor(
+        [
+            [1, 0, 0, 1],
+            [1, 0, 1, 1],
+            [1, 0, 0, 1],
+            [1, 0, 1, 0],
+        ],
+        dtype=torch.float32,
+    )
+    stats = bit_statistics(bits)
+    torch.testing.assert_close(stats["usage"], torch.tensor([1.0, 0.0, 0.5, 0.75], dtype=torch.float64))
+    h075 = -(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25))
+    torch.testing.assert_close(stats["entropy"], torch.tensor([0.0, 0.0, 1.0, h075], dtype=torch.float64))
+    assert stats["min_entropy"].item() == 0.0
+    assert stats["mean_entropy"].item() == pytest.approx((1.0 + h075) / 4)
+    assert stats["unique_fraction"].item() == pytest.approx(3 / 4)
+    assert stats["num_tokens"] == 4
+
+
+def test_bit_statistics_leading_dims_and_k256():
+    bits = torch.zeros(2, 3, 4, 256)
+    bits[0, 0, 0, 200] = 1  # one token differs only in a high bit
+    stats = bit_statistics(bits)
+    assert stats["num_tokens"] == 24
+    assert stats["unique_fraction"].item() == pytest.approx(2 / 24)
+    assert stats["usage"].shape == (256,)
+    assert stats["usage"][200].item() == pytest.approx(1 / 24)
+    # balanced random bits: entropy close to 1 everywhere, almost all codes distinct
+    rand = (torch.rand(4096, 256) > 0.5).float()
+    s = bit_statistics(rand)
+    assert s["min_entropy"] > 0.95 and s["unique_fraction"].item() == 1.0
+
+
+def test_bit_stats_accumulator_matches_one_shot():
+    a = (torch.rand(5, 4, 4, 16) > 0.3).float()
+    b = (torch.rand(3, 4, 4, 16) > 0.6).float()
+    acc = BitStatsAccumulator(16)
+    acc.update(a)
+    acc.update(b)
+    got = acc.compute()
+    want = bit_statistics(torch.cat([a.reshape(-1, 16), b.reshape(-1, 16)]))
+    torch.testing.assert_close(got["usage"], want["usage"])
+    torch.testing.assert_close(got["entropy"], want["entropy"])
+    assert got["num_tokens"] == want["num_tokens"] == 128
+    per_batch = (bit_statistics(a)["unique_fraction"] + bit_statistics(b)["unique_fraction"]) / 2
+    torch.testing.assert_close(got["unique_fraction"], per_batch)
+    acc.reset()
+    with pytest.raises(RuntimeError):
+        acc.compute()

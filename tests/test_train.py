@@ -1,0 +1,84 @@
+"""End-to-end: `python -m barlab.train` runs, sweeps, writes results and refuses bad configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from barlab.tokenizer.checkpoint import load_tokenizer
+from helpers import error_lines, read_json, run_module
+
+
+def test_smoke_run_writes_results_checkpoint_and_grid(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_module("barlab.train", "experiment=smoke", "tokenizer.bits=6", f"hydra.run.dir={run_dir}",
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_json(run_dir / "results.json")
+    assert results["status"] == "ok"
+    assert results["overrides"]["tokenizer.bits"] == 6
+    assert results["bits_per_token"] == 6
+    assert results["grid"] == [4, 4]                      # 16 px / f4
+    assert results["bits_per_image"] == 4 * 4 * 6
+    assert 5.0 < results["psnr"] < 60.0
+    assert -1.0 <= results["ssim"] <= 1.0
+    assert len(results["bit_stats"]["usage"]) == 6
+    assert all(0.0 <= u <= 1.0 for u in results["bit_stats"]["usage"])
+    assert results["train_steps"] == 20
+
+    grid = Image.open(run_dir / "recon_grid.png")
+    assert grid.mode == "RGB" and grid.width > 16 * 8    # 8 per row, enlarged
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "csv" / "metrics.csv").read_text().count("train/loss") == 1
+
+    tokenizer, info = load_tokenizer(run_dir / "tokenizer.pt")
+    assert info["bits_per_token"] == 6 and info["image_size"] == 16
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    bits = tokenizer.encode_bits(images)
+    assert bits.shape == (2, 16, 6) and set(bits.unique().tolist()) <= {0.0, 1.0}
+    assert tokenizer.decode_bits(bits, (4, 4)).shape == (2, 3, 16, 16)
+
+
+def test_multirun_writes_one_results_per_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_module("barlab.train", "-m", "experiment=smoke", "tokenizer.bits=4,8", "trainer.max_steps=6",
+                      "trainer.val_check_interval=6", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(sweep.glob("*/results.json"))
+    assert len(runs) == 2
+    by_bits = {read_json(p)["overrides"]["tokenizer.bits"]: read_json(p) for p in runs}
+    assert by_bits[4]["bits_per_image"] == 64 and by_bits[8]["bits_per_image"] == 128
+    assert all(r["status"] == "ok" for r in by_bits.values())
+
+
+def test_failing_sweep_point_keeps_the_others_and_exits_nonzero(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_module("barlab.train", "-m", "experiment=smoke", "tokenizer.bits=0,4", "trainer.max_steps=4",
+                      "trainer.val_check_interval=4", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode != 0
+    rows = {read_json(p)["overrides"]["tokenizer.bits"]: read_json(p) for p in sweep.glob("*/results.json")}
+    assert rows[0]["status"] == "failed" and "tokenizer.bits" in rows[0]["error"]
+    assert rows[4]["status"] == "ok"
+
+
+@pytest.mark.parametrize("override, knob", [
+    ("tokenizer.bits=0", "tokenizer.bits"),
+    ("tokenizer.bits=-3", "tokenizer.bits"),
+    ("tokenizer.bits=2.5", "tokenizer.bits"),
+    ("tokenizer.bits=abc", "tokenizer.bits"),
+    ("tokenizer/quantizer=vq", "tokenizer/quantizer"),
+    ("tokenizer.quantizer=fsq", "tokenizer.quantizer"),
+    ("data=fashion_mnist data.source.idx_dir=/nonexistent/fmnist", "data.source.idx_dir"),
+    ("data=imagefolder", "data.source.root"),
+    ("data.image_size=30", "data.image_size"),
+    ("trainer.max_steps=0", "trainer.max_steps"),
+])
+def test_bad_config_exits_nonzero_with_one_line_naming_the_knob(tmp_path, override, knob):
+    proc = run_module("barlab.train", "experiment=smoke", *override.split(), f"hydra.run.dir={tmp_path / 'run'}",
+                      cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert knob in lines[0]
+    assert "Traceback" not in proc.stderr

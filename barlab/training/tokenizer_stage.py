@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from barlab.cli import instantiate_checked
@@ -80,9 +81,17 @@ def build_loggers(cfg: DictConfig) -> list:
     return loggers
 
 
+def auto_precision() -> str:
+    """bf16 autocast where the GPU supports it; fp32 elsewhere (bf16 on CPUs without AMX is slower)."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
+    extra = {"precision": auto_precision()} if cfg.trainer.get("precision") == "auto" else {}
     return instantiate_checked(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
-                               plugins=[AtomicCheckpointIO()])
+                               plugins=[AtomicCheckpointIO()], **extra)
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:

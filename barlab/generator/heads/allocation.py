@@ -1,0 +1,52 @@
+"""How many bits the MBM head fixes at each of its unmasking steps within one token.
+
+An allocation is a tuple of positive ints summing to k' (bits per AR step); entry s is the
+number of bits fixed at step s. The paper's default for 16 bits is (2, 2, 5, 7).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from barlab.errors import ConfigError
+from barlab.tokenizer.quantizers.base import check_int
+
+
+def cosine_allocation(k: int, steps: int) -> tuple[int, ...]:
+    """Cosine unmasking schedule: after step s (1-based) floor(k·cos(π/2·s/steps)) bits stay masked.
+
+    The masked count is clamped so that every step fixes at least one bit; the result sums to k.
+    ``cosine_allocation(16, 4) == (2, 3, 5, 6)``.
+    """
+    k = check_int(k, "tokenizer.bits")
+    steps = check_int(steps, "head.steps")
+    if steps > k:
+        raise ConfigError("head.steps", f"{steps} unmasking steps cannot each fix a bit of a {k}-bit token",
+                          fix=f"head.steps={k} or fewer")
+    remaining = [k]
+    for s in range(1, steps + 1):
+        cos_left = math.floor(k * math.cos(math.pi / 2 * s / steps) + 1e-9)
+        # leave at least one bit for each later step, and fix at least one bit now
+        remaining.append(min(max(cos_left, steps - s), remaining[-1] - 1))
+    return tuple(a - b for a, b in zip(remaining[:-1], remaining[1:]))
+
+
+def check_allocation(allocation: Sequence[int], k: int) -> tuple[int, ...]:
+    """Return ``allocation`` as a tuple if it is a non-empty list of positive ints summing to k."""
+    if isinstance(allocation, (str, bytes)) or not isinstance(allocation, Sequence) or len(allocation) == 0:
+        raise ConfigError("head.allocation", f"must be a non-empty list of positive ints, got {allocation!r}",
+                          fix="head.allocation=null (cosine schedule from head.steps)")
+    alloc = tuple(check_int(a, "head.allocation", fix="head.allocation=null") for a in allocation)
+    if sum(alloc) != k:
+        raise ConfigError("head.allocation", f"{list(alloc)} sums to {sum(alloc)}, must sum to the {k} bits per step",
+                          fix="head.allocation=null (cosine schedule from head.steps)")
+    return alloc
+
+
+def cumulative(allocation: Sequence[int]) -> tuple[int, ...]:
+    """Prefix sums with a leading 0: cum[s] = bits fixed before step s; len = len(allocation) + 1."""
+    out = [0]
+    for a in allocation:
+        out.append(out[-1] + a)
+    return tuple(out)

@@ -1,0 +1,67 @@
+"""Raster-order AR sampling with classifier-free guidance (paper §4.3).
+
+    cond rows use the labels, uncond rows the null class (batch doubled; skipped when g == 1)
+    for t in 0 .. L-1:
+        g_t   = guidance_scale(t, L, g, schedule, power)
+        z     = backbone condition for token t              (KV cache, or a full recompute)
+        x_t   = head.sample(z_c, z_u, g_t, temperature, generator)      # (B, k') bits
+    -> (B, L, k') raster bits
+
+With ``use_kv_cache=False`` every step reruns the teacher-forced forward on the tokens so far
+(the rest zero; the causal mask makes them irrelevant). Both paths give the same bits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from barlab.generator.backbone import ARBackbone
+from barlab.generator.guidance import guidance_scale
+from barlab.generator.heads import Head
+
+
+class ARSampler:
+    """Pairs a backbone with a head for sampling. Not an nn.Module; holds no state of its own."""
+
+    def __init__(self, backbone: ARBackbone, head: Head):
+        if head.cond_dim != backbone.cond_dim or head.bits_per_step != backbone.bits_per_step:
+            raise ValueError(f"head (cond_dim={head.cond_dim}, bits={head.bits_per_step}) does not match backbone "
+                             f"(cond_dim={backbone.cond_dim}, bits={backbone.bits_per_step})")
+        self.backbone = backbone
+        self.head = head
+
+    @torch.no_grad()
+    def sample(self, labels: Tensor, guidance: float = 1.0, schedule: str = "linear", power: float = 1.0,
+               temperature: float = 1.0, generator: torch.Generator | None = None,
+               use_kv_cache: bool = True) -> Tensor:
+        """labels (B,) long -> bits (B, L, k') float {0,1} in raster order."""
+        modes = (self.backbone.training, self.head.training)
+        self.backbone.eval()
+        self.head.eval()
+        try:
+            return self._sample(labels, guidance, schedule, power, temperature, generator, use_kv_cache)
+        finally:
+            self.backbone.train(modes[0])
+            self.head.train(modes[1])
+
+    def _sample(self, labels: Tensor, guidance: float, schedule: str, power: float, temperature: float,
+                generator: torch.Generator | None, use_kv_cache: bool) -> Tensor:
+        model = self.backbone
+        batch, length, k = labels.shape[0], model.seq_len, model.bits_per_step
+        cfg = float(guidance) != 1.0
+        rows = torch.cat([labels, torch.full_like(labels, model.null_class)]) if cfg else labels
+        param = model.out.weight
+        tokens = torch.zeros(rows.shape[0], length, k, device=param.device, dtype=param.dtype)
+        cache = model.new_cache(rows.shape[0]) if use_kv_cache else None
+        cond = model.prefill(rows, cache) if use_kv_cache else None
+        for t in range(length):
+            if not use_kv_cache:
+                cond = model(tokens, rows)[:, t]
+            g_t = guidance_scale(t, length, guidance, schedule, power)
+            z_c, z_u = (cond[:batch], cond[batch:]) if cfg else (cond, None)
+            bits = self.head.sample(z_c, z_u, g_t, temperature=temperature, generator=generator)
+            tokens[:, t] = torch.cat([bits, bits]).to(tokens.dtype) if cfg else bits.to(tokens.dtype)
+            if use_kv_cache and t < length - 1:
+                cond = model.step(tokens[:, t], t, cache)
+        return tokens[:batch].float()

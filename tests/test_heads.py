@@ -1,0 +1,239 @@
+"""Generator heads (linear, bitwise, MBM), MBM allocation schedule, and CFG schedules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from barlab.errors import ConfigError
+from barlab.generator.guidance import guidance_scale
+from barlab.generator.heads import (BitwiseHead, LinearHead, MBMHead, check_allocation, cosine_allocation,
+                                    linear_head_params)
+from barlab.generator.heads import linear as linear_module
+from barlab.generator.heads.allocation import cumulative
+
+
+def make_heads(cond_dim: int, k: int) -> dict[str, torch.nn.Module]:
+    return {
+        "linear": LinearHead(cond_dim, k),
+        "bitwise": BitwiseHead(cond_dim, k, hidden=32),
+        "mbm": MBMHead(cond_dim, k, width=32, depth=2, steps=4),
+    }
+
+
+def randomize(head: torch.nn.Module, scale: float = 1.0) -> None:
+    """Large random weights everywhere (undo MBM's zero init) so logits are far from zero."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_(0.0, scale)
+
+
+# ---------------------------------------------------------------- validation
+
+@pytest.mark.parametrize("cls", [LinearHead, BitwiseHead, MBMHead])
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "8"])
+def test_bits_per_step_validated(cls, bad):
+    with pytest.raises(ConfigError) as err:
+        cls(8, bad)
+    assert err.value.knob == "tokenizer.bits"
+
+
+def test_linear_head_guard_refuses_before_allocating(monkeypatch):
+    def no_linear(*args, **kwargs):
+        raise AssertionError("nn.Linear must not be built when the guard refuses")
+
+    monkeypatch.setattr(linear_module.nn, "Linear", no_linear)
+    with pytest.raises(ConfigError) as err:
+        LinearHead(64, 40)
+    assert err.value.knob == "head"
+    assert "head=mbm" in str(err.value)
+    assert f"{2**40 * 65:,}" in str(err.value)
+    assert linear_head_params(64, 40) == 2**40 * 65
+    monkeypatch.undo()
+    head = LinearHead(64, 8)
+    assert sum(p.numel() for p in head.parameters()) == linear_head_params(64, 8) == 256 * 65
+
+
+# ---------------------------------------------------------------- MBM masking and loss
+
+def test_mbm_mask_statistics():
+    k, n = 16, 20000
+    head = MBMHead(8, k, width=16, depth=1)
+    bits = torch.randint(0, 2, (n, k), generator=torch.Generator().manual_seed(1)).float()
+    masked, mask, ratio = head.mask_tokens(bits, torch.Generator().manual_seed(2))
+    assert masked.dtype == torch.long and mask.dtype == torch.bool
+    assert mask.sum(dim=-1).min() >= 1  # at least one masked bit per token
+    assert torch.all(masked[mask] == 2)
+    assert torch.equal(masked[~mask], bits.long()[~mask])
+    assert torch.equal(mask.sum(dim=-1), torch.round(k * ratio).long().clamp(min=1))
+    assert ratio.min() >= 1 / k - 1e-7 and ratio.max() <= 1.0
+    # Monte-Carlo estimate of E[clamp(1 − sigmoid(N(0, 0.8²)), 1/k, 1)] with an independent seed
+    z = torch.randn(200000, generator=torch.Generator().manual_seed(3)) * 0.8
+    expected = (1 - torch.sigmoid(z)).clamp(1 / k, 1).mean().item()
+    assert abs(mask.float().mean().item() - expected) < 0.02
+    assert abs(ratio.mean().item() - expected) < 0.01
+    # positions are uniform: every bit position is masked about equally often
+    per_pos = mask.float().mean(dim=0)
+    assert (per_pos - per_pos.mean()).abs().max() < 0.02
+
+
+def test_mbm_loss_weights(monkeypatch):
+    k, n = 8, 6
+    head = MBMHead(4, k, width=16, depth=1, unmasked_weight=0.1)
+    gen = torch.Generator().manual_seed(0)
+    bits = torch.randint(0, 2, (n, k), generator=gen).float()
+    cond = torch.randn(n, 4, generator=gen)
+    logits = torch.randn(n, k, 2, generator=gen) * 3
+    monkeypatch.setattr(head, "forward", lambda b, c, r: logits)
+    _, mask, _ = head.mask_tokens(bits, torch.Generator().manual_seed(5))
+    out = head.loss(cond, bits, generator=torch.Generator().manual_seed(5))
+    ce = -torch.log_softmax(logits, dim=-1).gather(-1, bits.long().unsqueeze(-1)).squeeze(-1)
+    w = mask.float() * 1.0 + (~mask).float() * 0.1
+    expected = ((ce * w).sum(-1) / w.sum(-1)).mean()
+    assert torch.allclose(out.loss, expected, atol=1e-6)
+    assert 0 < mask.sum() < mask.numel()
+    acc = ((logits.argmax(-1) == bits.long()) & mask).sum() / mask.sum()
+    assert torch.allclose(out.bit_accuracy, acc)
+
+
+def test_mbm_loss_weight_values_exact(monkeypatch):
+    """Known per-bit CE values softplus(gap): the loss is their 1.0 / 0.1 weighted mean."""
+    k = 4
+    head = MBMHead(4, k, width=16, depth=1, unmasked_weight=0.1)
+    bits = torch.zeros(1, k)
+    gap = torch.tensor([0.0, 1.0, 2.0, 3.0])  # logit of the wrong class (1) minus the right one (0)
+    logits = torch.stack([torch.zeros(k), gap], dim=-1)[None]
+    monkeypatch.setattr(head, "forward", lambda b, c, r: logits)
+    _, mask, _ = head.mask_tokens(bits, torch.Generator().manual_seed(11))
+    out = head.loss(torch.zeros(1, 4), bits, generator=torch.Generator().manual_seed(11))
+    ce = F.softplus(gap)
+    m = mask[0].float()
+    expected = (ce * m).sum() + 0.1 * (ce * (1 - m)).sum()
+    expected = expected / (m.sum() + 0.1 * (1 - m).sum())
+    assert math.isclose(out.loss.item(), expected.item(), rel_tol=1e-6)
+
+
+# ---------------------------------------------------------------- MBM allocation
+
+def test_cosine_allocation():
+    assert cosine_allocation(16, 4) == (2, 3, 5, 6)
+    for k, steps in [(16, 4), (64, 4), (256, 4), (10, 4), (2, 2), (4, 4), (5, 4), (16, 1), (3, 2)]:
+        alloc = cosine_allocation(k, steps)
+        assert len(alloc) == steps and sum(alloc) == k and min(alloc) >= 1
+    with pytest.raises(ConfigError):
+        cosine_allocation(3, 4)
+
+
+@pytest.mark.parametrize("bad", [[2, 2, 5, 6], [2, 2, 5, 8], [0, 4, 5, 7], [2.0, 2, 5, 7], [], "2257", [-1, 3, 5, 9]])
+def test_bad_allocation_raises(bad):
+    with pytest.raises(ConfigError) as err:
+        MBMHead(8, 16, width=16, depth=1, allocation=bad)
+    assert err.value.knob == "head.allocation"
+    with pytest.raises(ConfigError):
+        check_allocation(bad, 16)
+
+
+@pytest.mark.parametrize("allocation", [(2, 2, 5, 7), None])
+def test_mbm_sampler_follows_allocation(allocation):
+    k, n = 16, 32
+    head = MBMHead(8, k, width=32, depth=1, allocation=allocation, steps=4)
+    randomize(head)
+    alloc = (2, 2, 5, 7) if allocation is not None else cosine_allocation(16, 4)
+    assert head.allocation == alloc
+    cum = cumulative(alloc)
+    trace: list[torch.Tensor] = []
+    cond = torch.randn(n, 8, generator=torch.Generator().manual_seed(0))
+    out = head.sample(cond, None, 1.0, temperature=1.5, generator=torch.Generator().manual_seed(1),
+                      on_step=lambda s, b: trace.append(b.clone()))
+    assert len(trace) == len(alloc)
+    for s, b in enumerate(trace):
+        assert torch.all((b != 2).sum(dim=-1) == cum[s + 1]), s
+        if s > 0:  # bits fixed earlier are kept
+            prev = trace[s - 1]
+            assert torch.equal(b[prev != 2], prev[prev != 2])
+    assert torch.equal(out, trace[-1].float())
+    assert set(out.unique().tolist()) <= {0.0, 1.0}
+
+
+# ---------------------------------------------------------------- CFG
+
+@pytest.mark.parametrize("name", ["linear", "bitwise", "mbm"])
+def test_cfg_unit_guidance_is_conditional_path(name):
+    k, n, d = 8, 64, 16
+    head = make_heads(d, k)[name]
+    randomize(head, scale=2.0)
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+    ref = head.sample(cond, None, 1.0, temperature=1.0, generator=torch.Generator().manual_seed(7))
+    same = head.sample(cond, uncond, 1.0, temperature=1.0, generator=torch.Generator().manual_seed(7))
+    per_row = head.sample(cond, uncond, torch.ones(n), temperature=1.0, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(ref, same) and torch.equal(ref, per_row)
+    guided = head.sample(cond, uncond, 4.0, temperature=1.0, generator=torch.Generator().manual_seed(7))
+    assert (guided != ref).any(dim=-1).sum() > 0
+    # per-row scales: rows with g == 1 stay exactly on the conditional path
+    mixed_g = torch.where(torch.arange(n) % 2 == 0, 1.0, 4.0)
+    mixed = head.sample(cond, uncond, mixed_g, temperature=0.0)
+    ref0 = head.sample(cond, None, 1.0, temperature=0.0)
+    assert torch.equal(mixed[0::2], ref0[0::2])
+    assert not torch.equal(mixed[1::2], ref0[1::2])
+
+
+# ---------------------------------------------------------------- learning
+
+@pytest.mark.parametrize("name", ["linear", "bitwise", "mbm"])
+def test_head_learns_toy_mapping(name):
+    torch.manual_seed(0)
+    k, classes = 8, 4
+    codes = torch.randint(0, 2, (classes, k), generator=torch.Generator().manual_seed(3)).float()
+    head = make_heads(classes, k)[name]
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    labels = torch.arange(classes).repeat(16)
+    cond, bits = F.one_hot(labels, classes).float(), codes[labels]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        out = head.loss(cond, bits, generator=gen) if name == "mbm" else head.loss(cond, bits)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    assert out.bit_accuracy.item() > 0.95, out
+    eye = torch.eye(classes)
+    assert torch.equal(head.sample(eye, None, 1.0, temperature=0.0), codes)
+    assert torch.equal(head.sample(eye, None, 1.0, temperature=1e-3, generator=torch.Generator().manual_seed(1)),
+                       codes)
+
+
+# ---------------------------------------------------------------- sizes
+
+def test_paper_mbm_head_parameter_count():
+    counts = {}
+    for k in (16, 64, 256):
+        with torch.device("meta"):
+            head = MBMHead(cond_dim=2048, bits_per_step=k, width=2048, depth=3)
+        counts[k] = sum(p.numel() for p in head.parameters())
+    assert counts[16] == 156_375_454
+    assert abs(counts[16] - 156e6) / 156e6 < 0.01
+    w, h = 2048, 5461
+    block = w + (w * 3 * w + 3 * w) + 2 * (w * h + h) + (h * w + w)
+    expected = (3 * 128 + 128 * 16 * w + w) + (512 * w + w + w * w + w) + w + 3 * block + w + (w * 2 * w + 2 * w) + (
+        w * 32 + 32)
+    assert counts[16] == expected
+    assert counts[64] == 156_571_870 and counts[256] == 157_358_614
+
+
+# ---------------------------------------------------------------- guidance schedules
+
+def test_guidance_schedules():
+    L, g = 256, 5.0
+    assert [guidance_scale(t, L, g, "constant") for t in (0, L // 2, L)] == [5.0, 5.0, 5.0]
+    assert [guidance_scale(t, L, g, "linear") for t in (0, L // 2, L)] == [1.0, 3.0, 5.0]
+    pc = [guidance_scale(t, L, g, "power-cosine", power=1.0) for t in (0, L // 2, L)]
+    assert pc == pytest.approx([1.0, 3.0, 5.0])
+    # power 2 at the midpoint: 1 + 4·(1 − cos(π/4))/2
+    assert guidance_scale(L // 2, L, g, "power-cosine", power=2.0) == pytest.approx(1 + 2 * (1 - math.cos(math.pi / 4)))
+    with pytest.raises(ConfigError) as err:
+        guidance_scale(0, L, g, "cosine")
+    assert err.value.knob == "sampling.cfg_schedule"

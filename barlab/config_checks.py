@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from barlab.errors import ConfigError
 
-STAGES = ("tokenizer",)
+STAGES = ("tokenizer", "generator", "all")
 
 
 def positive_int(value, knob: str, example: int) -> int:
@@ -59,7 +59,10 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("data.image_size", f"{size} is not divisible by the downsampling factor {f}",
                           fix=f"data.image_size={max(f, size // f * f)}")
     positive_int(cfg.data.get("batch_size"), "data.batch_size", 64)
-    positive_int(cfg.trainer.get("max_steps"), "trainer.max_steps", 1000)
+    positive_int(tok.get("max_steps"), "tokenizer.max_steps", 800)
+    positive_int(tok.get("val_every"), "tokenizer.val_every", 200)
+    if cfg.stage in ("generator", "all"):
+        check_generator(cfg, quantizer)
 
     source = cfg.data.get("source")
     if isinstance(source, DictConfig):
@@ -68,3 +71,22 @@ def check_config(cfg: DictConfig) -> None:
             if path is not None and not os.path.isdir(str(path)):
                 raise ConfigError(f"data.source.{key}", f"folder {path} does not exist",
                                   fix=f"data.source.{key}=/path/to/data" + (" or null" if key != "root" else ""))
+
+
+def check_generator(cfg: DictConfig, quantizer: str) -> None:
+    """Generator knobs, and the linear head's size guard where the bit width is known up front."""
+    gen = cfg.generator
+    positive_int(gen.get("max_steps"), "generator.max_steps", 1500)
+    positive_int(gen.get("val_every"), "generator.val_every", 500)
+    p = positive_int(gen.get("token_shuffle"), "generator.token_shuffle", 1)
+    positive_int(gen.data.get("batch_size"), "generator.data.batch_size", 64)
+    if quantizer.endswith("KLLatent") and cfg.stage == "all":
+        raise ConfigError("tokenizer/quantizer", "the generator needs a discrete tokenizer, not a KL latent",
+                          fix="tokenizer/quantizer=binary_fsq, or stage=tokenizer")
+    if cfg.stage == "generator" and not cfg.get("tokenizer_ckpt"):
+        raise ConfigError("tokenizer_ckpt", "stage=generator needs a trained tokenizer",
+                          fix="tokenizer_ckpt=/path/to/run/tokenizer.pt, or stage=all")
+    if cfg.stage == "all" and quantizer.endswith("BinaryFSQ"):
+        from barlab.training.generator_stage import check_linear_head
+
+        check_linear_head(cfg, cfg.tokenizer.bits * p * p)

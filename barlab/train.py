@@ -31,10 +31,32 @@ log = logging.getLogger("barlab")
 _FAILED_JOBS: list[str] = []
 
 
-def _stages() -> dict[str, Callable[[DictConfig], dict[str, Any]]]:
+def run_all(cfg: DictConfig) -> dict[str, Any]:
+    """Tokenizer → pretokenization → generator → samples, in one run folder."""
+    from barlab.training.generator_stage import run_generator_stage
     from barlab.training.tokenizer_stage import run_tokenizer_stage
 
-    return {"tokenizer": run_tokenizer_stage}
+    tokenizer = run_tokenizer_stage(cfg)
+    generator = run_generator_stage(cfg, trained_tokenizer=Path(tokenizer["artifacts"]["tokenizer"]))
+    flat = {k: v for k, v in tokenizer.items() if k not in ("artifacts", "metrics", "bit_stats", "train_steps")}
+    return {
+        **flat,
+        "stage": "all",
+        "head": generator["head"],
+        "generator_train_loss": generator["train_loss"],
+        "generator_train_bit_accuracy": generator["train_bit_accuracy"],
+        "generator_val_loss": generator["val_loss"],
+        "generator_val_bit_accuracy": generator["val_bit_accuracy"],
+        "tokenizer": tokenizer,
+        "generator": generator,
+    }
+
+
+def _stages() -> dict[str, Callable[[DictConfig], dict[str, Any]]]:
+    from barlab.training.generator_stage import run_generator_stage
+    from barlab.training.tokenizer_stage import run_tokenizer_stage
+
+    return {"tokenizer": run_tokenizer_stage, "generator": run_generator_stage, "all": run_all}
 
 
 def quiet_known_warnings() -> None:
@@ -43,6 +65,7 @@ def quiet_known_warnings() -> None:
         r".*no pre-optimization state was saved.*",       # manual optimisation + step checkpoints
         r".*`IterableDataset` has `__len__` defined.*",   # WebDataset epochs are sized on purpose
         r".*isinstance\(treespec, LeafSpec\).*",          # Lightning vs torch 2.13 deprecation
+        r".*module\(s\) in eval mode at the start of training.*",  # the frozen tokenizer
     ):
         warnings.filterwarnings("ignore", message=pattern)
 

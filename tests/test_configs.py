@@ -13,7 +13,8 @@ from barlab.cli import CONFIG_DIR, check_group_overrides
 from barlab.config_checks import check_config
 from barlab.errors import ConfigError
 
-GROUPS = ["data", "tokenizer", "tokenizer/quantizer", "trainer", "logger", "callbacks", "experiment"]
+GROUPS = ["data", "tokenizer", "tokenizer/quantizer", "generator", "head", "trainer", "logger", "callbacks",
+          "experiment"]
 
 
 def options(group: str) -> list[str]:
@@ -40,6 +41,8 @@ def test_every_group_has_options():
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_passes_checks(tmp_path, group, option):
     overrides = [f"{group}={option}"]
+    if option == "kl":  # a continuous latent is a tokenizer-only study: the generator needs bits
+        overrides.append("stage=tokenizer")
     if option == "imagefolder":
         (tmp_path / "images" / "a").mkdir(parents=True)
         overrides.append(f"data.source.root={tmp_path / 'images'}")
@@ -68,8 +71,8 @@ def test_group_override_precheck():
 def test_each_quantizer_trains_a_few_steps(tmp_path, quantizer, bits_per_token):
     from barlab.train import run
 
-    cfg = compose_train(tmp_path, ["experiment=smoke", f"tokenizer/quantizer={quantizer}", "tokenizer.bits=8",
-                                   "trainer.max_steps=3", "trainer.val_check_interval=3"])
+    cfg = compose_train(tmp_path, ["experiment=smoke", "stage=tokenizer", f"tokenizer/quantizer={quantizer}",
+                                   "tokenizer.bits=8", "tokenizer.max_steps=3", "tokenizer.val_every=3"])
     body = run(cfg)
     assert body["bits_per_token"] == bits_per_token      # fsq [8,5,5,5]: ceil(log2 1000) = 10; kl: 4 ch x 16
     assert body["bits_per_image"] == 16 * bits_per_token  # 4x4 grid at 16 px, f=4

@@ -194,7 +194,7 @@ def test_head_learns_toy_mapping(name):
     labels = torch.arange(classes).repeat(16)
     cond, bits = F.one_hot(labels, classes).float(), codes[labels]
     gen = torch.Generator().manual_seed(0)
-    for _ in range(200):
+    for _ in range(100):
         out = head.loss(cond, bits, generator=gen) if name == "mbm" else head.loss(cond, bits)
         opt.zero_grad()
         out.loss.backward()

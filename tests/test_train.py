@@ -12,8 +12,8 @@ from helpers import error_lines, read_json, run_module
 
 def test_smoke_run_writes_results_checkpoint_and_grid(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_module("barlab.train", "experiment=smoke", "tokenizer.bits=6", f"hydra.run.dir={run_dir}",
-                      cwd=tmp_path)
+    proc = run_module("barlab.train", "experiment=smoke", "stage=tokenizer", "tokenizer.bits=6",
+                      f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = read_json(run_dir / "results.json")
     assert results["status"] == "ok"
@@ -29,8 +29,8 @@ def test_smoke_run_writes_results_checkpoint_and_grid(tmp_path):
 
     grid = Image.open(run_dir / "recon_grid.png")
     assert grid.mode == "RGB" and grid.width > 16 * 8    # 8 per row, enlarged
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    assert (run_dir / "csv" / "metrics.csv").read_text().count("train/loss") == 1
+    assert (run_dir / "checkpoints" / "tokenizer" / "last.ckpt").is_file()
+    assert (run_dir / "csv" / "tokenizer" / "metrics.csv").read_text().count("train/loss") == 1
 
     tokenizer, info = load_tokenizer(run_dir / "tokenizer.pt")
     assert info["bits_per_token"] == 6 and info["image_size"] == 16
@@ -42,8 +42,8 @@ def test_smoke_run_writes_results_checkpoint_and_grid(tmp_path):
 
 def test_multirun_writes_one_results_per_job(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_module("barlab.train", "-m", "experiment=smoke", "tokenizer.bits=4,8", "trainer.max_steps=6",
-                      "trainer.val_check_interval=6", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = run_module("barlab.train", "-m", "experiment=smoke", "stage=tokenizer", "tokenizer.bits=4,8",
+                      "tokenizer.max_steps=6", "tokenizer.val_every=6", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(sweep.glob("*/results.json"))
     assert len(runs) == 2
@@ -54,8 +54,8 @@ def test_multirun_writes_one_results_per_job(tmp_path):
 
 def test_failing_sweep_point_keeps_the_others_and_exits_nonzero(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_module("barlab.train", "-m", "experiment=smoke", "tokenizer.bits=0,4", "trainer.max_steps=4",
-                      "trainer.val_check_interval=4", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = run_module("barlab.train", "-m", "experiment=smoke", "stage=tokenizer", "tokenizer.bits=0,4",
+                      "tokenizer.max_steps=4", "tokenizer.val_every=4", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode != 0
     rows = {read_json(p)["overrides"]["tokenizer.bits"]: read_json(p) for p in sweep.glob("*/results.json")}
     assert rows[0]["status"] == "failed" and "tokenizer.bits" in rows[0]["error"]
@@ -72,7 +72,12 @@ def test_failing_sweep_point_keeps_the_others_and_exits_nonzero(tmp_path):
     ("data=fashion_mnist data.source.idx_dir=/nonexistent/fmnist", "data.source.idx_dir"),
     ("data=imagefolder", "data.source.root"),
     ("data.image_size=30", "data.image_size"),
-    ("trainer.max_steps=0", "trainer.max_steps"),
+    ("tokenizer.max_steps=0", "tokenizer.max_steps"),
+    ("generator.token_shuffle=0", "generator.token_shuffle"),
+    ("stage=generator", "tokenizer_ckpt"),
+    ("stage=sample", "stage"),
+    ("head=linear tokenizer.bits=40", "head"),
+    ("head=softmax", "head"),
 ])
 def test_bad_config_exits_nonzero_with_one_line_naming_the_knob(tmp_path, override, knob):
     proc = run_module("barlab.train", "experiment=smoke", *override.split(), f"hydra.run.dir={tmp_path / 'run'}",
@@ -82,3 +87,14 @@ def test_bad_config_exits_nonzero_with_one_line_naming_the_knob(tmp_path, overri
     assert len(lines) == 1, proc.stderr[-2000:]
     assert knob in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_linear_head_refusal_happens_before_any_training(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_module("barlab.train", "experiment=smoke", "head=linear", "tokenizer.bits=40",
+                      f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    (line,) = error_lines(proc.stderr)
+    assert "2^40" in line and "head=mbm" in line
+    assert not (run_dir / "checkpoints").exists()          # refused before the tokenizer even started
+    assert read_json(run_dir / "results.json")["status"] == "failed"

@@ -148,10 +148,15 @@ class ImageShardDataModule(L.LightningDataModule):
 
     def val_dataset(self) -> wds.DataPipeline:
         """One deterministic pass over the val shards (first ``max_val_samples`` samples if set)."""
-        urls, sizes = self._urls("val")
+        return self.eval_dataset("val", self.max_val_samples)
+
+    def eval_dataset(self, split: str, max_samples: int | None = None,
+                     batch_size: int | None = None) -> wds.DataPipeline:
+        """One deterministic, unaugmented pass over ``split`` (e.g. to pretokenize the train split)."""
+        urls, sizes = self._urls(split)
         limits = {}
-        if self.max_val_samples is not None and None not in sizes:
-            left, kept = self.max_val_samples, []
+        if max_samples is not None and None not in sizes:
+            left, kept = max_samples, []
             for url, size in zip(urls, sizes):
                 if left <= 0:
                     break
@@ -159,8 +164,8 @@ class ImageShardDataModule(L.LightningDataModule):
                 limits[url] = min(size, left)
                 left -= size
             urls = kept
-        elif self.max_val_samples is not None:
-            log.warning("%s: manifest has no shard_sizes, so data.max_val_samples is ignored", self.shards_dir)
+        elif max_samples is not None:
+            log.warning("%s: manifest has no shard_sizes, so the sample limit is ignored", self.shards_dir)
         counter = SkipCounter()
         self._counters.append(counter)
         transform = ImageTransform(self.image_size, self.channels, train=False)
@@ -171,7 +176,7 @@ class ImageShardDataModule(L.LightningDataModule):
             TarSamples(counter),
             LimitPerShard(limits) if limits else None,
             Decode(transform, self.num_classes, counter),
-            Batch(self.val_batch_size or self.batch_size, counter, partial=True),
+            Batch(batch_size or self.val_batch_size or self.batch_size, counter, partial=True),
         )
 
     def train_dataloader(self) -> DataLoader:

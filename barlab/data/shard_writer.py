@@ -45,7 +45,8 @@ def _spec(source: ImageSource) -> dict:
     return json.loads(json.dumps(source.spec())) if hasattr(source, "spec") else {}
 
 
-def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+def add_tar_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    """Append one file to an open tar, with fixed metadata so equal inputs give equal bytes."""
     info = tarfile.TarInfo(name)
     info.size = len(payload)
     info.mode = 0o444
@@ -71,8 +72,8 @@ def _write_split(source: ImageSource, split: str, folder: str, maxcount: int) ->
                 tar = tarfile.open(os.path.join(folder, shards[-1]), "w", format=tarfile.USTAR_FORMAT)
             buf = io.BytesIO()
             img.save(buf, format="PNG", compress_level=1)
-            _add_member(tar, f"{key}.cls", str(int(label)).encode("ascii"))
-            _add_member(tar, f"{key}.png", buf.getvalue())
+            add_tar_member(tar, f"{key}.cls", str(int(label)).encode("ascii"))
+            add_tar_member(tar, f"{key}.png", buf.getvalue())
             sizes[-1] += 1
             count += 1
             if count % LOG_EVERY == 0:

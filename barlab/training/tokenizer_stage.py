@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from barlab.cli import instantiate_checked
-from barlab.errors import CheckpointError, ConfigError
+from barlab.errors import ConfigError
 from barlab.tokenizer.checkpoint import build_tokenizer, save_tokenizer
 from barlab.training.callbacks.ema import EMA
 from barlab.training.callbacks.recon_grid import ReconstructionGrid
-from barlab.training.checkpoint_io import AtomicCheckpointIO
+from barlab.training.build import build_callbacks, build_loggers, build_trainer, checkpoint_dir, resolve_ckpt_path
 from barlab.training.tokenizer_module import TokenizerModule
 
 log = logging.getLogger("barlab")
@@ -61,52 +60,6 @@ def build_tokenizer_module(cfg: DictConfig) -> TokenizerModule:
     )
 
 
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    return [instantiate_checked(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items()
-            if node is not None]
-
-
-def build_loggers(cfg: DictConfig) -> list:
-    loggers = []
-    for name, node in (cfg.get("logger") or {}).items():
-        if node is None:
-            continue
-        try:
-            loggers.append(instantiate_checked(node, f"logger.{name}"))
-        except ConfigError as err:
-            if "tensorboard" in str(err).lower():
-                raise ConfigError("logger", "TensorBoard is not installed",
-                                  fix="pip install tensorboard, or logger=csv") from None
-            raise
-    return loggers
-
-
-def auto_precision() -> str:
-    """bf16 autocast where the GPU supports it; fp32 elsewhere (bf16 on CPUs without AMX is slower)."""
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
-
-
-def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
-    extra = {"precision": auto_precision()} if cfg.trainer.get("precision") == "auto" else {}
-    return instantiate_checked(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
-                               plugins=[AtomicCheckpointIO()], **extra)
-
-
-def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """``ckpt_path``: null, ``last`` (this run's last.ckpt if it exists) or an explicit file."""
-    value = cfg.get("ckpt_path")
-    if value in (None, ""):
-        return None
-    if value == "last":
-        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
-    if not Path(value).is_file():
-        raise CheckpointError(f"ckpt_path={value} does not exist (set ckpt_path=null to start afresh)")
-    return str(value)
-
-
 def run_tokenizer_stage(cfg: DictConfig) -> dict[str, Any]:
     """Train, evaluate and export a tokenizer. Returns the results.json body."""
     run_dir = Path(cfg.paths.output_dir)
@@ -114,15 +67,14 @@ def run_tokenizer_stage(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = instantiate_checked(cfg.data, "data")
     module = build_tokenizer_module(cfg)
-    callbacks = build_callbacks(cfg)
-    loggers = build_loggers(cfg)
-    trainer = build_trainer(cfg, callbacks, loggers)
+    callbacks = build_callbacks(cfg, "tokenizer")
+    trainer = build_trainer(cfg, cfg.tokenizer, callbacks, build_loggers(cfg, "tokenizer"))
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     log.info("tokenizer: %s, %d bits per image, %.2fM parameters", type(module.tokenizer.quantizer).__name__,
              module.bits_per_image, sum(p.numel() for p in module.tokenizer.parameters()) / 1e6)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg, "tokenizer"))
 
     # Final numbers on the validation split, with the EMA weights (the callback swaps them in).
     trainer.limit_val_batches = cfg.final_eval.max_batches or 1.0
@@ -156,7 +108,7 @@ def run_tokenizer_stage(cfg: DictConfig) -> dict[str, Any]:
         "skipped_samples": getattr(datamodule, "skipped", 0),
         "artifacts": {
             "tokenizer": str(tokenizer_path),
-            "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
+            "checkpoint": str(checkpoint_dir(cfg, "tokenizer") / "last.ckpt"),
             "recon_grid": str(grid_cb.latest) if grid_cb is not None and grid_cb.latest else None,
         },
     }

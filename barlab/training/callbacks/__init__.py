@@ -2,5 +2,6 @@
 
 from barlab.training.callbacks.ema import EMA
 from barlab.training.callbacks.recon_grid import ReconstructionGrid
+from barlab.training.callbacks.sample_grid import SampleGrid
 
-__all__ = ["EMA", "ReconstructionGrid"]
+__all__ = ["EMA", "ReconstructionGrid", "SampleGrid"]

@@ -1,0 +1,46 @@
+"""Class-conditional sample grid PNG at every validation: one row per class."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from barlab.utils.images import make_grid, save_png, upscale
+
+
+class SampleGrid(L.Callback):
+    """Save ``<dirpath>/step_XXXXXX.png`` (and a copy at ``latest``) after each validation.
+
+    Row c holds ``per_class`` samples of class c (class-balanced), drawn with a fixed seed so grids
+    from different steps are comparable. The LightningModule must provide
+    ``generate(labels, generator) -> images (B, C, H, W) in [-1, 1]`` and ``num_classes``.
+    """
+
+    def __init__(self, dirpath: str, latest: str | None = None, per_class: int = 8, max_classes: int = 10,
+                 scale: int = 2, seed: int = 0, batch_size: int = 128):
+        self.dirpath = Path(dirpath)
+        self.latest = Path(latest) if latest else None
+        self.per_class, self.max_classes, self.scale, self.seed = per_class, max_classes, scale, seed
+        self.batch_size = batch_size
+        self.last_path: Path | None = None
+
+    @torch.no_grad()
+    def render(self, pl_module: L.LightningModule, path: Path) -> Path:
+        classes = min(pl_module.num_classes, self.max_classes)
+        labels = torch.arange(classes).repeat_interleave(self.per_class)
+        generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        images = torch.cat([pl_module.generate(chunk, generator=generator).cpu()
+                            for chunk in labels.split(self.batch_size)])
+        return save_png(upscale(make_grid(images, nrow=self.per_class), self.scale), path)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        path = self.render(pl_module, self.dirpath / f"step_{trainer.global_step:06d}.png")
+        if self.latest is not None:
+            self.latest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, self.latest)
+        self.last_path = path

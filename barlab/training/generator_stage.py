@@ -1,0 +1,126 @@
+"""Stage ``generator``: pretokenize with a trained tokenizer, train the AR generator, sample.
+
+Reads top to bottom: load the tokenizer; write token shards (original + flip) unless they exist;
+build backbone + head from the ``generator`` and ``head`` groups; fit; validate; write a
+class-balanced sample grid; return the numbers for results.json.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from barlab.cli import instantiate_checked
+from barlab.data.pretokenize import pretokenize
+from barlab.data.token_shards import TokenShardDataModule, read_token_manifest
+from barlab.errors import ConfigError
+from barlab.generator.heads import linear_head_params
+from barlab.tokenizer.checkpoint import load_tokenizer
+from barlab.training.callbacks.sample_grid import SampleGrid
+from barlab.training.generator_module import GeneratorModule
+from barlab.training.optim import count_parameters
+from barlab.training.build import build_callbacks, build_loggers, build_trainer, checkpoint_dir, resolve_ckpt_path
+
+log = logging.getLogger("barlab")
+
+
+def check_linear_head(cfg: DictConfig, bits_per_step: int) -> None:
+    """Refuse a linear head whose 2^k' softmax is beyond ``head.max_params``, before any training."""
+    head = cfg.head
+    if str(head.get("_target_", "")).endswith("LinearHead"):
+        needed = linear_head_params(cfg.generator.backbone.cond_dim, bits_per_step)
+        if needed > head.max_params:
+            raise ConfigError("head", f"linear softmax over 2^{bits_per_step} codes needs {needed:,} parameters, "
+                              f"above head.max_params={head.max_params:,}",
+                              fix="head=mbm (or head=bitwise), or raise head.max_params")
+
+
+def tokenizer_path(cfg: DictConfig, trained: Path | None) -> Path:
+    """The tokenizer to use: the one just trained (stage=all) or ``tokenizer_ckpt``."""
+    if trained is not None:
+        return trained
+    if not cfg.get("tokenizer_ckpt"):
+        raise ConfigError("tokenizer_ckpt", "stage=generator needs a trained tokenizer",
+                          fix="tokenizer_ckpt=/path/to/run/tokenizer.pt, or stage=all")
+    return Path(cfg.tokenizer_ckpt)
+
+
+def build_generator_module(cfg: DictConfig, tokenizer, info: dict, num_classes: int) -> GeneratorModule:
+    gen = cfg.generator
+    p = gen.token_shuffle
+    grid = tuple(info["grid"])
+    if grid[0] % p or grid[1] % p:
+        raise ConfigError("generator.token_shuffle", f"p={p} does not divide the token grid {grid}",
+                          fix="generator.token_shuffle=1")
+    bits_per_step = info["bits_per_token"] * p * p
+    check_linear_head(cfg, bits_per_step)
+    backbone = instantiate_checked(gen.backbone, "generator.backbone", bits_per_step=bits_per_step,
+                                   grid=(grid[0] // p, grid[1] // p), num_classes=num_classes)
+    head = instantiate_checked(cfg.head, "head", cond_dim=gen.backbone.cond_dim, bits_per_step=bits_per_step)
+    module = GeneratorModule(
+        backbone=backbone, head=head, tokenizer=tokenizer, grid=grid, token_shuffle=p,
+        label_drop=gen.label_drop, rar_start=gen.rar.start, rar_end=gen.rar.end, lr=gen.optim.lr,
+        betas=tuple(gen.optim.betas), weight_decay=gen.optim.weight_decay, warmup_steps=gen.optim.warmup_steps,
+        min_lr_ratio=gen.optim.min_lr_ratio, grad_clip=gen.optim.grad_clip, sampling=dict(cfg.sampling),
+    )
+    return module
+
+
+def run_generator_stage(cfg: DictConfig, trained_tokenizer: Path | None = None) -> dict[str, Any]:
+    run_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    tokenizer, info = load_tokenizer(tokenizer_path(cfg, trained_tokenizer))
+    if not info.get("is_discrete", True) or tokenizer.quantizer.bits_per_token < 1:
+        raise ConfigError("tokenizer/quantizer", "the generator needs a discrete tokenizer (binary_fsq or fsq)",
+                          fix="tokenizer/quantizer=binary_fsq")
+    check_linear_head(cfg, info["bits_per_token"] * cfg.generator.token_shuffle ** 2)
+
+    tokens_dir = Path(cfg.generator.data.shards_dir)
+    manifest = read_token_manifest(str(tokens_dir))
+    if manifest is None:
+        images = instantiate_checked(cfg.data, "data")
+        log.info("pretokenizing %s into %s", images.shards_dir, tokens_dir)
+        manifest = pretokenize(tokenizer, images, str(tokens_dir), meta={"tokenizer": str(info.get("path", ""))})
+    if manifest["bits"] != info["bits_per_token"] or list(manifest["grid"]) != list(info["grid"]):
+        raise ConfigError("generator.data.shards_dir", f"token shards in {tokens_dir} were made by another tokenizer "
+                          f"({manifest['bits']} bits, grid {manifest['grid']})", fix="point it to a new folder")
+    datamodule = TokenShardDataModule(str(tokens_dir), batch_size=cfg.generator.data.batch_size,
+                                      num_workers=cfg.generator.data.num_workers,
+                                      epoch_length=cfg.generator.data.epoch_length,
+                                      max_val_samples=cfg.generator.data.max_val_samples, seed=cfg.seed)
+
+    module = build_generator_module(cfg, tokenizer, info, manifest["num_classes"])
+    log.info("generator: %s head, %d bits per AR step, %d AR steps, %.2fM parameters (backbone %.2fM, head %.2fM)",
+             type(module.head).__name__, module.head.bits_per_step, module.backbone.seq_len,
+             (count_parameters(module.backbone) + count_parameters(module.head)) / 1e6,
+             count_parameters(module.backbone) / 1e6, count_parameters(module.head) / 1e6)
+    grid_cb = SampleGrid(dirpath=str(run_dir / "samples"), latest=str(run_dir / "sample_grid.png"),
+                         per_class=cfg.sampling.per_class, seed=cfg.seed)
+    callbacks = build_callbacks(cfg, "generator", names=("model_checkpoint", "lr_monitor")) + [grid_cb]
+    trainer = build_trainer(cfg, cfg.generator, callbacks, build_loggers(cfg, "generator"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg, "generator"))
+    trainer.limit_val_batches = cfg.final_eval.max_batches or 1.0
+    final = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
+    train = module.recent_train_metrics()
+
+    return {
+        "head": type(module.head).__name__,
+        "bits_per_step": module.head.bits_per_step,
+        "ar_steps": module.backbone.seq_len,
+        "token_shuffle": cfg.generator.token_shuffle,
+        "params_backbone": count_parameters(module.backbone),
+        "params_head": count_parameters(module.head),
+        "train_loss": train.get("loss"),            # mean over the last 50 training steps
+        "train_bit_accuracy": train.get("bit_accuracy"),
+        "val_loss": final.get("val/loss"),
+        "val_bit_accuracy": final.get("val/bit_accuracy"),
+        "train_steps": trainer.global_step,
+        "sampling": dict(cfg.sampling),
+        "artifacts": {"sample_grid": str(grid_cb.latest), "tokens": str(tokens_dir),
+                      "checkpoint": str(checkpoint_dir(cfg, "generator") / "last.ckpt")},
+    }

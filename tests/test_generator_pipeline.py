@@ -1,0 +1,86 @@
+"""Generator pipeline: paper presets, pretokenization, token shards, one tiny run per head."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from PIL import Image
+
+from barlab.cli import CONFIG_DIR
+from barlab.data import ImageShardDataModule, SyntheticSource
+from barlab.data.pretokenize import pretokenize
+from barlab.data.token_shards import TokenShardDataModule, pack_bits, unpack_bits
+from barlab.tokenizer import BinaryFSQ, ConvDecoder, ConvEncoder, Tokenizer
+from helpers import read_json, run_module
+
+# (preset, bits per AR step, AR grid, paper parameter count)
+PRESETS = [("bar_b", 16, (16, 16), 415e6), ("bar_b_p2", 64, (8, 8), 415e6),
+           ("bar_b_p4", 256, (4, 4), 416e6), ("bar_l", 16, (16, 16), 1.1e9)]
+
+
+@pytest.mark.parametrize("preset, bits_per_step, grid, paper", PRESETS)
+def test_paper_presets_match_the_published_parameter_counts(preset, bits_per_step, grid, paper):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"generator={preset}", "head=mbm"])
+    p = cfg.generator.token_shuffle
+    assert 16 * p * p == bits_per_step                      # 16-bit tokenizer, p x p shuffling
+    with torch.device("meta"):
+        backbone = instantiate(cfg.generator.backbone, bits_per_step=bits_per_step, grid=grid, num_classes=1000)
+        head = instantiate(cfg.head, cond_dim=cfg.generator.backbone.cond_dim, bits_per_step=bits_per_step)
+    total = sum(t.numel() for t in backbone.parameters()) + sum(t.numel() for t in head.parameters())
+    assert abs(total - paper) / paper < 0.01, f"{preset}: {total / 1e6:.1f}M vs {paper / 1e6:.0f}M"
+
+
+def test_bit_packing_round_trip():
+    bits = (np.random.default_rng(0).random((64, 13)) > 0.5).astype(np.uint8)
+    payload = pack_bits(bits)
+    assert len(payload) == (64 * 13 + 7) // 8
+    assert np.array_equal(unpack_bits(payload, 64, 13), bits)
+
+
+def test_pretokenization_stores_original_and_flip_and_reads_back(tmp_path):
+    images = ImageShardDataModule(str(tmp_path / "img"), SyntheticSource(num_train=24, num_val=8, image_size=16,
+                                                                         num_classes=4), image_size=16,
+                                  batch_size=8, num_workers=0, flip=False, random_crop=False)
+    torch.manual_seed(0)
+    tokenizer = Tokenizer(ConvEncoder(3, width=8, depth=1, downsample=4, out_channels=8), BinaryFSQ(8, bits=5),
+                          ConvDecoder(3, width=8, depth=1, upsample=4, in_channels=8)).eval()
+    manifest = pretokenize(tokenizer, images, str(tmp_path / "tokens"), batch_size=8)
+    assert (manifest["seq_len"], manifest["bits"], manifest["grid"]) == (16, 5, [4, 4])
+    assert manifest["splits"]["train"]["num_samples"] == 48 and manifest["splits"]["val"]["num_samples"] == 8
+
+    tokens = TokenShardDataModule(str(tmp_path / "tokens"), batch_size=8, num_workers=0)
+    (val_batch,) = list(tokens.val_dataloader())
+    (image_batch,) = list(images.val_dataloader())
+    with torch.no_grad():
+        expected = tokenizer.encode_bits(image_batch["image"])
+    assert val_batch["bits"].shape == (8, 16, 5)
+    assert torch.equal(val_batch["bits"], expected)
+    assert torch.equal(val_batch["label"], image_batch["label"])
+
+    train = next(iter(tokens.train_dataloader()))
+    assert train["bits"].shape == (8, 16, 5) and set(train["bits"].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_one_tiny_end_to_end_run_per_head(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_module("barlab.train", "-m", "experiment=smoke", "head=linear,bitwise,mbm", "tokenizer.bits=6",
+                      "tokenizer.max_steps=6", "tokenizer.val_every=6", "generator.max_steps=6",
+                      "generator.val_every=6", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = {read_json(p)["overrides"]["head"]: p.parent for p in sweep.glob("*/results.json")}
+    assert sorted(runs) == ["bitwise", "linear", "mbm"]
+    for head, run_dir in runs.items():
+        results = read_json(run_dir / "results.json")
+        assert results["status"] == "ok" and results["stage"] == "all"
+        gen = results["generator"]
+        assert gen["head"].lower().startswith(head[:3]) and gen["bits_per_step"] == 6 and gen["ar_steps"] == 16
+        assert gen["train_steps"] == 6
+        assert 0.0 < gen["train_loss"] < 10.0 and 0.0 <= gen["train_bit_accuracy"] <= 1.0
+        assert 0.0 <= results["generator_val_bit_accuracy"] <= 1.0
+        grid = Image.open(run_dir / "sample_grid.png")
+        # 4 classes x 2 samples per class, 16 px images with 2 px padding, enlarged x2
+        assert grid.size == (2 * (2 * 18 + 2), 2 * (4 * 18 + 2))

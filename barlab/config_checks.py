@@ -76,7 +76,7 @@ def check_config(cfg: DictConfig) -> None:
 def check_generator(cfg: DictConfig, quantizer: str) -> None:
     """Generator knobs, and the linear head's size guard where the bit width is known up front."""
     gen = cfg.generator
-    positive_int(gen.get("max_steps"), "generator.max_steps", 1500)
+    positive_int(gen.get("max_steps"), "generator.max_steps", 1200)
     positive_int(gen.get("val_every"), "generator.val_every", 500)
     p = positive_int(gen.get("token_shuffle"), "generator.token_shuffle", 1)
     positive_int(gen.data.get("batch_size"), "generator.data.batch_size", 64)
@@ -86,6 +86,17 @@ def check_generator(cfg: DictConfig, quantizer: str) -> None:
     if cfg.stage == "generator" and not cfg.get("tokenizer_ckpt"):
         raise ConfigError("tokenizer_ckpt", "stage=generator needs a trained tokenizer",
                           fix="tokenizer_ckpt=/path/to/run/tokenizer.pt, or stage=all")
+    sampling = cfg.sampling
+    if not isinstance(sampling.guidance, (int, float)) or isinstance(sampling.guidance, bool) or sampling.guidance < 0:
+        raise ConfigError("sampling.guidance", f"must be a number >= 0 (1 = no guidance), got {sampling.guidance!r}",
+                          fix="sampling.guidance=3.0")
+    if sampling.schedule not in ("constant", "linear", "power-cosine"):
+        raise ConfigError("sampling.schedule", f"unknown CFG schedule {sampling.schedule!r}",
+                          fix="sampling.schedule=linear (or constant, power-cosine)")
+    if not isinstance(sampling.temperature, (int, float)) or sampling.temperature < 0:
+        raise ConfigError("sampling.temperature", f"must be a number >= 0, got {sampling.temperature!r}",
+                          fix="sampling.temperature=1.0")
+    positive_int(sampling.get("per_class"), "sampling.per_class", 10)
     if cfg.stage == "all" and quantizer.endswith("BinaryFSQ"):
         from barlab.training.generator_stage import check_linear_head
 

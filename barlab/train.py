@@ -86,6 +86,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         write_results(run_dir, {"status": "crashed", "error": f"{type(err).__name__}: {err}",
                                 "stage": cfg.get("stage"), "wall_time_s": round(time.time() - start, 1)})
         raise
+    except BaseException as err:  # Ctrl-C, SIGTERM (pre-emption): say so, then stop
+        write_results(run_dir, {"status": "interrupted", "error": type(err).__name__,
+                                "stage": cfg.get("stage"), "wall_time_s": round(time.time() - start, 1)})
+        raise
     body["wall_time_s"] = round(time.time() - start, 1)
     path = write_results(run_dir, body)
     log.info("results: %s", path)

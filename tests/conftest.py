@@ -1,0 +1,8 @@
+"""Test session setup."""
+
+import os
+
+# As in barlab/__init__.py, and before anything imports torch: OpenMP threads that sleep instead of
+# spinning, so parallel test processes do not slow each other down tenfold.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("WANDB_MODE", "offline")

@@ -13,7 +13,6 @@ concurrent writers of the same folder with ``fcntl.flock`` on ``out_dir + ".lock
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import logging
@@ -27,6 +26,7 @@ from importlib import metadata
 
 from barlab.data.base import SPLITS, ImageSource
 from barlab.errors import ConfigError, DataError
+from barlab.utils.locks import exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -156,20 +156,11 @@ def ensure_shards(out_dir: str, source: ImageSource | None = None, maxcount: int
         raise ConfigError("data.shards_dir", f"{out_dir} holds no {MANIFEST}",
                           fix=f"set data.source, or run python -m barlab.data.shard fashion-mnist --out {out_dir}")
     if manifest is None:
-        os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-        with open(out_dir + ".lock", "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("waiting for another job preparing %s", out_dir)
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                manifest = read_manifest(out_dir)
-                if manifest is None:
-                    log.info("preparing %s shards in %s", source.name, out_dir)
-                    manifest = write_shards(source, out_dir, maxcount=maxcount)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with exclusive_lock(out_dir + ".lock", out_dir):
+            manifest = read_manifest(out_dir)
+            if manifest is None:
+                log.info("preparing %s shards in %s", source.name, out_dir)
+                manifest = write_shards(source, out_dir, maxcount=maxcount)
     if source is not None and (manifest.get("source"), manifest.get("source_spec", {})) != (source.name, _spec(source)):
         log.warning("%s holds shards of %r %s but data.source is %r %s; using the existing shards "
                     "(delete the folder or change data.shards_dir to rebuild them)", out_dir, manifest.get("source"),

@@ -24,6 +24,7 @@ from barlab.tokenizer.checkpoint import load_tokenizer
 from barlab.training.callbacks.sample_grid import SampleGrid
 from barlab.training.generator_module import GeneratorModule
 from barlab.training.optim import count_parameters
+from barlab.utils.locks import exclusive_lock
 from barlab.training.build import build_callbacks, build_loggers, build_trainer, checkpoint_dir, resolve_ckpt_path
 
 log = logging.getLogger("barlab")
@@ -81,11 +82,12 @@ def run_generator_stage(cfg: DictConfig, trained_tokenizer: Path | None = None) 
     check_linear_head(cfg, info["bits_per_token"] * cfg.generator.token_shuffle ** 2)
 
     tokens_dir = Path(cfg.generator.data.shards_dir)
-    manifest = read_token_manifest(str(tokens_dir))
-    if manifest is None:
-        images = instantiate_checked(cfg.data, "data")
-        log.info("pretokenizing %s into %s", images.shards_dir, tokens_dir)
-        manifest = pretokenize(tokenizer, images, str(tokens_dir), meta={"tokenizer": str(info.get("path", ""))})
+    with exclusive_lock(str(tokens_dir) + ".lock", str(tokens_dir)):  # one writer among parallel jobs / ranks
+        manifest = read_token_manifest(str(tokens_dir))
+        if manifest is None:
+            images = instantiate_checked(cfg.data, "data")
+            log.info("pretokenizing %s into %s", images.shards_dir, tokens_dir)
+            manifest = pretokenize(tokenizer, images, str(tokens_dir), meta={"tokenizer": str(info.get("path", ""))})
     if manifest["bits"] != info["bits_per_token"] or list(manifest["grid"]) != list(info["grid"]):
         raise ConfigError("generator.data.shards_dir", f"token shards in {tokens_dir} were made by another tokenizer "
                           f"({manifest['bits']} bits, grid {manifest['grid']})", fix="point it to a new folder")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from barlab.tokenizer.bit_stats import BitStatsAccumulator, binary_entropy, bit_statistics
+from barlab.tokenizer.bit_stats import BitStatsAccumulator, bit_statistics, summarize
 from barlab.tokenizer.discriminator import hinge_d_loss, hinge_g_loss
 from barlab.tokenizer.losses import ReconstructionLoss
 from barlab.tokenizer.tokenizer import Tokenizer
@@ -179,13 +179,12 @@ class TokenizerModule(L.LightningModule):
         if self.trainer.world_size > 1:  # per-bit counts are additive across ranks
             ones = self.all_gather(ones).reshape(-1, ones.shape[-1]).sum(0)
             tokens = self.all_gather(tokens).sum()
-        usage = ones.double() / tokens.double()
-        entropy = binary_entropy(usage)
-        self.last_bit_stats = {"usage": usage.tolist(), "entropy": entropy.tolist()}
-        self.log("val/bits_mean_entropy", float(entropy.mean()))
-        self.log("val/bits_min_entropy", float(entropy.min()))
-        self.log("val/bits_usage_min", float(usage.min()))
-        self.log("val/bits_usage_max", float(usage.max()))
+        stats = summarize(ones.double() / tokens.double(), 0.0, int(tokens))
+        self.last_bit_stats = {"usage": stats["usage"].tolist(), "entropy": stats["entropy"].tolist()}
+        self.log("val/bits_mean_entropy", float(stats["mean_entropy"]))
+        self.log("val/bits_min_entropy", float(stats["min_entropy"]))
+        self.log("val/bits_usage_min", float(stats["usage"].min()))
+        self.log("val/bits_usage_max", float(stats["usage"].max()))
 
     # -------------------------------------------------------------- optimisers
     def configure_optimizers(self):

@@ -53,6 +53,16 @@ def gumbel(shape: tuple[int, ...], generator: torch.Generator | None, device: to
     return -torch.log(-torch.log(u))
 
 
+def gumbel_argmax(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
+    """Sample from softmax(logits / τ) over the last axis by the Gumbel-max trick; τ = 0 is argmax.
+
+    logits (..., V) -> indices (...) long.
+    """
+    if temperature > 0:
+        logits = logits + temperature * gumbel(tuple(logits.shape), generator, logits.device)
+    return logits.argmax(dim=-1)
+
+
 def is_unit_guidance(guidance: Guidance) -> bool:
     """True when ``guidance`` is the Python/0-d scalar 1 (the unconditional branch can be skipped)."""
     if isinstance(guidance, Tensor):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from barlab.generator.heads.base import Guidance, Head, HeadOutput, fp32_region, gumbel
+from barlab.generator.heads.base import Guidance, Head, HeadOutput, fp32_region, gumbel_argmax
 from barlab.tokenizer.quantizers.base import check_int
 
 
@@ -46,6 +46,4 @@ class BitwiseHead(Head):
         """Per-bit Gumbel-max at temperature τ on the (guided) logits; τ = 0 is argmax. -> bits (N, k')."""
         self._check_inputs(cond)
         logits = self._guided(self.logits, cond, uncond, guidance)
-        if temperature > 0:
-            logits = logits + temperature * gumbel(tuple(logits.shape), generator, logits.device)
-        return logits.argmax(dim=-1).float()
+        return gumbel_argmax(logits, temperature, generator).float()

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from barlab.errors import ConfigError
 from barlab.generator.heads.base import (Guidance, Head, HeadOutput, bits_to_code, code_to_bits, fp32_region,
-                                         gumbel)
+                                         gumbel_argmax)
 from barlab.tokenizer.quantizers.base import check_int
 
 MAX_CODE_BITS = 62  # codes are built in int64
@@ -60,6 +60,4 @@ class LinearHead(Head):
         """Gumbel-max draw from softmax(l/τ) of the (guided) logits; τ = 0 is argmax. -> bits (N, k')."""
         self._check_inputs(cond)
         logits = self._guided(self.logits, cond, uncond, guidance)
-        if temperature > 0:
-            logits = logits + temperature * gumbel(tuple(logits.shape), generator, logits.device)
-        return code_to_bits(logits.argmax(dim=-1), self.bits_per_step)
+        return code_to_bits(gumbel_argmax(logits, temperature, generator), self.bits_per_step)

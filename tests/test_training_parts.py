@@ -111,7 +111,7 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
 
     before = val_loss()
     module.train()
-    trainer = L.Trainer(max_steps=60, accelerator="cpu", logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(max_steps=60, accelerator="cpu", logger=False, enable_checkpointing=False, limit_val_batches=0,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches * 15, batch_size=None))
     after = val_loss()

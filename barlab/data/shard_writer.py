@@ -54,35 +54,64 @@ def add_tar_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     tar.addfile(info, io.BytesIO(payload))
 
 
+class SplitShards:
+    """Writes one split's samples into ``{split}-{i:06d}.tar`` files of at most ``maxcount`` samples.
+
+    ``add(key, members)`` appends ``KEY.<ext>`` for each ``ext -> bytes`` in ``members``;
+    ``close()`` returns the manifest entry ``{"num_samples", "shards", "shard_sizes"}``.
+    Use as a context manager so the open tar is closed on errors too.
+    """
+
+    def __init__(self, folder: str, split: str, maxcount: int):
+        self.folder, self.split, self.maxcount = folder, split, int(maxcount)
+        self.shards: list[str] = []
+        self.sizes: list[int] = []
+        self._tar: tarfile.TarFile | None = None
+
+    def add(self, key: str, members: dict[str, bytes]) -> None:
+        if self._tar is None or self.sizes[-1] >= self.maxcount:
+            self._close_tar()
+            self.shards.append(f"{self.split}-{len(self.shards):06d}.tar")
+            self.sizes.append(0)
+            self._tar = tarfile.open(os.path.join(self.folder, self.shards[-1]), "w", format=tarfile.USTAR_FORMAT)
+        for ext, payload in members.items():
+            add_tar_member(self._tar, f"{key}.{ext}", payload)
+        self.sizes[-1] += 1
+
+    def _close_tar(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+
+    def close(self) -> dict:
+        self._close_tar()
+        return {"num_samples": sum(self.sizes), "shards": self.shards, "shard_sizes": self.sizes}
+
+    def __enter__(self) -> "SplitShards":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._close_tar()
+
+
 def _write_split(source: ImageSource, split: str, folder: str, maxcount: int) -> dict:
     """Write one split's shards into ``folder``; returns its manifest entry."""
-    shards, sizes, count, tar = [], [], 0, None
     start = time.monotonic()
-    try:
-        for key, img, label in source.iter_samples(split):
+    with SplitShards(folder, split, maxcount) as writer:
+        for count, (key, img, label) in enumerate(source.iter_samples(split), start=1):
             if "." in key or "/" in key:
                 raise DataError(f"source {source.name!r} made key {key!r}; keys must not contain '.' or '/'")
             if not 0 <= int(label) < source.num_classes:
                 raise DataError(f"source {source.name!r}: sample {key} has label {label} outside 0..{source.num_classes - 1}")
-            if tar is None or sizes[-1] >= maxcount:
-                if tar is not None:
-                    tar.close()
-                shards.append(f"{split}-{len(shards):06d}.tar")
-                sizes.append(0)
-                tar = tarfile.open(os.path.join(folder, shards[-1]), "w", format=tarfile.USTAR_FORMAT)
             buf = io.BytesIO()
             img.save(buf, format="PNG", compress_level=1)
-            add_tar_member(tar, f"{key}.cls", str(int(label)).encode("ascii"))
-            add_tar_member(tar, f"{key}.png", buf.getvalue())
-            sizes[-1] += 1
-            count += 1
+            writer.add(key, {"cls": str(int(label)).encode("ascii"), "png": buf.getvalue()})
             if count % LOG_EVERY == 0:
                 log.info("%s: %d samples written (%.0f/s)", split, count, count / (time.monotonic() - start))
-    finally:
-        if tar is not None:
-            tar.close()
-    log.info("%s: %d samples in %d shards (%.1fs)", split, count, len(shards), time.monotonic() - start)
-    return {"num_samples": count, "shards": shards, "shard_sizes": sizes}
+        entry = writer.close()
+    log.info("%s: %d samples in %d shards (%.1fs)", split, entry["num_samples"], len(entry["shards"]),
+             time.monotonic() - start)
+    return entry
 
 
 def write_shards(source: ImageSource, out_dir: str, maxcount: int = 2000, splits=SPLITS) -> dict:

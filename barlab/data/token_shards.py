@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import shutil
-import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
 
@@ -28,7 +27,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from barlab.data.pipeline import Shuffle, SizedPipeline, SkipCounter, TarSamples, rank_and_world, worker_seed
-from barlab.data.shard_writer import MANIFEST, add_tar_member
+from barlab.data.shard_writer import MANIFEST, SplitShards
 from barlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -60,22 +59,12 @@ def write_token_shards(splits: dict[str, Iterable[tuple[str, np.ndarray, int]]],
     try:
         manifest = {"kind": "tokens", **meta, "splits": {}}
         for split, samples in splits.items():
-            shards, sizes, tar = [], [], None
-            for key, bits, label in samples:
-                if bits.shape != expected:
-                    raise DataError(f"token sample {key} has shape {bits.shape}, expected {expected}")
-                if tar is None or sizes[-1] >= maxcount:
-                    if tar is not None:
-                        tar.close()
-                    shards.append(f"{split}-{len(shards):06d}.tar")
-                    sizes.append(0)
-                    tar = tarfile.open(os.path.join(tmp, shards[-1]), "w", format=tarfile.USTAR_FORMAT)
-                add_tar_member(tar, f"{key}.bits", pack_bits(bits))
-                add_tar_member(tar, f"{key}.cls", str(int(label)).encode("ascii"))
-                sizes[-1] += 1
-            if tar is not None:
-                tar.close()
-            manifest["splits"][split] = {"num_samples": sum(sizes), "shards": shards, "shard_sizes": sizes}
+            with SplitShards(tmp, split, maxcount) as writer:
+                for key, bits, label in samples:
+                    if bits.shape != expected:
+                        raise DataError(f"token sample {key} has shape {bits.shape}, expected {expected}")
+                    writer.add(key, {"bits": pack_bits(bits), "cls": str(int(label)).encode("ascii")})
+                manifest["splits"][split] = writer.close()
         with open(os.path.join(tmp, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=1)
         if os.path.isdir(out_dir):

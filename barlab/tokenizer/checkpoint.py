@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from barlab.cli import instantiate_checked
 from barlab.errors import CheckpointError
 from barlab.utils.io import atomic_torch_save
 
@@ -25,9 +25,9 @@ def build_tokenizer(cfg: DictConfig | dict) -> "Tokenizer":  # noqa: F821
 
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     return Tokenizer(
-        encoder=instantiate(cfg.encoder),
-        quantizer=instantiate(cfg.quantizer),
-        decoder=instantiate(cfg.decoder),
+        encoder=instantiate_checked(cfg.encoder, "tokenizer.encoder"),
+        quantizer=instantiate_checked(cfg.quantizer, "tokenizer.quantizer"),
+        decoder=instantiate_checked(cfg.decoder, "tokenizer.decoder"),
     )
 
 

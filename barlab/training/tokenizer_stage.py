@@ -14,7 +14,6 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from barlab.cli import instantiate_checked
-from barlab.errors import ConfigError
 from barlab.tokenizer.checkpoint import build_tokenizer, save_tokenizer
 from barlab.training.callbacks.ema import EMA
 from barlab.training.callbacks.recon_grid import ReconstructionGrid
@@ -27,13 +26,7 @@ log = logging.getLogger("barlab")
 def build_tokenizer_module(cfg: DictConfig) -> TokenizerModule:
     """The LightningModule for ``cfg.tokenizer``: tokenizer + losses + optimiser settings."""
     tok = cfg.tokenizer
-    try:
-        tokenizer = build_tokenizer(tok)
-    except Exception as err:  # noqa: BLE001 - re-raised with the knob when it is ours
-        cause = err.__cause__ if err.__cause__ is not None else err
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        raise
+    tokenizer = build_tokenizer(tok)  # constructor errors surface as one-line ConfigErrors
     gan, perceptual = tok.loss.gan, tok.loss.perceptual
     discriminator = instantiate_checked(gan.discriminator, "tokenizer.loss.gan.discriminator") if gan.weight > 0 else None
     perceptual_net = None

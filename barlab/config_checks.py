@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from barlab.errors import ConfigError
 
-STAGES = ("tokenizer", "generator", "all")
+STAGES = ("tokenizer", "generator", "all", "classifier")
 
 
 def positive_int(value, knob: str, example: int) -> int:

@@ -38,7 +38,8 @@ def run_all(cfg: DictConfig) -> dict[str, Any]:
 
     tokenizer = run_tokenizer_stage(cfg)
     generator = run_generator_stage(cfg, trained_tokenizer=Path(tokenizer["artifacts"]["tokenizer"]))
-    flat = {k: v for k, v in tokenizer.items() if k not in ("artifacts", "metrics", "bit_stats", "train_steps")}
+    flat = {k: v for k, v in tokenizer.items()
+            if k not in ("artifacts", "metrics", "bit_stats", "train_steps", "rfid_eval", "kid", "precision", "recall")}
     return {
         **flat,
         "stage": "all",
@@ -47,6 +48,8 @@ def run_all(cfg: DictConfig) -> dict[str, Any]:
         "generator_train_bit_accuracy": generator["train_bit_accuracy"],
         "generator_val_loss": generator["val_loss"],
         "generator_val_bit_accuracy": generator["val_bit_accuracy"],
+        **{k: generator[k] for k in ("gfid", "class_accuracy", "inception_score", "precision", "recall", "kid")
+           if k in generator},
         "tokenizer": tokenizer,
         "generator": generator,
     }
@@ -54,9 +57,11 @@ def run_all(cfg: DictConfig) -> dict[str, Any]:
 
 def _stages() -> dict[str, Callable[[DictConfig], dict[str, Any]]]:
     from barlab.training.generator_stage import run_generator_stage
+    from barlab.training.classifier_stage import run_classifier_stage
     from barlab.training.tokenizer_stage import run_tokenizer_stage
 
-    return {"tokenizer": run_tokenizer_stage, "generator": run_generator_stage, "all": run_all}
+    return {"tokenizer": run_tokenizer_stage, "generator": run_generator_stage, "all": run_all,
+            "classifier": run_classifier_stage}
 
 
 def quiet_known_warnings() -> None:
@@ -96,17 +101,30 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return body
 
 
+def objective_value(cfg: DictConfig, body: dict[str, Any]) -> float:
+    """The number handed back to a sweeper (Optuna): results.json's ``objective`` key, NaN if absent."""
+    value = body.get(str(cfg.get("objective") or "psnr"))
+    return float(value) if isinstance(value, (int, float)) else float("nan")
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
+    multirun = hydra_context()["mode"] == "multirun"
     try:
         body = run(cfg)
     except BarlabError as err:
         report_error(err)
-        if hydra_context()["mode"] == "multirun":
+        if multirun:
             _FAILED_JOBS.append(str(err))  # keep the sweep going; exit non-zero at the end
-            return None
+            return float("nan")
         sys.exit(2)
-    return body.get("psnr")
+    except Exception as err:  # a crash in one sweep job (its results.json says so) must not end the sweep
+        if not multirun:
+            raise
+        log.exception("job crashed")
+        _FAILED_JOBS.append(f"{type(err).__name__}: {err}")
+        return float("nan")
+    return objective_value(cfg, body)
 
 
 def main() -> None:
@@ -117,7 +135,7 @@ def main() -> None:
         sys.exit(2)
     hydra_main()
     if _FAILED_JOBS:
-        print(f"error: {len(_FAILED_JOBS)} sweep job(s) failed; see status=failed in their results.json",
+        print(f"error: {len(_FAILED_JOBS)} sweep job(s) failed; see status=failed/crashed in their results.json",
               file=sys.stderr)
         sys.exit(1)
 

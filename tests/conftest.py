@@ -6,3 +6,5 @@ import os
 # spinning, so parallel test processes do not slow each other down tenfold.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("WANDB_MODE", "offline")
+# The `random` feature network is refused outside tests (its numbers mean nothing).
+os.environ.setdefault("BARLAB_ALLOW_RANDOM_FEATURES", "1")

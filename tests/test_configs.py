@@ -14,7 +14,7 @@ from barlab.config_checks import check_config
 from barlab.errors import ConfigError
 
 GROUPS = ["data", "tokenizer", "tokenizer/quantizer", "generator", "head", "trainer", "logger", "callbacks",
-          "experiment"]
+          "experiment", "metrics"]
 
 
 def options(group: str) -> list[str]:

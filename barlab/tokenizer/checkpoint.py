@@ -58,13 +58,18 @@ def load_tokenizer(path: str | Path, map_location: str | torch.device = "cpu"):
         payload = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # corrupt or truncated file
         raise CheckpointError(f"cannot read tokenizer checkpoint {path}: {err}") from err
+    return tokenizer_from_payload(payload, str(path))
+
+
+def tokenizer_from_payload(payload: Any, where: str):
+    """Rebuild a tokenizer from the contents of a tokenizer file (also embedded in generator.pt)."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a barlab tokenizer file (expected format {FORMAT})")
+        raise CheckpointError(f"{where} is not a barlab tokenizer file (expected format {FORMAT})")
     tokenizer = build_tokenizer(payload["config"])
     try:
         tokenizer.load_state_dict(payload["state_dict"])
     except RuntimeError as err:
-        raise CheckpointError(f"weights in {path} do not match its config: {err}") from err
+        raise CheckpointError(f"tokenizer weights in {where} do not match its config: {err}") from err
     tokenizer.eval()
     info = {k: v for k, v in payload.items() if k not in ("state_dict",)}
     return tokenizer, info

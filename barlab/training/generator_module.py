@@ -23,9 +23,10 @@ from torch import nn
 
 from barlab.generator.backbone import ARBackbone
 from barlab.generator.heads import Head
+from barlab.generator.image_generator import generate_images
 from barlab.generator.order import random_ratio, sample_orders
 from barlab.generator.sampler import ARSampler
-from barlab.generator.token_shuffle import shuffle, unshuffle
+from barlab.generator.token_shuffle import shuffle
 from barlab.training.optim import decay_groups
 from barlab.training.schedules import warmup_cosine
 
@@ -83,11 +84,10 @@ class GeneratorModule(L.LightningModule):
     def generate(self, labels: torch.Tensor, generator: torch.Generator | None = None, **overrides) -> torch.Tensor:
         """labels (B,) → images (B, C, H, W) in [-1, 1], with the ``sampling`` settings (overridable)."""
         opts = {**self.sampling, **overrides}
-        steps = self.sampler.sample(labels.to(self.device), guidance=opts.get("guidance", 1.0),
-                                    schedule=opts.get("schedule", "linear"), power=opts.get("power", 1.0),
-                                    temperature=opts.get("temperature", 1.0), generator=generator)
-        bits = unshuffle(steps, self.grid, self.p)
-        return self.tokenizer.decode_bits(bits, self.grid).float().clamp(-1, 1)
+        return generate_images(self.sampler, self.tokenizer, self.grid, self.p, labels.to(self.device),
+                               guidance=opts.get("guidance", 1.0), schedule=opts.get("schedule", "linear"),
+                               power=opts.get("power", 1.0), temperature=opts.get("temperature", 1.0),
+                               generator=generator)
 
     def _loss(self, batch: dict, order: torch.Tensor | None, labels: torch.Tensor):
         bits = self.to_steps(batch["bits"])

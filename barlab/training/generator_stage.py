@@ -1,8 +1,9 @@
-"""Stage ``generator``: pretokenize with a trained tokenizer, train the AR generator, sample.
+"""Stage ``generator``: pretokenize with a trained tokenizer, train the AR generator, sample, score.
 
 Reads top to bottom: load the tokenizer; write token shards (original + flip) unless they exist;
-build backbone + head from the ``generator`` and ``head`` groups; fit; validate; write a
-class-balanced sample grid; return the numbers for results.json.
+build backbone + head from the ``generator`` and ``head`` groups; fit; validate; export
+``generator.pt``; draw class-balanced samples (``samples.npz``) and score them (gFID, class
+accuracy, IS, precision/recall with ``metrics``); return the numbers for results.json.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from barlab.data.pretokenize import pretokenize
 from barlab.data.token_shards import TokenShardDataModule, read_token_manifest
 from barlab.errors import ConfigError
 from barlab.generator.heads import linear_head_params
+from barlab.generator.image_generator import save_generator
 from barlab.tokenizer.checkpoint import load_tokenizer
 from barlab.training.callbacks.sample_grid import SampleGrid
+from barlab.training.evaluation import evaluate_generator, headline
 from barlab.training.generator_module import GeneratorModule
 from barlab.training.optim import count_parameters
 from barlab.utils.locks import exclusive_lock
@@ -74,7 +77,8 @@ def build_generator_module(cfg: DictConfig, tokenizer, info: dict, num_classes: 
 def run_generator_stage(cfg: DictConfig, trained_tokenizer: Path | None = None) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
-    tokenizer, info = load_tokenizer(tokenizer_path(cfg, trained_tokenizer))
+    tokenizer_file = tokenizer_path(cfg, trained_tokenizer)
+    tokenizer, info = load_tokenizer(tokenizer_file)
     if not info.get("is_discrete", True) or tokenizer.quantizer.bits_per_token < 1:
         raise ConfigError("tokenizer/quantizer", "the generator needs a discrete tokenizer (binary_fsq or fsq)",
                           fix="tokenizer/quantizer=binary_fsq")
@@ -109,6 +113,14 @@ def run_generator_stage(cfg: DictConfig, trained_tokenizer: Path | None = None) 
     final = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
     train = module.recent_train_metrics()
 
+    generator_file, scores = None, {}
+    if trainer.is_global_zero:
+        generator_file = save_generator(run_dir / "generator.pt", cfg.generator.backbone, cfg.head, module.backbone,
+                                        module.head, tokenizer_file, grid=module.grid, token_shuffle=module.p,
+                                        num_classes=module.num_classes, sampling=dict(cfg.sampling))
+        if cfg.metrics.gfid.enabled:
+            scores = evaluate_generator(cfg, module.generate, module.num_classes, run_dir)
+
     return {
         "head": type(module.head).__name__,
         "bits_per_step": module.head.bits_per_step,
@@ -122,6 +134,10 @@ def run_generator_stage(cfg: DictConfig, trained_tokenizer: Path | None = None) 
         "val_bit_accuracy": final.get("val/bit_accuracy"),
         "train_steps": trainer.global_step,
         "sampling": dict(cfg.sampling),
+        **(headline("g", scores) if scores else {}),
+        "gfid_eval": scores or None,
         "artifacts": {"sample_grid": str(grid_cb.latest), "tokens": str(tokens_dir),
+                      "generator": str(generator_file) if generator_file else None,
+                      "samples": scores.get("samples"),
                       "checkpoint": str(checkpoint_dir(cfg, "generator") / "last.ckpt")},
     }

@@ -1,5 +1,7 @@
 """Stage ``tokenizer``: train a tokenizer, evaluate it on the validation split, export it.
 
+The evaluation gives PSNR/SSIM (EMA weights) and the rFID of the exported tokenizer (``metrics``).
+
 Reads top to bottom: build data, model, callbacks, loggers and trainer from the config; fit;
 validate with the EMA weights; write ``tokenizer.pt`` and return the numbers for results.json.
 """
@@ -14,8 +16,9 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from barlab.cli import instantiate_checked
-from barlab.tokenizer.checkpoint import build_tokenizer, save_tokenizer
+from barlab.tokenizer.checkpoint import build_tokenizer, load_tokenizer, save_tokenizer
 from barlab.training.callbacks.ema import EMA
+from barlab.training.evaluation import evaluate_tokenizer, headline
 from barlab.training.callbacks.recon_grid import ReconstructionGrid
 from barlab.training.build import build_callbacks, build_loggers, build_trainer, checkpoint_dir, resolve_ckpt_path
 from barlab.training.tokenizer_module import TokenizerModule
@@ -86,6 +89,9 @@ def run_tokenizer_stage(cfg: DictConfig) -> dict[str, Any]:
     grid_cb = next((c for c in trainer.callbacks if isinstance(c, ReconstructionGrid)), None)
 
     metrics = {k: float(v) for k, v in final.items()}
+    rfid = {}
+    if cfg.metrics.rfid.enabled and trainer.is_global_zero:
+        rfid = evaluate_tokenizer(cfg, load_tokenizer(tokenizer_path)[0])
     return {
         "stage": "tokenizer",
         "quantizer": type(quantizer).__name__,
@@ -95,7 +101,9 @@ def run_tokenizer_stage(cfg: DictConfig) -> dict[str, Any]:
         "psnr": metrics.get("val/psnr"),
         "ssim": metrics.get("val/ssim"),
         "val_loss": metrics.get("val/loss"),
+        **(headline("r", rfid) if rfid else {}),
         "metrics": metrics,
+        "rfid_eval": rfid or None,
         "bit_stats": module.last_bit_stats,
         "train_steps": trainer.global_step,
         "skipped_samples": getattr(datamodule, "skipped", 0),

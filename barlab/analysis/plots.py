@@ -1,0 +1,85 @@
+"""Figures of the two studies, from a sweep table (:func:`barlab.analysis.load_sweep`).
+
+Axis labels carry the feature network's label, so an FID from barlab's classifier never passes
+for an Inception FID. Refused and out-of-memory points are drawn as crosses at the bottom of the
+axis, at their bit width, with the reason in the legend.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure  # figures without pyplot: no GUI backend, safe on headless nodes
+
+FAMILY_STYLE = {"discrete": dict(marker="o", label="binary FSQ (discrete)"),
+                "continuous": dict(marker="s", linestyle="--", label="KL (continuous, 16 bits/channel)")}
+HEAD_STYLE = {"linear": "o", "bitwise": "^", "mbm": "s"}
+
+
+def metric_label(frame, name: str) -> str:
+    """``rFID`` + the feature network's label, from the table's ``metrics_label`` column."""
+    labels = frame.get("metrics_label")
+    label = next((x for x in labels.dropna().unique()), None) if labels is not None else None
+    return f"{name}\n[{label}]" if label else name
+
+
+def plot_bit_budget(frame, path=None):
+    """rFID and PSNR against bits per image (log x), discrete vs continuous. Returns the figure."""
+    ok = frame[frame["outcome"] == "ok"] if "outcome" in frame else frame
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
+    for family, style in FAMILY_STYLE.items():
+        part = ok[ok.get("family") == family].sort_values("bits_per_image") if "family" in ok else ok.iloc[0:0]
+        if part.empty:
+            continue
+        for ax, column in zip(axes, ("rfid", "psnr")):
+            if column in part:
+                ax.plot(part["bits_per_image"], part[column], **style)
+    axes[0].set_ylabel(metric_label(frame, "rFID (lower is better)"))
+    axes[1].set_ylabel("PSNR (dB, higher is better)")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("bits per image")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    failed = frame[frame["outcome"] != "ok"] if "outcome" in frame else frame.iloc[0:0]
+    title = "Reconstruction vs bit budget"
+    if not failed.empty:
+        title += f"  ({len(failed)} run(s) not ok: see the table)"
+    fig.suptitle(title)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_heads(frame, path=None, bits_column: str = "tokenizer.bits"):
+    """gFID and class accuracy against bits per token, one line per head; refused / OOM marked."""
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
+    heads = [h for h in ("linear", "bitwise", "mbm") if "head" in frame and h in set(frame["head"])]
+    heads += [h for h in sorted(set(frame.get("head", []))) if h not in heads and isinstance(h, str)]
+    for head in heads:
+        rows = frame[frame["head"] == head].sort_values(bits_column)
+        ok = rows[rows["outcome"] == "ok"]
+        marker = HEAD_STYLE.get(head, "o")
+        for ax, column in zip(axes, ("gfid", "class_accuracy")):
+            if column in ok and not ok.empty:
+                ax.plot(ok[bits_column], ok[column], marker=marker, label=head)
+        bad = rows[rows["outcome"].isin(["refused", "oom", "crashed", "failed", "missing", "interrupted"])]
+        for outcome, group in bad.groupby("outcome"):
+            for ax in axes:
+                low = ax.get_ylim()[0]
+                ax.scatter(group[bits_column], np.full(len(group), low), marker="x", s=80, color="red",
+                           label=f"{head}: {outcome}", zorder=5, clip_on=False)
+    axes[0].set_ylabel(metric_label(frame, "gFID (lower is better)"))
+    axes[1].set_ylabel("class accuracy of samples (classifier)")
+    for ax in axes:
+        ax.set_xlabel("bits per token (codebook 2^k)")
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Prediction heads as the codebook grows")
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=120)
+    return fig

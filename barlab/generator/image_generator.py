@@ -1,0 +1,121 @@
+"""A trained class-conditional image generator as one plain module, and its file ``generator.pt``.
+
+:class:`ImageGenerator` = AR backbone + prediction head + frozen tokenizer: class labels → images.
+``generator.pt`` (written at the end of the generator stage) holds the resolved backbone and head
+configs, their weights, the grid / token-shuffle facts and the whole tokenizer file, so
+``python -m barlab.sample`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from barlab.errors import CheckpointError
+from barlab.generator.sampler import ARSampler
+from barlab.generator.token_shuffle import unshuffle
+from barlab.utils.io import atomic_torch_save
+
+FORMAT = "barlab.generator/1"
+SAMPLING_KEYS = ("guidance", "schedule", "power", "temperature")
+
+
+@torch.no_grad()
+def generate_images(sampler: ARSampler, tokenizer: nn.Module, grid: tuple[int, int], token_shuffle: int,
+                    labels: torch.Tensor, guidance: float = 1.0, schedule: str = "linear", power: float = 1.0,
+                    temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """labels (B,) → images (B, C, H, W) in [-1, 1]: AR-sample bits, undo token shuffling, decode."""
+    steps = sampler.sample(labels, guidance=guidance, schedule=schedule, power=power,
+                           temperature=temperature, generator=generator)
+    bits = unshuffle(steps, grid, token_shuffle)
+    return tokenizer.decode_bits(bits, grid).float().clamp(-1, 1)
+
+
+class ImageGenerator(nn.Module):
+    """backbone, head: the trained generator; tokenizer: decodes bits; grid (h, w); token_shuffle p."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, tokenizer: nn.Module, grid: tuple[int, int],
+                 token_shuffle: int = 1, sampling: dict | None = None):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+        self.tokenizer = tokenizer.eval().requires_grad_(False)
+        self.grid, self.token_shuffle = tuple(grid), int(token_shuffle)
+        self.sampling = {k: v for k, v in (sampling or {}).items() if k in SAMPLING_KEYS}
+        self.sampler = ARSampler(backbone, head)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.backbone.null_class)
+
+    @torch.no_grad()
+    def generate(self, labels: torch.Tensor, generator: torch.Generator | None = None, **overrides) -> torch.Tensor:
+        """labels (B,) → images (B, C, H, W) in [-1, 1], with the stored ``sampling`` (overridable)."""
+        opts = {**self.sampling, **{k: v for k, v in overrides.items() if v is not None}}
+        device = next(self.backbone.parameters()).device
+        return generate_images(self.sampler, self.tokenizer, self.grid, self.token_shuffle, labels.to(device),
+                               guidance=opts.get("guidance", 1.0), schedule=opts.get("schedule", "linear"),
+                               power=opts.get("power", 1.0), temperature=opts.get("temperature", 1.0),
+                               generator=generator)
+
+
+def save_generator(path: str | Path, backbone_cfg, head_cfg, backbone: nn.Module, head: nn.Module,
+                   tokenizer_file: str | Path, grid: tuple[int, int], token_shuffle: int, num_classes: int,
+                   sampling: dict, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``generator.pt`` atomically; configs are resolved, the tokenizer file is embedded."""
+    to_dict = lambda c: OmegaConf.to_container(c, resolve=True) if not isinstance(c, dict) else c  # noqa: E731
+    payload = {
+        "format": FORMAT,
+        "backbone_config": to_dict(backbone_cfg),
+        "head_config": to_dict(head_cfg),
+        "backbone": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
+        "head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+        "tokenizer": torch.load(tokenizer_file, map_location="cpu", weights_only=False),
+        "grid": list(grid),
+        "token_shuffle": int(token_shuffle),
+        "num_classes": int(num_classes),
+        "bits_per_step": int(head.bits_per_step),
+        "sampling": {k: v for k, v in dict(sampling).items() if k in SAMPLING_KEYS},
+        **(extra or {}),
+    }
+    return atomic_torch_save(payload, path)
+
+
+def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[ImageGenerator, dict]:
+    """Rebuild an :class:`ImageGenerator` (eval mode) from ``generator.pt`` or a run folder holding one."""
+    from hydra.utils import instantiate
+
+    from barlab.tokenizer.checkpoint import tokenizer_from_payload
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "generator.pt"
+    if not path.is_file():
+        raise CheckpointError(f"generator file {path} does not exist; a finished `python -m barlab.train` run "
+                              "(stage=all or generator) writes <run>/generator.pt")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"cannot read generator file {path}: {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a barlab generator file (expected format {FORMAT})")
+    tokenizer, tok_info = tokenizer_from_payload(payload["tokenizer"], str(path))
+    grid = tuple(payload["grid"])
+    p = payload["token_shuffle"]
+    backbone = instantiate(payload["backbone_config"], bits_per_step=payload["bits_per_step"],
+                           grid=(grid[0] // p, grid[1] // p), num_classes=payload["num_classes"])
+    head = instantiate(payload["head_config"], cond_dim=payload["backbone_config"]["cond_dim"],
+                       bits_per_step=payload["bits_per_step"])
+    try:
+        backbone.load_state_dict(payload["backbone"])
+        head.load_state_dict(payload["head"])
+    except RuntimeError as err:
+        raise CheckpointError(f"weights in {path} do not match its config: {err}") from err
+    model = ImageGenerator(backbone, head, tokenizer, grid, p, payload.get("sampling")).eval()
+    info = {k: v for k, v in payload.items() if k not in ("backbone", "head", "tokenizer")}
+    info["tokenizer"] = tok_info
+    info["path"] = str(path)
+    return model, info

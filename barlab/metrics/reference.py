@@ -1,0 +1,106 @@
+"""Reference statistics: what generated (or reconstructed) images are compared against.
+
+A :class:`Reference` holds the Gaussian statistics (mu, sigma) of real features for FID and, when
+available, a set of real features (≤ 10k) for precision/recall and KID. It is read from
+
+- a **barlab statistics file** (``.npz`` with ``mu``, ``sigma``, ``num_samples``, ``features``,
+  ``feature_net``, ...), cached per dataset, split and feature network by ``ensure_reference``;
+  a file made with another feature network is refused;
+- an **ADM reference batch** (``VIRTUAL_imagenet256_labeled.npz``: ``mu``/``sigma`` of Inception
+  pool3 over the training set, plus 10k reference images ``arr_0``): FID uses its ``mu``/``sigma``,
+  precision/recall use features of its ``arr_0`` images (as ADM's evaluator does);
+- an **image npz** (``arr_0`` only, N×H×W×3 uint8) or an image folder: statistics are computed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from barlab.errors import ConfigError, DataError
+from barlab.utils.io import atomic_write_bytes
+
+FORMAT = "barlab.fid_stats/1"
+
+
+@dataclass
+class Reference:
+    """mu (D,), sigma (D, D) float64; num_samples behind them; features (M, D) float32 or None."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    num_samples: int
+    features: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return str(self.meta.get("source", ""))
+
+
+def save_reference(path: str | os.PathLike, ref: Reference) -> Path:
+    """Write a barlab statistics npz atomically (float64 mu/sigma, float32 features)."""
+    import io
+
+    buffer = io.BytesIO()
+    meta = {f"meta_{k}": np.asarray(str(v)) for k, v in ref.meta.items()}
+    arrays = {"mu": ref.mu.astype(np.float64), "sigma": ref.sigma.astype(np.float64),
+              "num_samples": np.asarray(ref.num_samples), "format": np.asarray(FORMAT), **meta}
+    if ref.features is not None:
+        arrays["features"] = ref.features.astype(np.float32)
+    np.savez(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception as err:  # truncated / not an npz
+        raise DataError(f"cannot read {path} as .npz: {err}") from err
+
+
+def reference_from_npz(path: str | os.PathLike, feature_net_name: str, backend: str) -> tuple[Reference | None, np.ndarray | None]:
+    """Read a statistics / ADM / image npz.
+
+    Returns ``(reference or None, images or None)``: the statistics found in the file (checked
+    against the feature network) and its ``arr_0`` images when it has any (uint8 N×H×W×C), whose
+    features the caller computes (all statistics when the reference is None, else for P/R only).
+    """
+    data = read_npz(path)
+    images = data.get("arr_0")
+    if images is not None and (images.dtype != np.uint8 or images.ndim != 4):
+        raise DataError(f"{path}: arr_0 must be uint8 N×H×W×C images, got {images.dtype} {images.shape}")
+    if "mu" not in data:
+        if images is None:
+            raise DataError(f"{path} has neither statistics (mu, sigma) nor images (arr_0)")
+        return None, images
+    made_by = str(data["meta_feature_net"]) if "meta_feature_net" in data else None
+    if made_by is None and backend != "inception":  # ADM files hold Inception pool3 statistics
+        raise ConfigError("metrics.backend", f"{path} holds Inception pool3 statistics (an ADM reference batch), "
+                          f"but the feature network is {backend}", fix="metrics.backend=inception")
+    if made_by is not None and made_by != feature_net_name:
+        raise ConfigError("metrics.backend", f"{path} was computed with feature network {made_by}, "
+                          f"not {feature_net_name}", fix="use statistics of the same network, or delete the file")
+    meta = {k[len("meta_"):]: str(v) for k, v in data.items() if k.startswith("meta_")}
+    meta.setdefault("source", str(path))
+    ref = Reference(mu=data["mu"].astype(np.float64), sigma=data["sigma"].astype(np.float64),
+                    num_samples=int(data.get("num_samples", np.asarray(0))),
+                    features=data.get("features"), meta=meta)
+    if ref.mu.shape[0] != ref.sigma.shape[0]:
+        raise DataError(f"{path}: mu {ref.mu.shape} and sigma {ref.sigma.shape} do not match")
+    return ref, (images if ref.features is None else None)
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 N×H×W×C (npz layout) → uint8 (N, C, H, W)."""
+    if images.ndim == 3:
+        images = images[..., None]
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)

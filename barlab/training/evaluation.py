@@ -1,0 +1,117 @@
+"""End-of-run evaluation: rFID of a tokenizer, gFID & co. of a generator.
+
+- ``evaluate_tokenizer``: reconstructions against originals of the validation split (both through
+  the same feature network): rFID, KID, precision/recall.
+- ``sample_class_balanced``: ``per_class`` samples of every class, as uint8 images + labels.
+- ``evaluate_generator``: those samples against the reference statistics (training split by
+  default): gFID, class accuracy, IS, precision/recall, KID; the samples are kept as an ADM npz.
+
+Every returned dict carries ``metrics_backend`` and ``metrics_label`` (what produced the numbers).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from barlab.cli import instantiate_checked
+from barlab.training.metric_setup import build_feature_net, load_reference, new_metrics
+from barlab.utils.image_sets import write_npz
+from barlab.utils.images import to_uint8
+
+log = logging.getLogger("barlab")
+
+HEADLINE = ("fid", "kid", "precision", "recall", "inception_score", "class_accuracy")
+
+
+def headline(prefix: str, result: dict) -> dict[str, Any]:
+    """The numbers a sweep table shows, flat: ``rfid`` (``prefix="r"``, tokenizers: + kid, precision,
+    recall) or ``gfid`` (``"g"``, generators: + class accuracy and IS), with the backend and its label."""
+    keys = HEADLINE if prefix == "g" else HEADLINE[:4]
+    out = {(f"{prefix}fid" if k == "fid" else k): result[k] for k in keys if k in result}
+    out["metrics_backend"] = result.get("backend")
+    out["metrics_label"] = result.get("feature_label")
+    return out
+
+
+def eval_device(cfg: DictConfig) -> torch.device:
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate_tokenizer(cfg: DictConfig, tokenizer: torch.nn.Module) -> dict[str, Any]:
+    """rFID (+ KID, precision/recall) of ``tokenizer`` on the validation split."""
+    start = time.time()
+    device = eval_device(cfg)
+    net = build_feature_net(cfg, device)
+    tokenizer = tokenizer.to(device).eval()
+    metrics = new_metrics(cfg, net)
+    datamodule = instantiate_checked(cfg.data, "data")
+    batches = datamodule.eval_dataset("val", cfg.metrics.rfid.get("max_samples"), batch_size=cfg.metrics.batch_size)
+    for batch in tqdm(batches, desc="rFID", leave=False, disable=not cfg.trainer.get("enable_progress_bar", True)):
+        x = batch["image"].to(device)
+        recon, _ = tokenizer(x)
+        metrics.add_real(to_uint8(x.cpu()))
+        metrics.add_fake(to_uint8(recon.float().cpu()))
+    result = metrics.compute()
+    result["split"] = "val"
+    result["wall_time_s"] = round(time.time() - start, 1)
+    log.info("rFID %.3f on %d validation images (%s)", result["fid"], result["num_samples"], result["feature_label"])
+    return result
+
+
+@torch.no_grad()
+def sample_class_balanced(generate: Callable[..., torch.Tensor], num_classes: int, per_class: int,
+                          batch_size: int = 250, seed: int = 0, progress: bool = True,
+                          **sampling) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` samples of each class → (uint8 images (N, C, H, W), labels (N,)), class-major order.
+
+    generate: ``(labels, generator=..., **sampling) -> images in [-1, 1]`` (an ImageGenerator's
+    or GeneratorModule's ``generate``). The random stream is seeded, so reruns give the same images.
+    """
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    images = []
+    for chunk in tqdm(labels.split(batch_size), desc="sampling", leave=False, disable=not progress):
+        images.append(to_uint8(generate(chunk, generator=generator, **sampling).cpu()))
+    return torch.cat(images), labels
+
+
+def evaluate_samples(cfg: DictConfig, images: torch.Tensor, labels: torch.Tensor | None,
+                     device: torch.device | None = None) -> dict[str, Any]:
+    """Score uint8 samples (N, C, H, W) against ``load_reference(cfg)``: FID, KID, IS, P/R, class accuracy."""
+    net = build_feature_net(cfg, device or eval_device(cfg))
+    reference = load_reference(cfg, net)
+    metrics = new_metrics(cfg, net)
+    metrics.set_reference(reference)
+    metrics.add_fake(images, labels)
+    result = metrics.compute()
+    result["reference"] = reference.source
+    if getattr(net, "val_accuracy", None) is not None:
+        result["classifier_val_accuracy"] = net.val_accuracy
+    return result
+
+
+def evaluate_generator(cfg: DictConfig, generate: Callable[..., torch.Tensor], num_classes: int,
+                       run_dir: Path) -> dict[str, Any]:
+    """Class-balanced samples (``metrics.gfid.per_class`` per class) → ``<run>/samples.npz`` + scores."""
+    start = time.time()
+    gfid = cfg.metrics.gfid
+    images, labels = sample_class_balanced(generate, num_classes, gfid.per_class, gfid.batch_size, seed=cfg.seed,
+                                           progress=cfg.trainer.get("enable_progress_bar", True))
+    sampling_s = time.time() - start
+    npz = write_npz(Path(run_dir) / "samples.npz", images, labels)
+    result = evaluate_samples(cfg, images, labels)
+    result.update({"samples": str(npz), "sampling_s": round(sampling_s, 1), "wall_time_s": round(time.time() - start, 1)})
+    log.info("gFID %.3f, class accuracy %.3f on %d samples (%s)", result["fid"], result.get("class_accuracy", float("nan")),
+             result["num_samples"], result["feature_label"])
+    return result

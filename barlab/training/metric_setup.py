@@ -1,0 +1,107 @@
+"""From the ``metrics`` config to a feature network and reference statistics.
+
+``build_feature_net(cfg)`` gives the configured :class:`FeatureNet` (training the classifier on
+first use). ``load_reference(cfg, net)`` gives the :class:`Reference` that samples are scored
+against: ``metrics.reference.path`` if set, else the cached statistics of
+``metrics.reference.split``, computed once per dataset and feature network under a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from barlab.cli import instantiate_checked
+from barlab.errors import ConfigError
+from barlab.metrics.feature_net import FeatureNet
+from barlab.metrics.image_metrics import ImageMetrics
+from barlab.metrics.reference import Reference, images_to_tensor, reference_from_npz, save_reference
+from barlab.training.classifier_stage import dataset_key, ensure_classifier, metrics_cache_dir
+from barlab.utils.images import to_uint8
+from barlab.utils.locks import exclusive_lock
+
+log = logging.getLogger("barlab")
+
+BACKENDS = ("classifier", "inception", "random")
+
+
+def build_feature_net(cfg: DictConfig, device: torch.device | str = "cpu") -> FeatureNet:
+    """The feature network named by ``metrics.backend``, in eval mode on ``device``."""
+    backend = cfg.metrics.backend
+    if backend == "classifier":
+        from barlab.metrics.classifier import ClassifierFeatures
+
+        net = ClassifierFeatures(ensure_classifier(cfg))
+    elif backend == "inception":
+        from barlab.metrics.inception import TFInception
+
+        net = TFInception(cfg.metrics.inception.get("path"))
+    elif backend == "random":
+        from barlab.metrics.random_net import RandomFeatures
+
+        net = RandomFeatures()
+    else:
+        raise ConfigError("metrics.backend", f"unknown feature network {backend!r}; choose one of "
+                          f"{', '.join(BACKENDS[:2])}", fix="metrics.backend=classifier")
+    return net.eval().to(device)
+
+
+def new_metrics(cfg: DictConfig, net: FeatureNet) -> ImageMetrics:
+    m = cfg.metrics
+    return ImageMetrics(net, k=m.k, max_pr_samples=m.max_pr_samples, kid_subset_size=m.kid_subset_size,
+                        batch_size=m.batch_size)
+
+
+def reference_path(cfg: DictConfig, net: FeatureNet) -> Path:
+    ref = cfg.metrics.reference
+    limit = f"_n{ref.max_samples}" if ref.get("max_samples") else ""
+    return metrics_cache_dir(cfg) / f"stats_{ref.split}{limit}_{net.name}.npz"
+
+
+def compute_split_reference(cfg: DictConfig, net: FeatureNet, split: str, max_samples: int | None) -> Reference:
+    """Statistics of ``split`` of the configured dataset (images rounded to uint8, as samples are)."""
+    datamodule = instantiate_checked(cfg.data, "data")
+    metrics = new_metrics(cfg, net)
+    for batch in datamodule.eval_dataset(split, max_samples, batch_size=cfg.metrics.batch_size):
+        metrics.add_real(to_uint8(batch["image"]))
+    ref = metrics.real_statistics()
+    ref.meta.update({"dataset": dataset_key(cfg), "split": split, "source": f"{dataset_key(cfg)}/{split}"})
+    return ref
+
+
+def load_reference(cfg: DictConfig, net: FeatureNet) -> Reference:
+    """``metrics.reference.path`` (statistics, ADM batch or image npz), else cached split statistics."""
+    ref_cfg = cfg.metrics.reference
+    if ref_cfg.get("path"):
+        return reference_from_file(cfg, net, Path(str(ref_cfg.path)))
+    path = reference_path(cfg, net)
+    with exclusive_lock(str(path) + ".lock", f"reference statistics {path.name}"):
+        if path.is_file():
+            ref, _ = reference_from_npz(path, net.name, net.backend)
+            return ref
+        log.info("computing reference statistics of %s/%s with %s", dataset_key(cfg), ref_cfg.split, net.name)
+        ref = compute_split_reference(cfg, net, ref_cfg.split, ref_cfg.get("max_samples"))
+        save_reference(path, ref)
+        return ref
+
+
+def reference_from_file(cfg: DictConfig, net: FeatureNet, path: Path) -> Reference:
+    """Statistics from an npz; features of its images (if any) are computed for P/R (and all
+    statistics, when the file holds images only)."""
+    if not path.is_file():
+        raise ConfigError("metrics.reference.path", f"{path} does not exist",
+                          fix="metrics.reference.path=null (use the dataset's cached statistics)")
+    ref, images = reference_from_npz(path, net.name, net.backend)
+    if images is None:
+        return ref
+    metrics = new_metrics(cfg, net)
+    metrics.add_real(images_to_tensor(images), stats=ref is None)
+    if ref is None:
+        ref = metrics.real_statistics()
+        ref.meta["source"] = str(path)
+    else:
+        ref.features = torch.cat(metrics.real_features).numpy()
+    return ref

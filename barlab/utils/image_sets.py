@@ -1,0 +1,107 @@
+"""Sets of images on disk: PNG folders and ADM-style ``.npz`` files, both ways.
+
+- ADM sample / reference npz: ``arr_0`` uint8 N×H×W×3 (grayscale is repeated to three channels,
+  as ADM's evaluator expects RGB); barlab adds ``arr_1`` int64 class labels when it knows them.
+- PNG folder: ``<index>_class<label>.png`` (the label is optional: ``<index>.png``).
+
+In memory an image set is uint8 (N, C, H, W) plus optional labels (N,).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image
+
+from barlab.errors import DataError
+from barlab.utils.io import atomic_write_bytes
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+LABEL_PATTERN = re.compile(r"_class(\d+)$")
+
+
+def write_npz(path: str | os.PathLike, images: torch.Tensor, labels: torch.Tensor | None = None) -> Path:
+    """images uint8 (N, C, H, W) → ``arr_0`` N×H×W×3 (and ``arr_1`` labels), written atomically."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"images must be uint8 (use barlab.utils.images.to_uint8), got {images.dtype}")
+    rgb = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+    arrays = {"arr_0": rearrange(rgb, "n c h w -> n h w c").contiguous().numpy()}
+    if labels is not None:
+        arrays["arr_1"] = labels.to(torch.int64).numpy()
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def png_name(index: int, label: int | None) -> str:
+    return f"{index:06d}.png" if label is None else f"{index:06d}_class{int(label)}.png"
+
+
+def write_png_folder(folder: str | os.PathLike, images: torch.Tensor, labels: torch.Tensor | None = None,
+                     start: int = 0) -> Path:
+    """images uint8 (N, C, H, W) → ``folder/<start + i>_class<label>.png`` (L or RGB PNGs)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        array = image[0].numpy() if image.shape[0] == 1 else rearrange(image, "c h w -> h w c").numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        label = None if labels is None else int(labels[i])
+        atomic_write_bytes(folder / png_name(start + i, label), buffer.getvalue())
+    return folder
+
+
+def _label_of(path: Path) -> int | None:
+    match = LABEL_PATTERN.search(path.stem)
+    return int(match.group(1)) if match else None
+
+
+def iter_image_set(path: str | os.PathLike, batch_size: int = 500) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Yield ``(uint8 (B, C, H, W), labels (B,) or None)`` chunks of an npz file or an image folder."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        labels = [_label_of(p) for p in files]
+        with_labels = all(label is not None for label in labels)
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
+            arrays = []
+            for file in chunk:
+                try:
+                    with Image.open(file) as img:
+                        arrays.append(np.asarray(img.convert("L" if img.mode in ("L", "I;16", "1") else "RGB")))
+                except OSError as err:
+                    raise DataError(f"cannot read image {file}: {err}") from err
+            if len({a.shape for a in arrays}) > 1:
+                arrays = [np.repeat(a[..., None], 3, -1) if a.ndim == 2 else a for a in arrays]
+                if len({a.shape for a in arrays}) > 1:
+                    raise DataError(f"{path}: images differ in size; resize them to one size first")
+            stacked = np.stack(arrays)
+            tensor = torch.from_numpy(stacked[:, None] if stacked.ndim == 3 else rearrange(stacked, "n h w c -> n c h w"))
+            yield tensor.contiguous(), (torch.tensor(labels[start:start + batch_size]) if with_labels else None)
+        return
+    if path.suffix != ".npz":
+        raise DataError(f"{path}: expected an .npz file (arr_0 = N×H×W×3 uint8) or a folder of images")
+    from barlab.metrics.reference import images_to_tensor, read_npz
+
+    data = read_npz(path)
+    if "arr_0" not in data:
+        raise DataError(f"{path} has no arr_0 images (keys: {', '.join(data) or 'none'})")
+    images = data["arr_0"]
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise DataError(f"{path}: arr_0 must be uint8 N×H×W×3 images, got {images.dtype} {images.shape}")
+    labels = data.get("arr_1")
+    if labels is not None and labels.shape[0] != images.shape[0]:
+        labels = None
+    for start in range(0, images.shape[0], batch_size):
+        chunk = images_to_tensor(images[start:start + batch_size])
+        yield chunk, (None if labels is None else torch.from_numpy(labels[start:start + batch_size]).long())

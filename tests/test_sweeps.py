@@ -1,0 +1,141 @@
+"""The sweeps in sweeps/ compose, run (tiny), and gather into tables, figures and notebooks;
+failed and refused jobs stay in the table with their reason; Optuna runs against optuna >= 4."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.helpers import REPO, read_json, run_module
+
+SWEEPS = REPO / "sweeps"
+
+
+def test_bit_budget_points_interleave_discrete_and_continuous():
+    spec = yaml.safe_load((SWEEPS / "bit_budget.yaml").read_text())
+    tokens = (32 // 4) ** 2  # default sizes: 32x32 images, f = 4
+    budgets = {name: tokens * p["bits"] if p["family"] == "binary_fsq" else tokens * p["channels"] * 16
+               for name, p in spec["points"].items()}
+    swept = spec["hydra"]["sweeper"]["params"]["point"].split(",")
+    assert sorted(swept) == sorted(budgets)
+    discrete = sorted(b for n, b in budgets.items() if spec["points"][n]["family"] == "binary_fsq")
+    continuous = sorted(b for n, b in budgets.items() if spec["points"][n]["family"] == "kl")
+    between = [c for c in continuous if discrete[0] < c < discrete[-1] and c not in discrete]
+    assert between, (discrete, continuous)  # a continuous budget falls between two discrete ones
+    assert any(discrete[0] < d < continuous[-1] for d in discrete if d not in continuous)
+
+
+@pytest.mark.parametrize("point, target, bits_per_image", [("fsq48", "BinaryFSQ", 64 * 48), ("kl2", "KLLatent", 64 * 2 * 16)])
+def test_bit_budget_points_resolve_to_their_quantizer(tmp_path, point, target, bits_per_image):
+    proc = run_module("barlab.train", "-cd", str(SWEEPS), "-cn", "bit_budget", f"point={point}", "--cfg", "job",
+                      "--resolve", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cfg = yaml.safe_load(proc.stdout)
+    quantizer = cfg["tokenizer"]["quantizer"]
+    assert quantizer["_target_"].endswith(target) and cfg["stage"] == "tokenizer"
+    tokens = (cfg["data"]["image_size"] // cfg["tokenizer"]["encoder"]["downsample"]) ** 2
+    per_token = quantizer.get("bits") or quantizer["channels"] * 16
+    assert tokens * per_token == bits_per_image
+
+
+def execute_notebook(name: str, sweep: Path) -> str:
+    """Run notebooks/<name> on ``sweep`` with nbclient; return the text of all its outputs."""
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "stored with outputs"
+    old = os.environ.get("BARLAB_SWEEP")
+    os.environ["BARLAB_SWEEP"] = str(sweep)
+    try:
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    finally:
+        os.environ.pop("BARLAB_SWEEP") if old is None else os.environ.update(BARLAB_SWEEP=old)
+    text, images = [], 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            assert out.get("output_type") != "error", out
+            text.append(out.get("text", "") + str(out.get("data", {}).get("text/plain", "")))
+            images += "image/png" in out.get("data", {})
+    assert images >= 1, "the notebook shows no figure"
+    return "\n".join(text)
+
+
+def test_bit_budget_sweep_table_figure_and_notebook(tmp_path):
+    sweep = tmp_path / "bb"
+    proc = run_module("barlab.train", "-m", "-cd", str(SWEEPS), "-cn", "bit_budget", "experiment=smoke",
+                      "point=fsq4,kl1,fsq8", "metrics.backend=random", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_module("barlab.analysis", str(sweep), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = pd.read_csv(sweep / "results.csv")
+    assert table["point"].tolist() == ["fsq4", "kl1", "fsq8"]
+    assert table["bits_per_image"].tolist() == [16 * 4, 16 * 16, 16 * 8]  # 16x16 smoke images: 16 tokens
+    assert table["family"].tolist() == ["discrete", "continuous", "discrete"]
+    assert table["rfid"].notna().all() and (table["outcome"] == "ok").all()
+    assert (sweep / "bit_budget.png").stat().st_size > 10_000
+    text = execute_notebook("bit_budget_study.ipynb", sweep)
+    assert "3 jobs" in text and "RANDOM features" in text
+
+
+def test_head_sweep_keeps_refused_points_and_the_notebook_marks_them(tmp_path):
+    sweep = tmp_path / "heads"
+    proc = run_module("barlab.train", "-m", "-cd", str(SWEEPS), "-cn", "head_type", "experiment=smoke",
+                      "head=linear,mbm", "tokenizer.bits=4,32", "metrics.backend=random",
+                      f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 1  # one job refused: the sweep goes on, then says so
+    assert "1 sweep job(s) failed" in proc.stderr
+    refused = read_json(sweep / "1" / "results.json")  # head=linear, bits=32
+    assert refused["status"] == "failed" and "head.max_params" in refused["error"]
+    proc = run_module("barlab.analysis", str(sweep), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = pd.read_csv(sweep / "results.csv")
+    assert len(table) == 4
+    row = table[(table["head"] == "linear") & (table["tokenizer.bits"] == 32)].iloc[0]
+    assert row["outcome"] == "refused" and "max_params" in row["reason"]
+    assert (table[table["outcome"] == "ok"]["gfid"].notna()).sum() == 3
+    assert (sweep / "heads.png").is_file()
+    text = execute_notebook("head_comparison.ipynb", sweep)
+    assert "refused" in text
+
+
+def test_a_killed_job_is_a_missing_row_not_a_silent_gap(tmp_path):
+    from barlab.analysis import load_sweep
+
+    job = tmp_path / "sweep" / "0" / ".hydra"
+    job.mkdir(parents=True)
+    (job / "overrides.yaml").write_text("- tokenizer.bits=12\n")
+    frame = load_sweep(tmp_path / "sweep")
+    assert frame["outcome"].tolist() == ["missing"] and frame["tokenizer.bits"].tolist() == [12]
+    assert "killed" in frame["reason"][0]
+    assert run_module("barlab.analysis", str(tmp_path / "nothing"), cwd=tmp_path).returncode == 2
+
+
+def test_optuna_search_runs_on_optuna_4_or_later_with_shared_storage(tmp_path):
+    import optuna
+
+    assert int(optuna.__version__.split(".")[0]) >= 4
+    tokenizer = tmp_path / "tok"
+    proc = run_module("barlab.train", "experiment=smoke", "stage=tokenizer", "metrics.rfid.enabled=false",
+                      f"hydra.run.dir={tokenizer}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    db = tmp_path / "study.db"
+    sweep = tmp_path / "optuna"
+    env_args = ["-m", "-cd", str(SWEEPS), "-cn", "optuna_generator", "experiment=smoke", "metrics.backend=random",
+                f"tokenizer_ckpt={tokenizer / 'tokenizer.pt'}", "hydra.sweeper.n_trials=2",
+                f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={sweep}"]
+    proc = run_module("barlab.train", *env_args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="generator_lr_wd", storage=f"sqlite:///{db}")
+    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == 2
+    for trial in trials:
+        assert 1e-4 <= trial.params["generator.optim.lr"] <= 3e-3
+        job = read_json(sweep / str(trial.number) / "results.json")
+        assert trial.values[0] == pytest.approx(job["gfid"])  # the objective is results.json's gfid
+    assert (sweep / "optimization_results.yaml").is_file()

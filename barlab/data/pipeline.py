@@ -187,25 +187,34 @@ class Decode:
 
 
 class Batch:
-    """``(uint8 (C, H, W), label)`` stream -> batch dicts (see module docstring); ``partial``: emit a short last batch."""
+    """``(array, label)`` stream -> batch dicts; ``partial``: emit a short last batch.
+
+    Images by default: ``{"image": float (B, C, H, W) in [-1, 1], "label", "skipped"}`` (see the
+    module docstring). Subclasses change ``key`` and :meth:`stack` (token bits use ``"bits"``).
+    """
+
+    key = "image"
 
     def __init__(self, batch_size: int, counter: SkipCounter, partial: bool = True):
         self.batch_size, self.counter, self.partial = int(batch_size), counter, partial
 
-    def _emit(self, images: list, labels: list, since: int) -> dict:
-        return {"image": uint8_to_float(np.stack(images)), "label": torch.tensor(labels, dtype=torch.long),
+    def stack(self, arrays: list[np.ndarray]) -> torch.Tensor:
+        return uint8_to_float(np.stack(arrays))
+
+    def _emit(self, arrays: list, labels: list, since: int) -> dict:
+        return {self.key: self.stack(arrays), "label": torch.tensor(labels, dtype=torch.long),
                 "skipped": self.counter.local - since}
 
     def __call__(self, src: Iterable[tuple[np.ndarray, int]]) -> Iterator[dict]:
-        images, labels, since = [], [], self.counter.local
-        for image, label in src:
-            images.append(image)
+        arrays, labels, since = [], [], self.counter.local
+        for array, label in src:
+            arrays.append(array)
             labels.append(label)
-            if len(images) == self.batch_size:
-                yield self._emit(images, labels, since)
-                images, labels, since = [], [], self.counter.local
-        if images and self.partial:
-            yield self._emit(images, labels, since)
+            if len(arrays) == self.batch_size:
+                yield self._emit(arrays, labels, since)
+                arrays, labels, since = [], [], self.counter.local
+        if arrays and self.partial:
+            yield self._emit(arrays, labels, since)
 
 
 class SizedPipeline(wds.DataPipeline):

@@ -26,7 +26,7 @@ def _encode_split(tokenizer, images: ImageShardDataModule, split: str, flip: boo
     dataset = images.eval_dataset(split, batch_size=batch_size)
     index, start = 0, time.monotonic()
     for batch in DataLoader(dataset, batch_size=None, num_workers=min(1, images.num_workers)):
-        x = batch["image"].to(device)
+        x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)  # ~25% faster convs on CPU
         views = [x, x.flip(-1)] if flip else [x]
         encoded = [tokenizer.encode_bits(v).to(torch.uint8).cpu().numpy() for v in views]
         for i, label in enumerate(batch["label"].tolist()):
@@ -47,6 +47,7 @@ def pretokenize(tokenizer, images: ImageShardDataModule, out_dir: str, meta: dic
     """
     device = torch.device(device)
     tokenizer = tokenizer.to(device).eval()
+    tokenizer.encoder.to(memory_format=torch.channels_last)
     grid = tokenizer.grid_size(images.image_size)
     manifest_meta = {
         "seq_len": grid[0] * grid[1],

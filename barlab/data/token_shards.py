@@ -26,7 +26,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from barlab.data.pipeline import Shuffle, SizedPipeline, SkipCounter, TarSamples, rank_and_world, worker_seed
+from barlab.data.pipeline import Batch, Shuffle, SizedPipeline, SkipCounter, TarSamples, rank_and_world, worker_seed
 from barlab.data.shard_writer import MANIFEST, SplitShards
 from barlab.errors import ConfigError, DataError
 
@@ -109,26 +109,13 @@ class DecodeTokens:
                 self.counter.skip(f"token sample {sample.get('__key__')}", f"{type(err).__name__}: {err}")
 
 
-class TokenBatch:
-    """``(bits (L, k), label)`` stream → batch dicts; ``partial``: emit a short last batch."""
+class TokenBatch(Batch):
+    """``(bits (L, k), label)`` stream → ``{"bits": float (B, L, k) in {0, 1}, "label", "skipped"}``."""
 
-    def __init__(self, batch_size: int, counter: SkipCounter, partial: bool):
-        self.batch_size, self.counter, self.partial = batch_size, counter, partial
+    key = "bits"
 
-    def __call__(self, src):
-        bits, labels, since = [], [], self.counter.local
-        for b, label in src:
-            bits.append(b)
-            labels.append(label)
-            if len(bits) == self.batch_size:
-                yield self._emit(bits, labels, since)
-                bits, labels, since = [], [], self.counter.local
-        if bits and self.partial:
-            yield self._emit(bits, labels, since)
-
-    def _emit(self, bits, labels, since) -> dict:
-        return {"bits": torch.from_numpy(np.stack(bits)).float(), "label": torch.tensor(labels, dtype=torch.long),
-                "skipped": self.counter.local - since}
+    def stack(self, arrays: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(arrays)).float()
 
 
 class TokenShardDataModule(L.LightningDataModule):

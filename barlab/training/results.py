@@ -44,7 +44,14 @@ def hydra_context() -> dict[str, Any]:
 
 
 def write_results(run_dir: str | Path, body: dict[str, Any]) -> Path:
-    """Write ``<run_dir>/results.json`` atomically, stamped with time, host and Hydra overrides."""
+    """Write ``<run_dir>/results.json`` atomically, stamped with time, host and Hydra overrides.
+
+    Only global rank 0 writes (DDP / SLURM ranks share the run folder and rank 0 holds the scores).
+    """
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return Path(run_dir) / RESULTS_NAME
     context = hydra_context()
     payload = {
         "status": body.pop("status", "ok"),

@@ -80,12 +80,13 @@ def run_tokenizer_stage(cfg: DictConfig) -> dict[str, Any]:
     state = ema.averaged_state_dict(module) if ema is not None else module.tokenizer.state_dict()
     quantizer = module.tokenizer.quantizer
     grid = module.tokenizer.grid_size(cfg.data.image_size)
-    tokenizer_path = save_tokenizer(
-        run_dir / "tokenizer.pt", cfg.tokenizer, state, image_size=cfg.data.image_size,
-        channels=cfg.data.channels,
-        extra={"grid": list(grid), "bits_per_token": quantizer.bits_per_token,
-               "is_discrete": quantizer.is_discrete, "ema": ema is not None},
-    )
+    tokenizer_path = run_dir / "tokenizer.pt"
+    if trainer.is_global_zero:  # one writer; the other ranks wait for the file at the barrier
+        save_tokenizer(tokenizer_path, cfg.tokenizer, state, image_size=cfg.data.image_size,
+                       channels=cfg.data.channels,
+                       extra={"grid": list(grid), "bits_per_token": quantizer.bits_per_token,
+                              "is_discrete": quantizer.is_discrete, "ema": ema is not None})
+    trainer.strategy.barrier("tokenizer.pt")
     grid_cb = next((c for c in trainer.callbacks if isinstance(c, ReconstructionGrid)), None)
 
     metrics = {k: float(v) for k, v in final.items()}

@@ -102,3 +102,16 @@ def hydra_tool(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[
         _hydra_main()
 
     return main
+
+
+def pick_device(name: str):
+    """``device=`` of the one-shot tools: ``auto`` (CUDA if present), ``cpu`` or ``cuda``."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "CUDA is not available on this machine", fix="device=cpu (or auto)")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError("device", f"unknown device {name!r}", fix="device=auto")
+    return torch.device(name)

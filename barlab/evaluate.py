@@ -19,7 +19,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from barlab.cli import hydra_tool, require
+from barlab.cli import hydra_tool, pick_device, require
+from barlab.errors import ConfigError
 from barlab.utils.io import atomic_write_json
 
 log = logging.getLogger("barlab")
@@ -31,15 +32,12 @@ def default_out(samples: Path) -> Path:
 
 def run(cfg: DictConfig) -> dict:
     from barlab.metrics.reference import Reference
-    from barlab.sample import pick_device
-    from barlab.training.metric_setup import build_feature_net, load_reference, new_metrics
+    from barlab.training.metric_setup import build_feature_net, load_reference, new_metrics, reference_from_file
     from barlab.utils.image_sets import iter_image_set
 
     require(cfg, "samples", "samples=/path/to/samples.npz (or a folder of images)")
     samples = Path(str(cfg.samples))
     if not samples.exists():
-        from barlab.errors import ConfigError
-
         raise ConfigError("samples", f"{samples} does not exist", fix="samples=/path/to/samples.npz or a folder")
     start = time.time()
     device = pick_device(str(cfg.device))
@@ -47,7 +45,7 @@ def run(cfg: DictConfig) -> dict:
     if cfg.ref is None:
         reference: Reference = load_reference(cfg, net)
     else:
-        reference = reference_from_file_or_folder(cfg, net, Path(str(cfg.ref)))
+        reference = reference_from_file(cfg, net, Path(str(cfg.ref)), knob="ref")
     metrics = new_metrics(cfg, net)
     metrics.set_reference(reference)
     for images, labels in iter_image_set(samples, batch_size=int(cfg.metrics.batch_size)):
@@ -61,25 +59,6 @@ def run(cfg: DictConfig) -> dict:
     print(json.dumps({k: v for k, v in result.items() if k != "class_accuracy_per_class"}, indent=2))
     log.info("metrics written to %s", out)
     return result
-
-
-def reference_from_file_or_folder(cfg: DictConfig, net, path: Path):
-    """``ref=``: an npz (statistics, ADM batch or images) or a folder of images."""
-    from barlab.training.metric_setup import new_metrics, reference_from_file
-    from barlab.utils.image_sets import iter_image_set
-
-    if path.is_dir():
-        metrics = new_metrics(cfg, net)
-        for images, _ in iter_image_set(path, batch_size=int(cfg.metrics.batch_size)):
-            metrics.add_real(images)
-        ref = metrics.real_statistics()
-        ref.meta["source"] = str(path)
-        return ref
-    if not path.is_file():
-        from barlab.errors import ConfigError
-
-        raise ConfigError("ref", f"{path} does not exist", fix="ref=null (the dataset's statistics) or a valid path")
-    return reference_from_file(cfg, net, path)
 
 
 main = hydra_tool("evaluate", run)

@@ -16,26 +16,14 @@ import logging
 import time
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from barlab.cli import hydra_tool, require
+from barlab.cli import hydra_tool, pick_device, require
 from barlab.config_checks import positive_int
-from barlab.errors import ConfigError
 from barlab.utils.image_sets import write_npz, write_png_folder
 from barlab.utils.io import atomic_write_json
 
 log = logging.getLogger("barlab")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", "CUDA is not available on this machine", fix="device=cpu (or auto)")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError("device", f"unknown device {name!r}", fix="device=auto")
-    return torch.device(name)
 
 
 def run(cfg: DictConfig) -> dict:

@@ -88,12 +88,23 @@ def load_reference(cfg: DictConfig, net: FeatureNet) -> Reference:
         return ref
 
 
-def reference_from_file(cfg: DictConfig, net: FeatureNet, path: Path) -> Reference:
-    """Statistics from an npz; features of its images (if any) are computed for P/R (and all
-    statistics, when the file holds images only)."""
+def reference_from_file(cfg: DictConfig, net: FeatureNet, path: Path, knob: str = "metrics.reference.path") -> Reference:
+    """Statistics from an npz (barlab statistics, ADM batch, or images) or a folder of images.
+
+    Features of the file's images (if any) are computed: all statistics when it holds images only,
+    else just the features for precision/recall (an ADM batch's ``arr_0``)."""
+    from barlab.utils.image_sets import iter_image_set
+
+    if path.is_dir():
+        metrics = new_metrics(cfg, net)
+        for images, _ in iter_image_set(path, batch_size=int(cfg.metrics.batch_size)):
+            metrics.add_real(images)
+        ref = metrics.real_statistics()
+        ref.meta["source"] = str(path)
+        return ref
     if not path.is_file():
-        raise ConfigError("metrics.reference.path", f"{path} does not exist",
-                          fix="metrics.reference.path=null (use the dataset's cached statistics)")
+        raise ConfigError(knob, f"{path} does not exist",
+                          fix=f"{knob}=null (the dataset's cached statistics), or an existing npz / folder")
     ref, images = reference_from_npz(path, net.name, net.backend)
     if images is None:
         return ref

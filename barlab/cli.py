@@ -94,14 +94,19 @@ def hydra_tool(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[
             sys.exit(2)
 
     def main() -> None:
-        try:
-            check_group_overrides(sys.argv[1:])
-        except BarlabError as err:
-            report_error(err)
-            sys.exit(2)
+        precheck_command_line()
         _hydra_main()
 
     return main
+
+
+def precheck_command_line() -> None:
+    """Exit 2 with one line if a ``group=option`` on the command line names no config file."""
+    try:
+        check_group_overrides(sys.argv[1:])
+    except BarlabError as err:
+        report_error(err)
+        sys.exit(2)
 
 
 def pick_device(name: str):

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import hydra
 from omegaconf import DictConfig
 
-from barlab.cli import CONFIG_DIR, check_group_overrides, report_error
+from barlab.cli import CONFIG_DIR, precheck_command_line, report_error
 from barlab.config_checks import check_config
 from barlab.errors import BarlabError
 from barlab.training.results import hydra_context, write_results
@@ -128,11 +128,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    try:
-        check_group_overrides(sys.argv[1:])
-    except BarlabError as err:
-        report_error(err)
-        sys.exit(2)
+    precheck_command_line()
     hydra_main()
     if _FAILED_JOBS:
         print(f"error: {len(_FAILED_JOBS)} sweep job(s) failed; see status=failed/crashed in their results.json",

@@ -85,6 +85,7 @@ class ImageMetrics:
 
     def add_real_features(self, feats: torch.Tensor, stats: bool = True) -> None:
         """feats (N, D): real features for FID statistics (``stats``) and for P/R and KID."""
+        feats = feats.detach().float().cpu()  # the metric states live on the CPU, in float64
         if stats:
             self.fid.update(feats.double(), real=True)
         self._keep("real", feats, self.real_features)
@@ -101,8 +102,9 @@ class ImageMetrics:
         for start in range(0, images.shape[0], self.batch_size):
             chunk = images[start:start + self.batch_size]
             out = self.net.extract(chunk)
-            self.fid.update(out.features.double(), real=False)
-            self._keep("fake", out.features, self.fake_features)
+            feats = out.features.detach().float().cpu()
+            self.fid.update(feats.double(), real=False)
+            self._keep("fake", feats, self.fake_features)
             if out.logits is not None:
                 self.fake_logits.append(out.logits.cpu())
                 if labels is not None:

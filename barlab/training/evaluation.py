@@ -1,7 +1,7 @@
 """End-of-run evaluation: rFID of a tokenizer, gFID & co. of a generator.
 
-- ``evaluate_tokenizer``: reconstructions against originals of the validation split (both through
-  the same feature network): rFID, KID, precision/recall.
+- ``evaluate_tokenizer``: reconstructions against the originals of the validation split (their
+  statistics are cached like any reference): rFID, KID, precision/recall.
 - ``sample_class_balanced``: ``per_class`` samples of every class, as uint8 images + labels.
 - ``evaluate_generator``: those samples against the reference statistics (training split by
   default): gFID, class accuracy, IS, precision/recall, KID; the samples are kept as an ADM npz.
@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from barlab.cli import instantiate_checked
-from barlab.training.metric_setup import build_feature_net, load_reference, new_metrics
+from barlab.training.metric_setup import build_feature_net, load_reference, new_metrics, split_reference
 from barlab.utils.image_sets import write_npz
 from barlab.utils.images import to_uint8
 
@@ -49,18 +49,20 @@ def eval_device(cfg: DictConfig) -> torch.device:
 
 @torch.no_grad()
 def evaluate_tokenizer(cfg: DictConfig, tokenizer: torch.nn.Module) -> dict[str, Any]:
-    """rFID (+ KID, precision/recall) of ``tokenizer`` on the validation split."""
+    """rFID (+ KID, precision/recall) of ``tokenizer``: reconstructions of the validation split
+    against the (cached) statistics of the same validation images."""
     start = time.time()
     device = eval_device(cfg)
     net = build_feature_net(cfg, device)
+    limit = cfg.metrics.rfid.get("max_samples")
+    reference = split_reference(cfg, net, "val", limit)
     tokenizer = tokenizer.to(device).eval()
     metrics = new_metrics(cfg, net)
+    metrics.set_reference(reference)
     datamodule = instantiate_checked(cfg.data, "data")
-    batches = datamodule.eval_dataset("val", cfg.metrics.rfid.get("max_samples"), batch_size=cfg.metrics.batch_size)
+    batches = datamodule.eval_dataset("val", limit, batch_size=cfg.metrics.batch_size)
     for batch in tqdm(batches, desc="rFID", leave=False, disable=not cfg.trainer.get("enable_progress_bar", True)):
-        x = batch["image"].to(device)
-        recon, _ = tokenizer(x)
-        metrics.add_real(to_uint8(x.cpu()))
+        recon, _ = tokenizer(batch["image"].to(device))
         metrics.add_fake(to_uint8(recon.float().cpu()))
     result = metrics.compute()
     result["split"] = "val"

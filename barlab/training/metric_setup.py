@@ -55,10 +55,9 @@ def new_metrics(cfg: DictConfig, net: FeatureNet) -> ImageMetrics:
                         batch_size=m.batch_size)
 
 
-def reference_path(cfg: DictConfig, net: FeatureNet) -> Path:
-    ref = cfg.metrics.reference
-    limit = f"_n{ref.max_samples}" if ref.get("max_samples") else ""
-    return metrics_cache_dir(cfg) / f"stats_{ref.split}{limit}_{net.name}.npz"
+def reference_path(cfg: DictConfig, net: FeatureNet, split: str, max_samples: int | None) -> Path:
+    limit = f"_n{max_samples}" if max_samples else ""
+    return metrics_cache_dir(cfg) / f"stats_{split}{limit}_{net.name}.npz"
 
 
 def compute_split_reference(cfg: DictConfig, net: FeatureNet, split: str, max_samples: int | None) -> Reference:
@@ -77,13 +76,18 @@ def load_reference(cfg: DictConfig, net: FeatureNet) -> Reference:
     ref_cfg = cfg.metrics.reference
     if ref_cfg.get("path"):
         return reference_from_file(cfg, net, Path(str(ref_cfg.path)))
-    path = reference_path(cfg, net)
+    return split_reference(cfg, net, ref_cfg.split, ref_cfg.get("max_samples"))
+
+
+def split_reference(cfg: DictConfig, net: FeatureNet, split: str, max_samples: int | None) -> Reference:
+    """Statistics of a dataset split, computed once per feature network (under a lock) and cached."""
+    path = reference_path(cfg, net, split, max_samples)
     with exclusive_lock(str(path) + ".lock", f"reference statistics {path.name}"):
         if path.is_file():
             ref, _ = reference_from_npz(path, net.name, net.backend)
             return ref
-        log.info("computing reference statistics of %s/%s with %s", dataset_key(cfg), ref_cfg.split, net.name)
-        ref = compute_split_reference(cfg, net, ref_cfg.split, ref_cfg.get("max_samples"))
+        log.info("computing reference statistics of %s/%s with %s", dataset_key(cfg), split, net.name)
+        ref = compute_split_reference(cfg, net, split, max_samples)
         save_reference(path, ref)
         return ref
 

@@ -15,11 +15,16 @@ FAMILY_STYLE = {"discrete": dict(marker="o", label="binary FSQ (discrete)"),
 HEAD_STYLE = {"linear": "o", "bitwise": "^", "mbm": "s"}
 
 
-def metric_label(frame, name: str) -> str:
-    """``rFID`` + the feature network's label, from the table's ``metrics_label`` column."""
+def label_fid_axis(ax, frame, name: str) -> None:
+    """y label ``name``; the axis title names the feature network (``metrics_label`` column), so a
+    classifier FID is never read as an Inception FID."""
+    import textwrap
+
+    ax.set_ylabel(name)
     labels = frame.get("metrics_label")
-    label = next((x for x in labels.dropna().unique()), None) if labels is not None else None
-    return f"{name}\n[{label}]" if label else name
+    found = [str(x) for x in labels.dropna().unique()] if labels is not None else []
+    if found:
+        ax.set_title(textwrap.fill("features: " + "; ".join(found), 70), fontsize=8)
 
 
 def plot_bit_budget(frame, path=None):
@@ -34,7 +39,7 @@ def plot_bit_budget(frame, path=None):
         for ax, column in zip(axes, ("rfid", "psnr")):
             if column in part:
                 ax.plot(part["bits_per_image"], part[column], **style)
-    axes[0].set_ylabel(metric_label(frame, "rFID (lower is better)"))
+    label_fid_axis(axes[0], frame, "rFID (lower is better)")
     axes[1].set_ylabel("PSNR (dB, higher is better)")
     for ax in axes:
         ax.set_xscale("log", base=2)
@@ -71,7 +76,7 @@ def plot_heads(frame, path=None, bits_column: str = "tokenizer.bits"):
                 low = ax.get_ylim()[0]
                 ax.scatter(group[bits_column], np.full(len(group), low), marker="x", s=80, color="red",
                            label=f"{head}: {outcome}", zorder=5, clip_on=False)
-    axes[0].set_ylabel(metric_label(frame, "gFID (lower is better)"))
+    label_fid_axis(axes[0], frame, "gFID (lower is better)")
     axes[1].set_ylabel("class accuracy of samples (classifier)")
     for ax in axes:
         ax.set_xlabel("bits per token (codebook 2^k)")

@@ -5,18 +5,26 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.barlab-installed
+STAMP_DEV := $(VENV)/.barlab-dev-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 ARGS   ?=
 
-.PHONY: demo test setup data clean
+.PHONY: demo test setup setup-dev data clean
 
 demo: setup data
 	$(PY) -m barlab.train $(ARGS)
 
-test: setup
+test: setup-dev
 	$(PY) -m pytest $(ARGS)
 
 setup: $(STAMP)
+
+# the test tools (pytest, nbclient, ipykernel) on top
+setup-dev: $(STAMP_DEV)
+
+$(STAMP_DEV): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
 
 # Installed with --no-deps on purpose (pip cannot express it in pyproject.toml):
 #  - hydra-optuna-sweeper pins optuna<3, but works with the optuna>=4 barlab needs;
@@ -30,7 +38,7 @@ $(STAMP): pyproject.toml Makefile
 	  echo "python3-venv is missing; installing it with apt-get"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e .
 	$(PY) -m pip install -q --no-deps $(NODEPS)
 	$(PY) -c 'import barlab, torch, lightning; print("barlab ready: torch", torch.__version__)'
 	@touch $@

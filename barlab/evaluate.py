@@ -32,7 +32,8 @@ def default_out(samples: Path) -> Path:
 
 def run(cfg: DictConfig) -> dict:
     from barlab.metrics.reference import Reference
-    from barlab.training.metric_setup import build_feature_net, load_reference, new_metrics, reference_from_file
+    from barlab.training.evaluation import score_images
+    from barlab.training.metric_setup import build_feature_net, load_reference, reference_from_file
     from barlab.utils.image_sets import iter_image_set
 
     require(cfg, "samples", "samples=/path/to/samples.npz (or a folder of images)")
@@ -46,13 +47,8 @@ def run(cfg: DictConfig) -> dict:
         reference: Reference = load_reference(cfg, net)
     else:
         reference = reference_from_file(cfg, net, Path(str(cfg.ref)), knob="ref")
-    metrics = new_metrics(cfg, net)
-    metrics.set_reference(reference)
-    for images, labels in iter_image_set(samples, batch_size=int(cfg.metrics.batch_size)):
-        metrics.add_fake(images, labels)
-    result = {"samples": str(samples), "reference": reference.source, **metrics.compute()}
-    if getattr(net, "val_accuracy", None) is not None:
-        result["classifier_val_accuracy"] = net.val_accuracy
+    chunks = iter_image_set(samples, batch_size=int(cfg.metrics.batch_size))
+    result = {"samples": str(samples), **score_images(cfg, net, reference, chunks)}
     result["wall_time_s"] = round(time.time() - start, 1)
     out = Path(str(cfg.out)) if cfg.out else default_out(samples)
     atomic_write_json(out, result)

@@ -14,14 +14,16 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from barlab.cli import instantiate_checked
+from barlab.cli import instantiate_checked, pick_device
 from barlab.training.metric_setup import build_feature_net, load_reference, new_metrics, split_reference
+from barlab.metrics.feature_net import FeatureNet
+from barlab.metrics.reference import Reference
 from barlab.utils.image_sets import write_npz
 from barlab.utils.images import to_uint8
 
@@ -41,10 +43,9 @@ def headline(prefix: str, result: dict) -> dict[str, Any]:
 
 
 def eval_device(cfg: DictConfig) -> torch.device:
+    """CUDA when the trainer may use a GPU and one is there, else the CPU."""
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
+    return pick_device("auto") if accelerator in ("gpu", "cuda", "auto") else torch.device("cpu")
 
 
 @torch.no_grad()
@@ -88,19 +89,25 @@ def sample_class_balanced(generate: Callable[..., torch.Tensor], num_classes: in
     return torch.cat(images), labels
 
 
-def evaluate_samples(cfg: DictConfig, images: torch.Tensor, labels: torch.Tensor | None,
-                     device: torch.device | None = None) -> dict[str, Any]:
-    """Score uint8 samples (N, C, H, W) against ``load_reference(cfg)``: FID, KID, IS, P/R, class accuracy."""
-    net = build_feature_net(cfg, device or eval_device(cfg))
-    reference = load_reference(cfg, net)
+def score_images(cfg: DictConfig, net: FeatureNet, reference: Reference,
+                 chunks: Iterable[tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, Any]:
+    """Score uint8 image chunks ``(images (B, C, H, W), labels (B,) or None)`` against ``reference``:
+    FID, KID, IS, P/R, class accuracy, plus the reference and the classifier's own accuracy."""
     metrics = new_metrics(cfg, net)
     metrics.set_reference(reference)
-    metrics.add_fake(images, labels)
-    result = metrics.compute()
-    result["reference"] = reference.source
+    for images, labels in chunks:
+        metrics.add_fake(images, labels)
+    result = {"reference": reference.source, **metrics.compute()}
     if getattr(net, "val_accuracy", None) is not None:
         result["classifier_val_accuracy"] = net.val_accuracy
     return result
+
+
+def evaluate_samples(cfg: DictConfig, images: torch.Tensor, labels: torch.Tensor | None,
+                     device: torch.device | None = None) -> dict[str, Any]:
+    """Score uint8 samples (N, C, H, W) against ``load_reference(cfg)``."""
+    net = build_feature_net(cfg, device or eval_device(cfg))
+    return score_images(cfg, net, load_reference(cfg, net), [(images, labels)])
 
 
 def evaluate_generator(cfg: DictConfig, generate: Callable[..., torch.Tensor], num_classes: int,

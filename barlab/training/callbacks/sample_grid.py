@@ -29,11 +29,11 @@ class SampleGrid(L.Callback):
 
     @torch.no_grad()
     def render(self, pl_module: L.LightningModule, path: Path) -> Path:
+        from barlab.training.evaluation import sample_class_balanced
+
         classes = min(pl_module.num_classes, self.max_classes)
-        labels = torch.arange(classes).repeat_interleave(self.per_class)
-        generator = torch.Generator(device="cpu").manual_seed(self.seed)
-        images = torch.cat([pl_module.generate(chunk, generator=generator).cpu()
-                            for chunk in labels.split(self.batch_size)])
+        images, _ = sample_class_balanced(pl_module.generate, classes, self.per_class, self.batch_size,
+                                          seed=self.seed, progress=False)
         return save_png(upscale(make_grid(images, nrow=self.per_class), self.scale), path)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -6,11 +6,13 @@ sweep point fails in a second instead of after an hour of training.
 
 from __future__ import annotations
 
+import math
 import os
 
 from omegaconf import DictConfig, OmegaConf
 
 from barlab.errors import ConfigError
+from barlab.training.distributed import check_global_batches
 
 STAGES = ("tokenizer", "generator", "all", "classifier")
 
@@ -63,6 +65,7 @@ def check_config(cfg: DictConfig) -> None:
     positive_int(tok.get("val_every"), "tokenizer.val_every", 200)
     if cfg.stage in ("generator", "all"):
         check_generator(cfg, quantizer)
+    check_global_batches(cfg)
 
     source = cfg.data.get("source")
     if isinstance(source, DictConfig):
@@ -97,7 +100,51 @@ def check_generator(cfg: DictConfig, quantizer: str) -> None:
         raise ConfigError("sampling.temperature", f"must be a number >= 0, got {sampling.temperature!r}",
                           fix="sampling.temperature=1.0")
     positive_int(sampling.get("per_class"), "sampling.per_class", 10)
-    if cfg.stage == "all" and quantizer.endswith("BinaryFSQ"):
-        from barlab.training.generator_stage import check_linear_head
+    facts = token_facts(cfg, quantizer)
+    if facts is not None:
+        build_generator_on_meta(cfg, *facts, p)
 
-        check_linear_head(cfg, cfg.tokenizer.bits * p * p)
+
+def token_facts(cfg: DictConfig, quantizer: str) -> tuple[int, tuple[int, int]] | None:
+    """``(bits per token, token grid)`` the generator will see, known before anything trains, else None.
+
+    stage=all: from the tokenizer config (binary FSQ: ``tokenizer.bits``; FSQ:
+    ``ceil(log2(prod(levels)))``; grid ``data.image_size / tokenizer.encoder.downsample``).
+    stage=generator: from the ``tokenizer_ckpt`` file (a wrong or broken file fails here, in one line).
+    """
+    if cfg.stage == "generator":
+        from barlab.tokenizer.checkpoint import load_tokenizer
+
+        tokenizer, info = load_tokenizer(cfg.tokenizer_ckpt)
+        if not info.get("is_discrete", True) or tokenizer.quantizer.bits_per_token < 1:
+            return None  # refused with its own message by the generator stage
+        return int(info["bits_per_token"]), tuple(int(g) for g in info["grid"])
+    side = cfg.data.image_size // cfg.tokenizer.encoder.downsample  # both checked in check_config
+    if quantizer.endswith("BinaryFSQ"):
+        return int(cfg.tokenizer.bits), (side, side)
+    if quantizer.endswith("FSQ"):
+        return (math.prod(int(level) for level in cfg.tokenizer.quantizer.levels) - 1).bit_length(), (side, side)
+    return None
+
+
+def build_generator_on_meta(cfg: DictConfig, bits: int, grid: tuple[int, int], p: int) -> None:
+    """Build the backbone and the head from the config on the meta device (no memory, no time), so a
+    bad generator or head knob fails now with a one-line ConfigError instead of after the tokenizer.
+
+    bits: bits per token; grid: the tokenizer's token grid (h, w); p: ``generator.token_shuffle``.
+    The head's size guard (``head.max_params`` of the linear head) runs in its constructor.
+    """
+    import torch
+
+    from barlab.cli import instantiate_checked
+
+    if grid[0] % p or grid[1] % p:
+        raise ConfigError("generator.token_shuffle", f"p={p} does not divide the token grid {list(grid)}",
+                          fix="generator.token_shuffle=1")
+    bits_per_step = bits * p * p
+    source = cfg.data.get("source")
+    num_classes = source.get("num_classes") if isinstance(source, DictConfig) else None
+    with torch.device("meta"):
+        instantiate_checked(cfg.generator.backbone, "generator.backbone", bits_per_step=bits_per_step,
+                            grid=(grid[0] // p, grid[1] // p), num_classes=int(num_classes or 10))
+        instantiate_checked(cfg.head, "head", cond_dim=cfg.generator.backbone.cond_dim, bits_per_step=bits_per_step)

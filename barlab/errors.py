@@ -35,3 +35,16 @@ class DataError(BarlabError):
 
 class CheckpointError(BarlabError):
     """A checkpoint is missing, unreadable or does not match the config."""
+
+
+class TrainingDiverged(BarlabError):
+    """The training loss (or the weights about to be checkpointed) became NaN or Inf."""
+
+
+class DiskFull(BarlabError):
+    """A write ran out of disk space (or quota, or the file-size limit); nothing half-written is kept."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = str(path)
+        super().__init__(f"disk full while writing {path} ({reason}) (fix: free space on that disk, "
+                         "or write to another one: paths.output_dir=..., data.shards_dir=... or --out ...)")

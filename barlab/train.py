@@ -23,23 +23,31 @@ from omegaconf import DictConfig
 
 from barlab.cli import CONFIG_DIR, precheck_command_line, report_error
 from barlab.config_checks import check_config
+import barlab.slurm  # noqa: F401  (the launcher config's resolvers)
 from barlab.errors import BarlabError
+from barlab.generator.image_generator import load_generator
+from barlab.tokenizer.checkpoint import load_tokenizer
+from barlab.training.build import finish_wandb
+from barlab.training.classifier_stage import run_classifier_stage
+from barlab.training.distributed import JobProcesses
+from barlab.training.generator_stage import run_generator_stage
 from barlab.training.results import hydra_context, write_results
+from barlab.training.run_state import RUN_FILE, RunState
+from barlab.training.tokenizer_stage import run_tokenizer_stage
 
 log = logging.getLogger("barlab")
 
 _FAILED_JOBS: list[str] = []
 
 
-def run_all(cfg: DictConfig) -> dict[str, Any]:
+def run_all(cfg: DictConfig, state: RunState) -> dict[str, Any]:
     """Tokenizer → pretokenization → generator → samples, in one run folder."""
-    from barlab.training.generator_stage import run_generator_stage
-    from barlab.training.tokenizer_stage import run_tokenizer_stage
-
-    tokenizer = run_tokenizer_stage(cfg)
-    generator = run_generator_stage(cfg, trained_tokenizer=Path(tokenizer["artifacts"]["tokenizer"]))
+    tokenizer = finished_or_run("tokenizer", run_tokenizer_stage, cfg, state)
+    generator = finished_or_run("generator", run_generator_stage, cfg, state,
+                                trained_tokenizer=Path(tokenizer["artifacts"]["tokenizer"]))
     flat = {k: v for k, v in tokenizer.items()
-            if k not in ("artifacts", "metrics", "bit_stats", "train_steps", "rfid_eval", "kid", "precision", "recall")}
+            if k not in ("artifacts", "metrics", "bit_stats", "train_steps", "rfid_eval", "kid", "precision", "recall",
+                         "resumed_from_step", "reused")}
     return {
         **flat,
         "stage": "all",
@@ -55,13 +63,47 @@ def run_all(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def _stages() -> dict[str, Callable[[DictConfig], dict[str, Any]]]:
-    from barlab.training.generator_stage import run_generator_stage
-    from barlab.training.classifier_stage import run_classifier_stage
-    from barlab.training.tokenizer_stage import run_tokenizer_stage
+def finished_or_run(stage: str, body: Callable[..., dict[str, Any]], cfg: DictConfig, state: RunState,
+                    **kwargs) -> dict[str, Any]:
+    """Run ``stage`` unless an earlier attempt of this run finished it and its artifact still loads.
 
-    return {"tokenizer": run_tokenizer_stage, "generator": run_generator_stage, "all": run_all,
-            "classifier": run_classifier_stage}
+    A finished stage's result is reused as it was (``reused: true``); otherwise the stage runs,
+    continuing from its last checkpoint if it has one, and is recorded as finished.
+    """
+    done = state.finished_stage(stage)
+    if done is not None and artifact_loads(done):
+        log.info("%s stage: finished in an earlier attempt, reusing it", stage)
+        return {**done, "reused": True}
+    try:
+        result = body(cfg, state, **kwargs)
+    finally:
+        finish_wandb()  # one wandb run per stage: the next stage (or sweep job) starts its own
+    state.mark_finished(stage, result)
+    return result
+
+
+def artifact_loads(result: dict[str, Any]) -> bool:
+    """The file a finished stage exported (generator.pt, else tokenizer.pt) is there and readable."""
+    artifacts = result.get("artifacts") or {}
+    try:
+        if artifacts.get("generator"):
+            load_generator(artifacts["generator"])
+        elif artifacts.get("tokenizer"):
+            load_tokenizer(artifacts["tokenizer"])
+        else:
+            return False
+    except BarlabError as err:
+        log.warning("a finished stage's artifact is unusable (%s); running the stage again", err)
+        return False
+    return True
+
+
+STAGES: dict[str, Callable[[DictConfig, RunState], dict[str, Any]]] = {
+    "tokenizer": lambda cfg, state: finished_or_run("tokenizer", run_tokenizer_stage, cfg, state),
+    "generator": lambda cfg, state: finished_or_run("generator", run_generator_stage, cfg, state),
+    "all": run_all,
+    "classifier": lambda cfg, state: run_classifier_stage(cfg),
+}
 
 
 def quiet_known_warnings() -> None:
@@ -80,12 +122,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     quiet_known_warnings()
     start = time.time()
     run_dir = Path(cfg.paths.output_dir)
+    state: RunState | None = None
     try:
         check_config(cfg)
-        body = _stages()[cfg.stage](cfg)
+        state = RunState.open(cfg)
+        with JobProcesses():
+            body = STAGES[cfg.stage](cfg, state)
     except BarlabError as err:
-        write_results(run_dir, {"status": "failed", "error": str(err), "stage": cfg.get("stage"),
-                                "wall_time_s": round(time.time() - start, 1)})
+        if state is not None or not (run_dir / RUN_FILE).is_file():  # never overwrite an earlier run's results
+            write_results(run_dir, {"status": "failed", "error": str(err), "stage": cfg.get("stage"),
+                                    "wall_time_s": round(time.time() - start, 1)})
         raise
     except Exception as err:  # a crash (out of memory, a bug): still leave a row for the sweep table
         write_results(run_dir, {"status": "crashed", "error": f"{type(err).__name__}: {err}",
@@ -95,6 +141,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         write_results(run_dir, {"status": "interrupted", "error": type(err).__name__,
                                 "stage": cfg.get("stage"), "wall_time_s": round(time.time() - start, 1)})
         raise
+    body["restarts"] = state.restarts
     body["wall_time_s"] = round(time.time() - start, 1)
     path = write_results(run_dir, body)
     log.info("results: %s", path)

@@ -116,9 +116,9 @@ def test_drop_labels():
 
 
 def test_bad_config_raises():
-    with pytest.raises(ConfigError, match="generator.heads"):
+    with pytest.raises(ConfigError, match="generator.backbone.heads"):
         ARBackbone(K, GRID, CLASSES, width=32, heads=5)
-    with pytest.raises(ConfigError, match="generator.heads"):
+    with pytest.raises(ConfigError, match="generator.backbone.heads"):
         ARBackbone(K, GRID, CLASSES, width=24, heads=4)  # head_dim 6: no 2D RoPE
 
 

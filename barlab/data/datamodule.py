@@ -26,8 +26,8 @@ import lightning as L
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from barlab.data.pipeline import (Batch, Decode, LimitPerShard, Shuffle, SizedPipeline, SkipCounter,
-                                  TarSamples, rank_and_world, worker_seed)
+from barlab.data.pipeline import (Batch, Decode, LimitPerShard, RankSlice, Shuffle, SizedPipeline, SkipCounter,
+                                  TarSamples, rank_and_world, rank_shards, worker_seed)
 from barlab.data.shard_writer import ensure_shards
 from barlab.data.transforms import ImageTransform
 from barlab.errors import ConfigError, DataError
@@ -56,7 +56,7 @@ class ImageShardDataModule(L.LightningDataModule):
                  batch_size: int = 64, val_batch_size: int | None = None, num_workers: int = 1,
                  epoch_length: int = 60000, shuffle_buffer: int = 2000, flip: bool = True,
                  random_crop: bool = True, max_val_samples: int | None = None, seed: int = 0,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, shard_size: int = 2000):
         super().__init__()
         if not shards_dir:
             raise ConfigError("data.shards_dir", "is empty", fix="data.shards_dir=/path/to/shards")
@@ -77,6 +77,7 @@ class ImageShardDataModule(L.LightningDataModule):
         self.shuffle_buffer = _positive("shuffle_buffer", shuffle_buffer, "data.shuffle_buffer=2000", allow_zero=True)
         self.max_val_samples = _positive("max_val_samples", max_val_samples, "data.max_val_samples=null", allow_none=True)
         self.flip, self.random_crop, self.seed, self.pin_memory = bool(flip), bool(random_crop), int(seed), bool(pin_memory)
+        self.shard_size = _positive("shard_size", shard_size, "data.shard_size=2000")
         self._manifest: dict | None = None
         self._counters: list[SkipCounter] = []
 
@@ -85,7 +86,7 @@ class ImageShardDataModule(L.LightningDataModule):
     def manifest(self) -> dict:
         """The shards' manifest.json (prepares the shards from ``source`` if missing)."""
         if self._manifest is None:
-            self._manifest = ensure_shards(self.shards_dir, self.source)
+            self._manifest = ensure_shards(self.shards_dir, self.source, maxcount=self.shard_size)
         return self._manifest
 
     @property
@@ -107,10 +108,10 @@ class ImageShardDataModule(L.LightningDataModule):
         return sum(c.total for c in self._counters)
 
     def prepare_data(self) -> None:
-        ensure_shards(self.shards_dir, self.source)
+        ensure_shards(self.shards_dir, self.source, maxcount=self.shard_size)
 
     def setup(self, stage: str | None = None) -> None:
-        self._manifest = ensure_shards(self.shards_dir, self.source)  # no-op if prepare_data made them
+        self._manifest = ensure_shards(self.shards_dir, self.source, maxcount=self.shard_size)  # no-op if prepare_data made them
 
     # ---- loaders --------------------------------------------------------------------------
     def _urls(self, split: str) -> tuple[list[str], list[int]]:
@@ -137,7 +138,8 @@ class ImageShardDataModule(L.LightningDataModule):
         transform = ImageTransform(self.image_size, self.channels, train=True,
                                    random_crop=self.random_crop, flip=self.flip)
         pipeline = SizedPipeline(
-            wds.ResampledShards(urls, seed=self.seed, worker_seed=worker_seed, deterministic=True),
+            wds.ResampledShards(rank_shards(urls, "train image"), seed=self.seed, worker_seed=worker_seed,
+                                deterministic=True),
             TarSamples(counter),
             Shuffle(self.shuffle_buffer, self.seed) if self.shuffle_buffer > 1 else None,
             Decode(transform, self.num_classes, counter, seed=self.seed),
@@ -147,12 +149,16 @@ class ImageShardDataModule(L.LightningDataModule):
         return pipeline.with_epoch(per_worker)
 
     def val_dataset(self) -> wds.DataPipeline:
-        """One deterministic pass over the val shards (first ``max_val_samples`` samples if set)."""
-        return self.eval_dataset("val", self.max_val_samples)
+        """This rank's share of one deterministic pass over the val shards (first ``max_val_samples``)."""
+        return self.eval_dataset("val", self.max_val_samples, per_rank=True)
 
-    def eval_dataset(self, split: str, max_samples: int | None = None,
-                     batch_size: int | None = None) -> wds.DataPipeline:
-        """One deterministic, unaugmented pass over ``split`` (e.g. to pretokenize the train split)."""
+    def eval_dataset(self, split: str, max_samples: int | None = None, batch_size: int | None = None,
+                     per_rank: bool = False) -> wds.DataPipeline:
+        """One deterministic, unaugmented pass over ``split`` (e.g. to pretokenize the train split).
+
+        per_rank: only this rank's share of the samples (Lightning's validation under DDP); off, the
+        whole split, whatever the rank (pretokenization and scoring run on rank 0 alone).
+        """
         urls, sizes = self._urls(split)
         limits = {}
         if max_samples is not None and None not in sizes:
@@ -171,10 +177,10 @@ class ImageShardDataModule(L.LightningDataModule):
         transform = ImageTransform(self.image_size, self.channels, train=False)
         return wds.DataPipeline(
             wds.SimpleShardList(urls) if urls else [],
-            wds.split_by_node,
             wds.split_by_worker,
             TarSamples(counter),
             LimitPerShard(limits) if limits else None,
+            RankSlice() if per_rank else None,
             Decode(transform, self.num_classes, counter),
             Batch(batch_size or self.val_batch_size or self.batch_size, counter, partial=True),
         )

@@ -73,6 +73,16 @@ def rank_and_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def rank_shards(urls: list[str], what: str) -> list[str]:
+    """This rank's training shards: ``urls[rank::world]`` when there are enough for every rank to get
+    its own, else all of them (every rank then draws its own resampled stream, seeded by rank)."""
+    rank, world = rank_and_world()
+    mine = list(urls[rank::world]) if len(urls) >= world else list(urls)
+    if world > 1:
+        log.info("rank %d/%d reads %s shards %s", rank, world, what, " ".join(os.path.basename(u) for u in mine))
+    return mine
+
+
 def worker_and_count() -> tuple[int, int]:
     """(DataLoader worker id, number of workers); (0, 1) in the main process."""
     info = torch.utils.data.get_worker_info()
@@ -118,6 +128,22 @@ class TarSamples:
                     yield sample
             except (OSError, EOFError, ValueError, tarfile.TarError) as err:
                 self.counter.skip(f"rest of shard {url}", f"{type(err).__name__}: {err}")
+
+
+class RankSlice:
+    """Every ``world``-th sample from the ``rank``-th on: each rank of a DDP validation gets its own share.
+
+    Splitting by shard instead would leave a rank without data whenever there are fewer shards
+    than ranks, and Lightning's end-of-epoch reductions would then wait forever for that rank.
+    Here every rank gets samples as long as there are at least as many samples as ranks, and the
+    shares differ by at most one.
+    """
+
+    def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
+        rank, world = rank_and_world()
+        for index, sample in enumerate(src):
+            if index % world == rank:
+                yield sample
 
 
 class LimitPerShard:

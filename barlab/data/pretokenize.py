@@ -39,10 +39,11 @@ def _encode_split(tokenizer, images: ImageShardDataModule, split: str, flip: boo
 
 
 def pretokenize(tokenizer, images: ImageShardDataModule, out_dir: str, meta: dict | None = None,
-                batch_size: int = 256, device: str | torch.device = "cpu") -> dict:
+                batch_size: int = 256, device: str | torch.device = "cpu", shard_size: int = 20000) -> dict:
     """Encode the ``train`` (original + flip) and ``val`` splits of ``images`` into token shards.
 
     tokenizer: a discrete :class:`barlab.tokenizer.Tokenizer` in eval mode.
+    shard_size: sequences per token shard (more shards than ranks lets every rank read its own).
     Returns the token manifest (``seq_len``, ``bits``, ``grid``, class names, ...).
     """
     device = torch.device(device)
@@ -64,4 +65,4 @@ def pretokenize(tokenizer, images: ImageShardDataModule, out_dir: str, meta: dic
         "train": _encode_split(tokenizer, images, "train", True, device, batch_size),
         "val": _encode_split(tokenizer, images, "val", False, device, batch_size),
     }
-    return write_token_shards(splits, out_dir, manifest_meta)
+    return write_token_shards(splits, out_dir, manifest_meta, maxcount=shard_size)

@@ -7,7 +7,8 @@ Layout of a finished dataset folder ``out_dir``::
     out_dir/manifest.json          written last; the folder is complete iff it exists
 
 The folder is built under a temporary sibling name and renamed into place when complete, so a
-crashed or killed writer never leaves a folder that looks finished. ``ensure_shards`` serialises
+crashed or killed writer never leaves a folder that looks finished; a full disk raises
+:class:`barlab.errors.DiskFull` after the temporary folder is removed. ``ensure_shards`` serialises
 concurrent writers of the same folder with ``fcntl.flock`` on ``out_dir + ".lock"``.
 """
 
@@ -26,6 +27,7 @@ from importlib import metadata
 
 from barlab.data.base import SPLITS, ImageSource
 from barlab.errors import ConfigError, DataError
+from barlab.utils.io import disk_full_as_error
 from barlab.utils.locks import exclusive_lock
 
 log = logging.getLogger(__name__)
@@ -127,33 +129,34 @@ def write_shards(source: ImageSource, out_dir: str, maxcount: int = 2000, splits
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, MANIFEST)):
         raise ConfigError("data.shards_dir", f"{out_dir} is not empty and holds no {MANIFEST}; refusing to overwrite it",
                           fix="choose a new or empty folder")
-    parent, base = os.path.split(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-")
-    try:
-        manifest = {
-            "source": source.name,
-            "source_spec": _spec(source),
-            "num_classes": int(source.num_classes),
-            "class_names": list(source.class_names),
-            "channels": int(source.channels),
-            "splits": {split: _write_split(source, split, tmp, int(maxcount)) for split in splits},
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "barlab_version": _version(),
-        }
-        with open(os.path.join(tmp, MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=1)
-        os.chmod(tmp, 0o755)
-        old = None
-        if os.path.isdir(out_dir):
-            old = tempfile.mkdtemp(dir=parent, prefix=f".{base}.old-")
-            os.rename(out_dir, os.path.join(old, "x"))
-        os.rename(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with disk_full_as_error(out_dir):
+        parent, base = os.path.split(out_dir)
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-")
+        try:
+            manifest = {
+                "source": source.name,
+                "source_spec": _spec(source),
+                "num_classes": int(source.num_classes),
+                "class_names": list(source.class_names),
+                "channels": int(source.channels),
+                "splits": {split: _write_split(source, split, tmp, int(maxcount)) for split in splits},
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "barlab_version": _version(),
+            }
+            with open(os.path.join(tmp, MANIFEST), "w") as f:
+                json.dump(manifest, f, indent=1)
+            os.chmod(tmp, 0o755)
+            old = None
+            if os.path.isdir(out_dir):
+                old = tempfile.mkdtemp(dir=parent, prefix=f".{base}.old-")
+                os.rename(out_dir, os.path.join(old, "x"))
+            os.rename(tmp, out_dir)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return manifest
 
 

@@ -26,8 +26,9 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from barlab.data.pipeline import Batch, Shuffle, SizedPipeline, SkipCounter, TarSamples, rank_and_world, worker_seed
+from barlab.data.pipeline import Batch, RankSlice, Shuffle, SizedPipeline, SkipCounter, TarSamples, rank_and_world, rank_shards, worker_seed
 from barlab.data.shard_writer import MANIFEST, SplitShards
+from barlab.utils.io import disk_full_as_error
 from barlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -49,30 +50,32 @@ def write_token_shards(splits: dict[str, Iterable[tuple[str, np.ndarray, int]]],
     """Write ``{split: iterable of (key, bits (L, k) uint8, label)}`` as token shards; returns the manifest.
 
     Built in a temporary sibling folder and renamed into place, so a killed job leaves no folder
-    that looks finished. ``meta`` must hold ``seq_len`` and ``bits``.
+    that looks finished; a full disk removes the temporary folder and raises
+    :class:`barlab.errors.DiskFull`. ``meta`` must hold ``seq_len`` and ``bits``.
     """
     out_dir = os.path.abspath(out_dir)
-    parent, base = os.path.split(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-")
-    expected = (int(meta["seq_len"]), int(meta["bits"]))
-    try:
-        manifest = {"kind": "tokens", **meta, "splits": {}}
-        for split, samples in splits.items():
-            with SplitShards(tmp, split, maxcount) as writer:
-                for key, bits, label in samples:
-                    if bits.shape != expected:
-                        raise DataError(f"token sample {key} has shape {bits.shape}, expected {expected}")
-                    writer.add(key, {"bits": pack_bits(bits), "cls": str(int(label)).encode("ascii")})
-                manifest["splits"][split] = writer.close()
-        with open(os.path.join(tmp, MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=1)
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with disk_full_as_error(out_dir):
+        parent, base = os.path.split(out_dir)
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-")
+        expected = (int(meta["seq_len"]), int(meta["bits"]))
+        try:
+            manifest = {"kind": "tokens", **meta, "splits": {}}
+            for split, samples in splits.items():
+                with SplitShards(tmp, split, maxcount) as writer:
+                    for key, bits, label in samples:
+                        if bits.shape != expected:
+                            raise DataError(f"token sample {key} has shape {bits.shape}, expected {expected}")
+                        writer.add(key, {"bits": pack_bits(bits), "cls": str(int(label)).encode("ascii")})
+                    manifest["splits"][split] = writer.close()
+            with open(os.path.join(tmp, MANIFEST), "w") as f:
+                json.dump(manifest, f, indent=1)
+            if os.path.isdir(out_dir):
+                shutil.rmtree(out_dir)
+            os.rename(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return manifest
 
 
@@ -158,7 +161,8 @@ class TokenShardDataModule(L.LightningDataModule):
         workers = max(self.num_workers, 1)
         per_worker = max(1, math.ceil(self.epoch_length / (world * workers * self.batch_size)))
         pipeline = SizedPipeline(
-            wds.ResampledShards(self._urls("train"), seed=self.seed, worker_seed=worker_seed, deterministic=True),
+            wds.ResampledShards(rank_shards(self._urls("train"), "train token"), seed=self.seed,
+                                worker_seed=worker_seed, deterministic=True),
             TarSamples(counter),
             Shuffle(self.shuffle_buffer, self.seed) if self.shuffle_buffer > 1 else None,
             DecodeTokens(self.seq_len, self.bits, counter),
@@ -172,9 +176,9 @@ class TokenShardDataModule(L.LightningDataModule):
         counter = SkipCounter()
         self._counters.append(counter)
         pipeline = wds.DataPipeline(
-            wds.SimpleShardList(self._urls("val")), wds.split_by_node, wds.split_by_worker,
-            TarSamples(counter), DecodeTokens(self.seq_len, self.bits, counter),
+            wds.SimpleShardList(self._urls("val")), TarSamples(counter),
             wds.slice(self.max_val_samples) if self.max_val_samples else None,
+            RankSlice(), DecodeTokens(self.seq_len, self.bits, counter),
             TokenBatch(self.val_batch_size, counter, partial=True),
         )
         return DataLoader(pipeline, batch_size=None, num_workers=0)

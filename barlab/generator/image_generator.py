@@ -18,7 +18,7 @@ from torch import nn
 from barlab.errors import CheckpointError
 from barlab.generator.sampler import ARSampler
 from barlab.generator.token_shuffle import unshuffle
-from barlab.utils.io import atomic_torch_save
+from barlab.utils.io import atomic_torch_save, describe_payload, load_torch_file
 
 FORMAT = "barlab.generator/1"
 SAMPLING_KEYS = ("guidance", "schedule", "power", "temperature")
@@ -96,12 +96,11 @@ def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -
     if not path.is_file():
         raise CheckpointError(f"generator file {path} does not exist; a finished `python -m barlab.train` run "
                               "(stage=all or generator) writes <run>/generator.pt")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:
-        raise CheckpointError(f"cannot read generator file {path}: {err}") from err
+    fix = "a finished run's <run>/generator.pt (or its run folder)"
+    payload = load_torch_file(path, f"cannot read generator file {path}", fix, map_location=map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a barlab generator file (expected format {FORMAT})")
+        raise CheckpointError(f"{path}: this is {describe_payload(payload)}, not a generator (expected format "
+                              f"{FORMAT}) (fix: {fix})")
     tokenizer, tok_info = tokenizer_from_payload(payload["tokenizer"], str(path))
     grid = tuple(payload["grid"])
     p = payload["token_shuffle"]
@@ -113,7 +112,8 @@ def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -
         backbone.load_state_dict(payload["backbone"])
         head.load_state_dict(payload["head"])
     except RuntimeError as err:
-        raise CheckpointError(f"weights in {path} do not match its config: {err}") from err
+        reason = str(err).strip().splitlines()[-1].strip() if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: its weights do not match its own config ({reason})") from None
     model = ImageGenerator(backbone, head, tokenizer, grid, p, payload.get("sampling")).eval()
     info = {k: v for k, v in payload.items() if k not in ("backbone", "head", "tokenizer")}
     info["tokenizer"] = tok_info

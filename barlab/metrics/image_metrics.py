@@ -40,6 +40,12 @@ class Passthrough(nn.Module):
         return x
 
 
+# Scoring runs in one process (rank 0 of a DDP job) that sees every sample: never gather across ranks.
+# torchmetrics would otherwise sync on compute whenever a process group exists, and wait for ranks
+# that are busy elsewhere.
+LOCAL = {"sync_on_compute": False}
+
+
 class ImageMetrics:
     """Accumulate real and generated images, then :meth:`compute` every metric the inputs allow.
 
@@ -53,7 +59,8 @@ class ImageMetrics:
         self.net = net
         self.k, self.max_pr_samples, self.kid_subset_size = k, max_pr_samples, kid_subset_size
         self.is_splits, self.batch_size = is_splits, batch_size
-        self.fid = FrechetInceptionDistance(feature=Passthrough(net.num_features), reset_real_features=False)
+        self.fid = FrechetInceptionDistance(feature=Passthrough(net.num_features), reset_real_features=False,
+                                            **LOCAL)
         self.real_features: list[torch.Tensor] = []
         self.fake_features: list[torch.Tensor] = []
         self.fake_logits: list[torch.Tensor] = []
@@ -146,7 +153,7 @@ class ImageMetrics:
             subset = min(self.kid_subset_size, real.shape[0], fake.shape[0])
             if subset >= 2:
                 kid = KernelInceptionDistance(feature=Passthrough(self.net.num_features), subset_size=subset,
-                                              subsets=50)
+                                              subsets=50, **LOCAL)
                 kid.update(real.double(), real=True)
                 kid.update(fake.double(), real=False)
                 mean, std = kid.compute()
@@ -154,7 +161,7 @@ class ImageMetrics:
         if self.fake_logits:
             logits = torch.cat(self.fake_logits)
             splits = max(1, min(self.is_splits, logits.shape[0] // 2))
-            score = InceptionScore(feature=Passthrough(logits.shape[1]), splits=splits)
+            score = InceptionScore(feature=Passthrough(logits.shape[1]), splits=splits, **LOCAL)
             score.update(logits)
             mean, std = score.compute()
             out["inception_score"], out["inception_score_std"] = float(mean), float(std)

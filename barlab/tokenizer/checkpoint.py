@@ -14,9 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from barlab.cli import instantiate_checked
 from barlab.errors import CheckpointError
-from barlab.utils.io import atomic_torch_save
+from barlab.utils.io import atomic_torch_save, describe_payload, load_torch_file
 
 FORMAT = "barlab.tokenizer/1"
+FIX = "tokenizer_ckpt=<run>/tokenizer.pt, the file a finished stage=tokenizer or stage=all run exports"
 
 
 def build_tokenizer(cfg: DictConfig | dict) -> "Tokenizer":  # noqa: F821
@@ -46,30 +47,33 @@ def save_tokenizer(path: str | Path, tokenizer_cfg: DictConfig, state_dict: dict
     return atomic_torch_save(payload, path)
 
 
-def load_tokenizer(path: str | Path, map_location: str | torch.device = "cpu"):
-    """Rebuild a tokenizer from ``tokenizer.pt``; returns ``(tokenizer in eval mode, info dict)``."""
+def load_tokenizer(path: str | Path, map_location: str | torch.device = "cpu", knob: str = "tokenizer_ckpt"):
+    """Rebuild a tokenizer from ``tokenizer.pt``; returns ``(tokenizer in eval mode, info dict)``.
+
+    Errors name the file as ``<knob>=<path>`` and say what the file is instead (a generator file, a
+    Lightning checkpoint, no checkpoint at all, a truncated one), in one line.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
-            f"tokenizer checkpoint {path} does not exist; train one with "
+            f"{knob}={path} does not exist; train one with "
             "`python -m barlab.train stage=tokenizer` (it writes <run>/tokenizer.pt)"
         )
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # corrupt or truncated file
-        raise CheckpointError(f"cannot read tokenizer checkpoint {path}: {err}") from err
-    return tokenizer_from_payload(payload, str(path))
+    payload = load_torch_file(path, f"{knob}={path}", FIX, map_location=map_location)
+    return tokenizer_from_payload(payload, f"{knob}={path}")
 
 
 def tokenizer_from_payload(payload: Any, where: str):
     """Rebuild a tokenizer from the contents of a tokenizer file (also embedded in generator.pt)."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{where} is not a barlab tokenizer file (expected format {FORMAT})")
+        raise CheckpointError(f"{where}: this is {describe_payload(payload)}, not a tokenizer (expected format "
+                              f"{FORMAT}) (fix: {FIX})")
     tokenizer = build_tokenizer(payload["config"])
     try:
         tokenizer.load_state_dict(payload["state_dict"])
     except RuntimeError as err:
-        raise CheckpointError(f"tokenizer weights in {where} do not match its config: {err}") from err
+        reason = str(err).strip().splitlines()[-1].strip() if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{where}: its tokenizer weights do not match its own config ({reason})") from None
     tokenizer.eval()
     info = {k: v for k, v in payload.items() if k not in ("state_dict",)}
     return tokenizer, info

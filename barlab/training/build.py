@@ -6,6 +6,7 @@ its own schedule (``<stage>.max_steps``, ``<stage>.val_every``) on the shared ``
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -14,7 +15,14 @@ from omegaconf import DictConfig
 
 from barlab.cli import instantiate_checked
 from barlab.errors import CheckpointError, ConfigError
+from barlab.training.callbacks.finite_loss import FiniteLossGuard
+from barlab.training.callbacks.preemption import PreemptionCheckpoint
+from barlab.training.callbacks.rng_state import RNGState
+from barlab.training.checkpoint_checks import check_resume_checkpoint
 from barlab.training.checkpoint_io import AtomicCheckpointIO
+from barlab.training.distributed import install_child_command, track_launcher
+from barlab.training.results import hydra_context
+from barlab.training.run_state import RunState
 
 PER_STAGE_LOGGERS = ("CSVLogger", "TensorBoardLogger")
 
@@ -31,16 +39,29 @@ def build_callbacks(cfg: DictConfig, stage: str, names: tuple[str, ...] | None =
             continue
         extra = {"dirpath": str(checkpoint_dir(cfg, stage))} if name == "model_checkpoint" else {}
         callbacks.append(instantiate_checked(node, f"callbacks.{name}", **extra))
-    return callbacks
+    return callbacks + system_callbacks(cfg, stage)
 
 
-def build_loggers(cfg: DictConfig, stage: str) -> list:
-    """Instantiate ``cfg.logger``; CSV and TensorBoard write into a per-stage version folder."""
+def system_callbacks(cfg: DictConfig, stage: str) -> list[L.Callback]:
+    """Callbacks every training stage gets, whatever ``cfg.callbacks`` holds: the RNG streams in each
+    checkpoint, the non-finite-loss guard, and the checkpoint on a SLURM pre-emption signal."""
+    return [RNGState(), FiniteLossGuard(stage), PreemptionCheckpoint(str(checkpoint_dir(cfg, stage) / "last.ckpt"))]
+
+
+def build_loggers(cfg: DictConfig, stage: str, state: RunState) -> list:
+    """Instantiate ``cfg.logger``; CSV and TensorBoard write into a per-stage version folder.
+
+    wandb gets one run per stage and job: its id is kept in the run folder (a restarted job logs
+    on into the same wandb run), its group is the sweep (or the run), its name says job and stage.
+    """
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():
         if node is None:
             continue
-        extra = {"version": stage} if str(node.get("_target_", "")).endswith(PER_STAGE_LOGGERS) else {}
+        target = str(node.get("_target_", ""))
+        extra = {"version": stage} if target.endswith(PER_STAGE_LOGGERS) else {}
+        if target.endswith("WandbLogger"):
+            extra = wandb_identity(cfg, stage, state)
         try:
             loggers.append(instantiate_checked(node, f"logger.{name}", **extra))
         except ConfigError as err:
@@ -49,6 +70,21 @@ def build_loggers(cfg: DictConfig, stage: str) -> list:
                                   fix="pip install tensorboard, or logger=csv") from None
             raise
     return loggers
+
+
+def wandb_identity(cfg: DictConfig, stage: str, state: RunState) -> dict[str, str]:
+    """WandbLogger arguments that make one resumable wandb run per (job, stage), grouped by sweep."""
+    context = hydra_context()
+    job = f"/{context['job_num']}" if context["mode"] == "multirun" else ""
+    return {"id": state.wandb_id(stage), "resume": "allow", "group": f"{cfg.task_name}/{cfg.run_name}",
+            "name": f"{cfg.run_name}{job}/{stage}", "job_type": stage}
+
+
+def finish_wandb() -> None:
+    """End the active wandb run, if any, so that the next stage or sweep job starts its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 def auto_precision() -> str:
@@ -63,18 +99,28 @@ def build_trainer(cfg: DictConfig, stage_cfg: DictConfig, callbacks: list, logge
     extra = {"max_steps": stage_cfg.max_steps, "val_check_interval": stage_cfg.val_every}
     if cfg.trainer.get("precision") == "auto":
         extra["precision"] = auto_precision()
-    return instantiate_checked(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
-                               plugins=[AtomicCheckpointIO()], **extra)
+    install_child_command()
+    trainer = instantiate_checked(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
+                                  plugins=[AtomicCheckpointIO()], **extra)
+    track_launcher(trainer)
+    return trainer
 
 
-def resolve_ckpt_path(cfg: DictConfig, stage: str) -> str | None:
-    """``ckpt_path``: null; ``last`` (this run's checkpoints/<stage>/last.ckpt if it exists); or a file."""
+def resolve_ckpt_path(cfg: DictConfig, stage: str, module: L.LightningModule) -> str | None:
+    """The checkpoint ``stage`` resumes from, checked against ``module`` before anything trains.
+
+    - ``ckpt_path`` null (default) or ``last``: this run folder's ``checkpoints/<stage>/last.ckpt`` if
+      it exists and ``resume`` is on (a requeued or re-run job continues), else None (start afresh);
+    - a file: that checkpoint (``stage=tokenizer`` or ``stage=generator`` only).
+    """
     value = cfg.get("ckpt_path")
-    if value in (None, ""):
-        return None
-    if value == "last":
+    if value in (None, "", "last"):
         last = checkpoint_dir(cfg, stage) / "last.ckpt"
-        return str(last) if last.is_file() else None
+        if not last.is_file() or (value is None and not cfg.get("resume", True)):
+            return None
+        check_resume_checkpoint(last, stage, module)
+        return str(last)
     if not Path(value).is_file():
         raise CheckpointError(f"ckpt_path={value} does not exist (set ckpt_path=null to start afresh)")
+    check_resume_checkpoint(value, stage, module)
     return str(value)

@@ -27,6 +27,7 @@ from barlab.generator.image_generator import generate_images
 from barlab.generator.order import random_ratio, sample_orders
 from barlab.generator.sampler import ARSampler
 from barlab.generator.token_shuffle import shuffle
+from barlab.training.checkpoint_checks import IDENTITY_KEY, head_identity, tokenizer_identity
 from barlab.training.optim import decay_groups
 from barlab.training.schedules import warmup_cosine
 
@@ -73,6 +74,18 @@ class GeneratorModule(L.LightningModule):
         losses, accs = zip(*self._recent)
         return {"loss": sum(losses) / len(losses), "bit_accuracy": sum(accs) / len(accs)}
 
+    def checkpoint_identity(self) -> dict:
+        """What this generator is, keyed by knob; stored in every checkpoint, checked before resuming."""
+        b = self.backbone
+        return {"stage": "generator", **head_identity(self.head), **tokenizer_identity(self.tokenizer),
+                "generator.token_shuffle": self.p, "token grid": list(self.grid), "num_classes": int(self.num_classes),
+                "generator.backbone.width": int(b.width), "generator.backbone.depth": int(b.depth),
+                "generator.backbone.heads": int(b.heads), "generator.backbone.cond_dim": int(b.cond_dim),
+                "generator.backbone.class_repeat": int(b.prefix_len - 1)}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[IDENTITY_KEY] = self.checkpoint_identity()
+
     def to_steps(self, bits: torch.Tensor) -> torch.Tensor:
         """(B, h·w, k) raster token bits → (B, L', k·p²) AR steps."""
         return shuffle(bits, self.grid, self.p)
@@ -106,7 +119,8 @@ class GeneratorModule(L.LightningModule):
         logs = {"train/loss": out.loss, "train/bit_accuracy": out.bit_accuracy,
                 "train/random_ratio": torch.tensor(float(ratio))}
         logs.update({f"train/{k}": v for k, v in out.metrics.items()})
-        self.log_dict({k: v.detach().float() for k, v in logs.items()}, batch_size=batch_size)
+        # the logged training numbers are means over ranks (each rank trains on its own batch)
+        self.log_dict({k: v.detach().float() for k, v in logs.items()}, batch_size=batch_size, sync_dist=True)
         self._recent.append((float(out.loss.detach()), float(out.bit_accuracy.detach())))
         self.log("loss", out.loss.detach(), prog_bar=True, logger=False, batch_size=batch_size)
         self.log("bit_acc", out.bit_accuracy.detach(), prog_bar=True, logger=False, batch_size=batch_size)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from barlab.cli import instantiate_checked
 from barlab.data.pretokenize import pretokenize
@@ -28,6 +28,8 @@ from barlab.training.generator_module import GeneratorModule
 from barlab.training.optim import count_parameters
 from barlab.utils.locks import exclusive_lock
 from barlab.training.build import build_callbacks, build_loggers, build_trainer, checkpoint_dir, resolve_ckpt_path
+from barlab.training.distributed import apply_global_batch
+from barlab.training.run_state import RunState, checkpoint_step, is_rank_zero, stream_seed, wait_for_manifest
 
 log = logging.getLogger("barlab")
 
@@ -53,6 +55,24 @@ def tokenizer_path(cfg: DictConfig, trained: Path | None) -> Path:
     return Path(cfg.tokenizer_ckpt)
 
 
+def token_shards_for(cfg: DictConfig, tokenizer, info: dict, tokens_dir: Path) -> dict:
+    """The token shards of ``tokens_dir``, pretokenized first if the folder has no manifest.
+
+    Rank 0 writes them (once among parallel jobs too: a file lock); the other ranks wait for the
+    manifest. A finished folder is reused as it is, also by a restarted job.
+    """
+    if not is_rank_zero():
+        return wait_for_manifest(tokens_dir, read_token_manifest)
+    with exclusive_lock(str(tokens_dir) + ".lock", str(tokens_dir)):  # one writer among parallel jobs
+        manifest = read_token_manifest(str(tokens_dir))
+        if manifest is None:
+            images = instantiate_checked(cfg.data, "data")
+            log.info("pretokenizing %s into %s", images.shards_dir, tokens_dir)
+            manifest = pretokenize(tokenizer, images, str(tokens_dir), meta={"tokenizer": str(info.get("path", ""))},
+                                   shard_size=cfg.generator.data.shard_size)
+    return manifest
+
+
 def build_generator_module(cfg: DictConfig, tokenizer, info: dict, num_classes: int) -> GeneratorModule:
     gen = cfg.generator
     p = gen.token_shuffle
@@ -74,7 +94,7 @@ def build_generator_module(cfg: DictConfig, tokenizer, info: dict, num_classes: 
     return module
 
 
-def run_generator_stage(cfg: DictConfig, trained_tokenizer: Path | None = None) -> dict[str, Any]:
+def run_generator_stage(cfg: DictConfig, state: RunState, trained_tokenizer: Path | None = None) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     tokenizer_file = tokenizer_path(cfg, trained_tokenizer)
@@ -85,12 +105,7 @@ def run_generator_stage(cfg: DictConfig, trained_tokenizer: Path | None = None) 
     check_linear_head(cfg, info["bits_per_token"] * cfg.generator.token_shuffle ** 2)
 
     tokens_dir = Path(cfg.generator.data.shards_dir)
-    with exclusive_lock(str(tokens_dir) + ".lock", str(tokens_dir)):  # one writer among parallel jobs / ranks
-        manifest = read_token_manifest(str(tokens_dir))
-        if manifest is None:
-            images = instantiate_checked(cfg.data, "data")
-            log.info("pretokenizing %s into %s", images.shards_dir, tokens_dir)
-            manifest = pretokenize(tokenizer, images, str(tokens_dir), meta={"tokenizer": str(info.get("path", ""))})
+    manifest = token_shards_for(cfg, tokenizer, info, tokens_dir)
     if manifest["bits"] != info["bits_per_token"] or list(manifest["grid"]) != list(info["grid"]):
         raise ConfigError("generator.data.shards_dir", f"token shards in {tokens_dir} were made by another tokenizer "
                           f"({manifest['bits']} bits, grid {manifest['grid']})", fix="point it to a new folder")
@@ -107,8 +122,14 @@ def run_generator_stage(cfg: DictConfig, trained_tokenizer: Path | None = None) 
     grid_cb = SampleGrid(dirpath=str(run_dir / "samples"), latest=str(run_dir / "sample_grid.png"),
                          per_class=cfg.sampling.per_class, seed=cfg.seed)
     callbacks = build_callbacks(cfg, "generator", names=("model_checkpoint", "lr_monitor")) + [grid_cb]
-    trainer = build_trainer(cfg, cfg.generator, callbacks, build_loggers(cfg, "generator"))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg, "generator"))
+    trainer = build_trainer(cfg, cfg.generator, callbacks, build_loggers(cfg, "generator", state))
+    apply_global_batch(trainer, datamodule, cfg.generator.get("global_batch_size"), "generator.global_batch_size")
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    ckpt_path = resolve_ckpt_path(cfg, "generator", module)
+    resumed_from = checkpoint_step(ckpt_path) if ckpt_path else 0
+    datamodule.seed = stream_seed(cfg.seed, resumed_from)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     trainer.limit_val_batches = cfg.final_eval.max_batches or 1.0
     final = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
     train = module.recent_train_metrics()
@@ -133,6 +154,7 @@ def run_generator_stage(cfg: DictConfig, trained_tokenizer: Path | None = None) 
         "val_loss": final.get("val/loss"),
         "val_bit_accuracy": final.get("val/bit_accuracy"),
         "train_steps": trainer.global_step,
+        "resumed_from_step": resumed_from,
         "sampling": dict(cfg.sampling),
         **(headline("g", scores) if scores else {}),
         "gfid_eval": scores or None,

@@ -24,6 +24,7 @@ from barlab.tokenizer.bit_stats import BitStatsAccumulator, bit_statistics, summ
 from barlab.tokenizer.discriminator import hinge_d_loss, hinge_g_loss
 from barlab.tokenizer.losses import ReconstructionLoss
 from barlab.tokenizer.tokenizer import Tokenizer
+from barlab.training.checkpoint_checks import IDENTITY_KEY, tokenizer_identity
 from barlab.training.schedules import warmup_cosine
 
 
@@ -88,6 +89,13 @@ class TokenizerModule(L.LightningModule):
         """The weights the EMA callback averages: the tokenizer only."""
         return self.tokenizer
 
+    def checkpoint_identity(self) -> dict[str, Any]:
+        """What this tokenizer is, keyed by knob; stored in every checkpoint, checked before resuming."""
+        return {"stage": "tokenizer", **tokenizer_identity(self.tokenizer), "data.image_size": int(self.image_size)}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[IDENTITY_KEY] = self.checkpoint_identity()
+
     @property
     def gan_active(self) -> bool:
         return self.discriminator is not None and self.gan_weight > 0 and self.global_step >= self.gan_start_step
@@ -141,7 +149,9 @@ class TokenizerModule(L.LightningModule):
         logs["train/loss"] = loss
         logs["lr"] = torch.tensor(opt_g.param_groups[0]["lr"])
         n = images.shape[0]
-        self.log_dict({k: v.detach().float() for k, v in logs.items()}, prog_bar=False, on_step=True, batch_size=n)
+        # means over ranks (each rank trains on its own batch)
+        self.log_dict({k: v.detach().float() for k, v in logs.items()}, prog_bar=False, on_step=True, batch_size=n,
+                      sync_dist=True)
         self.log("loss", loss.detach().float(), prog_bar=True, logger=False, batch_size=n)
         return loss.detach()
 

@@ -21,6 +21,8 @@ from barlab.training.callbacks.ema import EMA
 from barlab.training.evaluation import evaluate_tokenizer, headline
 from barlab.training.callbacks.recon_grid import ReconstructionGrid
 from barlab.training.build import build_callbacks, build_loggers, build_trainer, checkpoint_dir, resolve_ckpt_path
+from barlab.training.distributed import apply_global_batch
+from barlab.training.run_state import RunState, checkpoint_step, stream_seed
 from barlab.training.tokenizer_module import TokenizerModule
 
 log = logging.getLogger("barlab")
@@ -56,21 +58,26 @@ def build_tokenizer_module(cfg: DictConfig) -> TokenizerModule:
     )
 
 
-def run_tokenizer_stage(cfg: DictConfig) -> dict[str, Any]:
-    """Train, evaluate and export a tokenizer. Returns the results.json body."""
+def run_tokenizer_stage(cfg: DictConfig, state: RunState) -> dict[str, Any]:
+    """Train (or continue training), evaluate and export a tokenizer. Returns the results.json body."""
     run_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate_checked(cfg.data, "data")
     module = build_tokenizer_module(cfg)
     callbacks = build_callbacks(cfg, "tokenizer")
-    trainer = build_trainer(cfg, cfg.tokenizer, callbacks, build_loggers(cfg, "tokenizer"))
+    trainer = build_trainer(cfg, cfg.tokenizer, callbacks, build_loggers(cfg, "tokenizer", state))
+    apply_global_batch(trainer, datamodule, cfg.tokenizer.get("global_batch_size"), "tokenizer.global_batch_size",
+                       can_accumulate=False)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     log.info("tokenizer: %s, %d bits per image, %.2fM parameters", type(module.tokenizer.quantizer).__name__,
              module.bits_per_image, sum(p.numel() for p in module.tokenizer.parameters()) / 1e6)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg, "tokenizer"))
+    ckpt_path = resolve_ckpt_path(cfg, "tokenizer", module)
+    resumed_from = checkpoint_step(ckpt_path) if ckpt_path else 0
+    datamodule.seed = stream_seed(cfg.seed, resumed_from)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     # Final numbers on the validation split, with the EMA weights (the callback swaps them in).
     trainer.limit_val_batches = cfg.final_eval.max_batches or 1.0
@@ -107,6 +114,7 @@ def run_tokenizer_stage(cfg: DictConfig) -> dict[str, Any]:
         "rfid_eval": rfid or None,
         "bit_stats": module.last_bit_stats,
         "train_steps": trainer.global_step,
+        "resumed_from_step": resumed_from,
         "skipped_samples": getattr(datamodule, "skipped", 0),
         "artifacts": {
             "tokenizer": str(tokenizer_path),

@@ -1,34 +1,73 @@
 """Atomic file writes: a reader never sees a half-written file.
 
 Each writer puts the bytes into a temporary file in the destination folder and then
-``os.replace``s it onto the final name, which is atomic on POSIX file systems.
+``os.replace``s it onto the final name, which is atomic on POSIX file systems. A write that runs
+out of space (``ENOSPC``, ``EDQUOT``, ``EFBIG``) removes its temporary file and raises
+:class:`barlab.errors.DiskFull` naming the file; the destination keeps its previous contents.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
+
+from barlab.errors import CheckpointError, DiskFull
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def disk_full_cause(err: BaseException) -> OSError | None:
+    """The out-of-space ``OSError`` behind ``err``, if any.
+
+    Follows ``__cause__`` / ``__context__``: ``torch.save`` reports a failed write as a
+    ``RuntimeError`` (``unexpected pos ...``) whose context is the ``OSError``.
+    """
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@contextlib.contextmanager
+def disk_full_as_error(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an out-of-space error raised inside the block into one-line :class:`DiskFull` naming ``path``."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as err:
+        cause = disk_full_cause(err)
+        if cause is None:
+            raise
+        raise DiskFull(str(path), cause.strerror or errno.errorcode.get(cause.errno, "no space")) from err
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with disk_full_as_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, mode) as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     return path
 
 
@@ -43,6 +82,48 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return _atomic_write(path, lambda f: torch.save(obj, f), "wb")
+
+
+def load_torch_file(path: str | os.PathLike, label: str, fix: str, map_location: Any = "cpu",
+                    mmap: bool = False) -> Any:
+    """``torch.load`` a file that ``torch.save`` wrote; anything else is one-line :class:`CheckpointError`.
+
+    ``label`` names the file in the message (``"ckpt_path=<path>"``), ``fix`` is the remedy. A text
+    file, a truncated copy or an interrupted save is recognised from the zip container before the
+    unpickler runs. ``mmap=True`` reads only the pickled structure up front (cheap checks of big
+    checkpoints). ``weights_only=False``: barlab's own files hold configs, and Lightning's hold
+    loop and callback states.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as err:
+        raise CheckpointError(f"{label}: cannot be opened ({err.strerror or err}) (fix: {fix})") from None
+    if not is_zip:
+        what = ("it is cut short (a truncated copy or an interrupted save)" if magic == b"PK\x03\x04"
+                else "it is not a checkpoint (not a file written by torch.save)")
+        raise CheckpointError(f"{label}: {what} (fix: {fix})")
+    try:
+        return torch.load(path, map_location=map_location, mmap=mmap, weights_only=False)
+    except Exception as err:  # a damaged archive member, a class that no longer exists, ...
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{label}: cannot be read ({type(err).__name__}: {reason}) (fix: {fix})") from None
+
+
+def describe_payload(payload: Any) -> str:
+    """What a loaded torch file is, for messages: a barlab export, a Lightning checkpoint of a stage, ..."""
+    if isinstance(payload, dict):
+        fmt = payload.get("format")
+        if isinstance(fmt, str) and fmt.startswith("barlab."):
+            kind = fmt.split("/")[0].removeprefix("barlab.")
+            return f"a barlab {kind} file ({kind}.pt)"
+        if "state_dict" in payload and any(k.startswith("pytorch-lightning") for k in payload):
+            stage = (payload.get("barlab") or {}).get("stage") if isinstance(payload.get("barlab"), dict) else None
+            return f"a Lightning checkpoint of the {stage} stage" if stage else "a Lightning checkpoint"
+        return "a dict without barlab's format marker"
+    return f"a pickled {type(payload).__name__}, not a barlab file"
 
 
 def _json_default(value: Any) -> Any:

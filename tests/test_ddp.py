@@ -1,0 +1,67 @@
+"""More than one process: ``trainer=ddp_cpu`` (2 ranks, gloo) runs the whole pipeline; each rank reads
+its own shards; rank 0 alone writes the artifacts; no process is left behind; an in-process sweep of
+DDP jobs starts fresh ranks for every job."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers import read_json, run_module
+
+pytestmark = pytest.mark.slow
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of the live processes whose arguments contain ``text``."""
+    out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if text in line and not line.lstrip().startswith("Z")]
+
+
+def shard_lines(log: Path, what: str) -> dict[int, list[str]]:
+    """``{rank: shard names}`` from the 'rank r/2 reads <what> shards ...' lines of a rank's log."""
+    found = {}
+    for rank, names in re.findall(rf"rank (\d)/2 reads {what} shards (.*)", log.read_text()):
+        found[int(rank)] = names.split()
+    return found
+
+
+def test_ddp_cpu_runs_the_whole_pipeline_on_two_ranks(tmp_path):
+    proc = run_module("barlab.train", "trainer=ddp_cpu", "experiment=smoke", "metrics.backend=random",
+                      "run_name=ddp", cwd=tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = tmp_path / "outputs" / "smoke" / "runs" / "ddp"
+    results = read_json(folder / "results.json")
+    assert results["status"] == "ok"
+    assert results["tokenizer"]["train_steps"] == 20 and results["generator"]["train_steps"] == 10
+
+    rank0, rank1 = folder / "train.log", folder / "train_ddp_process_1.log"
+    for what, shards in (("train image", ["train-000000.tar", "train-000001.tar", "train-000002.tar",
+                                          "train-000003.tar"]),
+                         ("train token", ["train-000000.tar", "train-000001.tar", "train-000002.tar",
+                                          "train-000003.tar"])):
+        mine, theirs = shard_lines(rank0, what)[0], shard_lines(rank1, what)[1]
+        assert mine == shards[0::2] and theirs == shards[1::2], (what, mine, theirs)  # disjoint halves
+
+    # rank 0 alone wrote the artifacts: one of each, and rank 1 logged no write of its own
+    assert (folder / "tokenizer.pt").is_file() and (folder / "generator.pt").is_file()
+    assert "pretokenizing" in rank0.read_text() and "pretokenizing" not in rank1.read_text()
+    assert results["gfid"] is not None
+    assert processes_mentioning(str(folder)) == []          # no rank outlives the job
+
+
+def test_a_sweep_of_ddp_jobs_in_one_process_starts_fresh_ranks_per_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_module("barlab.train", "-m", "trainer=ddp_cpu", "experiment=smoke", "stage=tokenizer",
+                      "metrics.rfid.enabled=false", "tokenizer.bits=4,6", "tokenizer.max_steps=6",
+                      "tokenizer.val_every=6", f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job, bits in ((0, 4), (1, 6)):
+        results = read_json(sweep / str(job) / "results.json")
+        assert results["status"] == "ok" and results["bits_per_token"] == bits and results["train_steps"] == 6
+        assert (sweep / str(job) / "train_ddp_process_1.log").is_file()    # each job had its own rank 1
+    assert not (sweep / "2").exists()                                     # no rank started a sweep of its own
+    assert processes_mentioning(str(sweep)) == []

@@ -4,12 +4,13 @@ command line, and one-line error reporting."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from hydra.utils import instantiate
 
 from barlab.errors import BarlabError, ConfigError
@@ -17,6 +18,11 @@ from barlab.errors import BarlabError, ConfigError
 log = logging.getLogger("barlab")
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+# The launch folder, for `paths.root_dir`. Hydra's own `${hydra:runtime.cwd}` is not set yet when a
+# sweeper resolves `hydra.sweep.dir`, and `oc.env` resolves its default even when the variable is set.
+if not OmegaConf.has_resolver("barlab.cwd"):
+    OmegaConf.register_new_resolver("barlab.cwd", os.getcwd)
 
 
 def check_group_overrides(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
@@ -101,9 +107,13 @@ def hydra_tool(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[
 
 
 def precheck_command_line() -> None:
-    """Exit 2 with one line if a ``group=option`` on the command line names no config file."""
+    """Exit 2 with one line if a ``group=option`` on the command line names no config file, or if
+    ``hydra/launcher=slurm`` cannot submit from here (see :func:`barlab.slurm.preflight`)."""
+    from barlab.slurm import preflight
+
     try:
         check_group_overrides(sys.argv[1:])
+        preflight(sys.argv[1:])
     except BarlabError as err:
         report_error(err)
         sys.exit(2)

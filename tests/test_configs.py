@@ -79,3 +79,19 @@ def test_each_quantizer_trains_a_few_steps(tmp_path, quantizer, bits_per_token):
     assert body["train_steps"] == 3
     assert (tmp_path / "run" / "results.json").is_file()
     assert (len(body["bit_stats"].get("usage", [])) == 8) == (quantizer == "binary_fsq")
+
+
+def test_fsdp_preset_shards_each_transformer_block():
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from barlab.cli import CONFIG_DIR
+    from barlab.generator.blocks import Block
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["trainer=fsdp", "generator=bar_l"])
+    strategy = instantiate(cfg.trainer.strategy)
+    assert type(strategy).__name__ == "FSDPStrategy"
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block}
+    assert strategy.kwargs["use_orig_params"] is True
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.generator.global_batch_size == 2048

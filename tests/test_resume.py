@@ -44,7 +44,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 def test_sigkill_during_generator_training_then_the_same_command_resumes(tmp_path):
     args = (*SMOKE, "run_name=killed", "generator.max_steps=200", "generator.val_every=100",
-            "callbacks.model_checkpoint.every_n_train_steps=20")
+            "callbacks.model_checkpoint.every_n_train_steps=20", "logger=wandb")
     folder = run_dir(tmp_path, "killed")
     last = folder / "checkpoints" / "generator" / "last.ckpt"
     proc = start_module("barlab.train", *args, cwd=tmp_path)
@@ -75,6 +75,25 @@ def test_sigkill_during_generator_training_then_the_same_command_resumes(tmp_pat
     assert final["lr_schedulers"][0]["last_epoch"] == 200
     assert set(final["rng_states"]) == {0}
     assert "continuing run" in (folder / "train.log").read_text()
+    # wandb: one run per stage; the restarted generator stage logged on into its own run id
+    ids = read_json(folder / "run.json")["wandb_ids"]
+    runs = sorted(p.name.rsplit("-", 1)[1] for p in (folder / "wandb").glob("offline-run-*"))
+    assert ids["tokenizer"] != ids["generator"]
+    assert runs == sorted([ids["tokenizer"], ids["generator"], ids["generator"]])
+
+
+def test_each_job_of_an_in_process_sweep_gets_its_own_wandb_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_module("barlab.train", "-m", *SMOKE, "stage=tokenizer", "metrics.rfid.enabled=false",
+                      "tokenizer.bits=4,6", "tokenizer.max_steps=4", "tokenizer.val_every=4", "logger=wandb",
+                      "run_name=wb", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ids = []
+    for job in ("0", "1"):
+        (run,) = (sweep / job / "wandb").glob("offline-run-*")   # exactly one run, in its own job folder
+        ids.append(run.name.rsplit("-", 1)[1])
+        assert ids[-1] == read_json(sweep / job / "run.json")["wandb_ids"]["tokenizer"]
+    assert ids[0] != ids[1]
 
 
 def test_rerunning_a_finished_run_reuses_both_stages(tmp_path):
@@ -181,3 +200,14 @@ def test_a_global_batch_the_world_cannot_take_is_refused_before_anything_runs(tm
     (line,) = error_lines(proc.stderr)
     assert line.startswith(f"error: {override.split('=')[0]}:") and text in line
     assert not (run_dir(tmp_path, "gb") / "checkpoints").exists()
+
+
+def test_a_sweep_without_sweep_dir_lands_in_its_run_name_and_resumes_there(tmp_path):
+    args = ("-m", *SMOKE, "stage=tokenizer", "metrics.rfid.enabled=false", "tokenizer.bits=4,6",
+            "tokenizer.max_steps=4", "tokenizer.val_every=4", "run_name=study")
+    sweep = tmp_path / "outputs" / "smoke" / "multiruns" / "study"
+    assert run_module("barlab.train", *args, cwd=tmp_path).returncode == 0
+    assert [read_json(sweep / j / "results.json")["restarts"] for j in ("0", "1")] == [0, 0]
+    assert run_module("barlab.train", *args, cwd=tmp_path).returncode == 0   # the same sweep again
+    rows = [read_json(sweep / j / "results.json") for j in ("0", "1")]
+    assert [r["restarts"] for r in rows] == [1, 1] and all(r["reused"] for r in rows)

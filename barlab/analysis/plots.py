@@ -61,8 +61,9 @@ def plot_heads(frame, path=None, bits_column: str = "tokenizer.bits"):
     """gFID and class accuracy against bits per token, one line per head; refused / OOM marked."""
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2)
-    heads = [h for h in ("linear", "bitwise", "mbm") if "head" in frame and h in set(frame["head"])]
-    heads += [h for h in sorted(set(frame.get("head", []))) if h not in heads and isinstance(h, str)]
+    named = {h for h in frame.get("head", []) if isinstance(h, str)}  # a job refused early has no head (NaN)
+    heads = [h for h in ("linear", "bitwise", "mbm") if h in named]
+    heads += sorted(named - set(heads))
     for head in heads:
         rows = frame[frame["head"] == head].sort_values(bits_column)
         ok = rows[rows["outcome"] == "ok"]

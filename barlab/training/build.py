@@ -6,6 +6,7 @@ its own schedule (``<stage>.max_steps``, ``<stage>.val_every``) on the shared ``
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from barlab.training.checkpoint_checks import check_resume_checkpoint
 from barlab.training.checkpoint_io import AtomicCheckpointIO
 from barlab.training.distributed import install_child_command, track_launcher
 from barlab.training.results import hydra_context
-from barlab.training.run_state import RunState
+from barlab.training.run_state import RunState, checkpoint_step
+
+log = logging.getLogger("barlab")
 
 PER_STAGE_LOGGERS = ("CSVLogger", "TensorBoardLogger")
 
@@ -124,3 +127,12 @@ def resolve_ckpt_path(cfg: DictConfig, stage: str, module: L.LightningModule) ->
         raise CheckpointError(f"ckpt_path={value} does not exist (set ckpt_path=null to start afresh)")
     check_resume_checkpoint(value, stage, module)
     return str(value)
+
+
+def resume_point(cfg: DictConfig, stage: str, module: L.LightningModule) -> tuple[str | None, int]:
+    """``(checkpoint to resume from or None, its step)``, logged, for ``trainer.fit(ckpt_path=...)``."""
+    ckpt_path = resolve_ckpt_path(cfg, stage, module)
+    step = checkpoint_step(ckpt_path) if ckpt_path else 0
+    if ckpt_path:
+        log.info("%s: resuming from %s at step %d", stage, ckpt_path, step)
+    return ckpt_path, step

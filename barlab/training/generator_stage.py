@@ -27,9 +27,9 @@ from barlab.training.evaluation import evaluate_generator, headline
 from barlab.training.generator_module import GeneratorModule
 from barlab.training.optim import count_parameters
 from barlab.utils.locks import exclusive_lock
-from barlab.training.build import build_callbacks, build_loggers, build_trainer, checkpoint_dir, resolve_ckpt_path
+from barlab.training.build import build_callbacks, build_loggers, build_trainer, checkpoint_dir, resume_point
 from barlab.training.distributed import apply_global_batch
-from barlab.training.run_state import RunState, checkpoint_step, is_rank_zero, stream_seed, wait_for_manifest
+from barlab.training.run_state import RunState, is_rank_zero, stream_seed, wait_for_manifest
 
 log = logging.getLogger("barlab")
 
@@ -126,8 +126,7 @@ def run_generator_stage(cfg: DictConfig, state: RunState, trained_tokenizer: Pat
     apply_global_batch(trainer, datamodule, cfg.generator.get("global_batch_size"), "generator.global_batch_size")
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    ckpt_path = resolve_ckpt_path(cfg, "generator", module)
-    resumed_from = checkpoint_step(ckpt_path) if ckpt_path else 0
+    ckpt_path, resumed_from = resume_point(cfg, "generator", module)
     datamodule.seed = stream_seed(cfg.seed, resumed_from)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     trainer.limit_val_batches = cfg.final_eval.max_batches or 1.0

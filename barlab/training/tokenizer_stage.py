@@ -20,9 +20,9 @@ from barlab.tokenizer.checkpoint import build_tokenizer, load_tokenizer, save_to
 from barlab.training.callbacks.ema import EMA
 from barlab.training.evaluation import evaluate_tokenizer, headline
 from barlab.training.callbacks.recon_grid import ReconstructionGrid
-from barlab.training.build import build_callbacks, build_loggers, build_trainer, checkpoint_dir, resolve_ckpt_path
+from barlab.training.build import build_callbacks, build_loggers, build_trainer, checkpoint_dir, resume_point
 from barlab.training.distributed import apply_global_batch
-from barlab.training.run_state import RunState, checkpoint_step, stream_seed
+from barlab.training.run_state import RunState, stream_seed
 from barlab.training.tokenizer_module import TokenizerModule
 
 log = logging.getLogger("barlab")
@@ -74,8 +74,7 @@ def run_tokenizer_stage(cfg: DictConfig, state: RunState) -> dict[str, Any]:
 
     log.info("tokenizer: %s, %d bits per image, %.2fM parameters", type(module.tokenizer.quantizer).__name__,
              module.bits_per_image, sum(p.numel() for p in module.tokenizer.parameters()) / 1e6)
-    ckpt_path = resolve_ckpt_path(cfg, "tokenizer", module)
-    resumed_from = checkpoint_step(ckpt_path) if ckpt_path else 0
+    ckpt_path, resumed_from = resume_point(cfg, "tokenizer", module)
     datamodule.seed = stream_seed(cfg.seed, resumed_from)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 

@@ -42,8 +42,10 @@ def iter_tar(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
     long_name: str | None = None
     while True:
         header = f.read(BLOCK)
-        if not header or header == _ZERO:
-            return  # end of archive (a missing end-of-archive marker is tolerated)
+        if header == _ZERO:
+            return  # the end-of-archive marker
+        if not header:  # tar and WebDataset writers always end with the marker: a shard cut at a member boundary
+            raise tarfile.ReadError("truncated tar: no end-of-archive marker")
         if len(header) < BLOCK:
             raise tarfile.ReadError("truncated tar header")
         stored = _number(header[148:156])

@@ -19,7 +19,6 @@ from barlab.cli import instantiate_checked
 from barlab.data.pretokenize import pretokenize
 from barlab.data.token_shards import TokenShardDataModule, read_token_manifest
 from barlab.errors import ConfigError
-from barlab.generator.heads import linear_head_params
 from barlab.generator.image_generator import save_generator
 from barlab.tokenizer.checkpoint import load_tokenizer
 from barlab.training.callbacks.sample_grid import SampleGrid
@@ -32,17 +31,6 @@ from barlab.training.distributed import apply_global_batch
 from barlab.training.run_state import RunState, is_rank_zero, stream_seed, wait_for_manifest
 
 log = logging.getLogger("barlab")
-
-
-def check_linear_head(cfg: DictConfig, bits_per_step: int) -> None:
-    """Refuse a linear head whose 2^k' softmax is beyond ``head.max_params``, before any training."""
-    head = cfg.head
-    if str(head.get("_target_", "")).endswith("LinearHead"):
-        needed = linear_head_params(cfg.generator.backbone.cond_dim, bits_per_step)
-        if needed > head.max_params:
-            raise ConfigError("head", f"linear softmax over 2^{bits_per_step} codes needs {needed:,} parameters, "
-                              f"above head.max_params={head.max_params:,}",
-                              fix="head=mbm (or head=bitwise), or raise head.max_params")
 
 
 def tokenizer_path(cfg: DictConfig, trained: Path | None) -> Path:
@@ -81,7 +69,6 @@ def build_generator_module(cfg: DictConfig, tokenizer, info: dict, num_classes: 
         raise ConfigError("generator.token_shuffle", f"p={p} does not divide the token grid {grid}",
                           fix="generator.token_shuffle=1")
     bits_per_step = info["bits_per_token"] * p * p
-    check_linear_head(cfg, bits_per_step)
     backbone = instantiate_checked(gen.backbone, "generator.backbone", bits_per_step=bits_per_step,
                                    grid=(grid[0] // p, grid[1] // p), num_classes=num_classes)
     head = instantiate_checked(cfg.head, "head", cond_dim=gen.backbone.cond_dim, bits_per_step=bits_per_step)
@@ -102,7 +89,6 @@ def run_generator_stage(cfg: DictConfig, state: RunState, trained_tokenizer: Pat
     if not info.get("is_discrete", True) or tokenizer.quantizer.bits_per_token < 1:
         raise ConfigError("tokenizer/quantizer", "the generator needs a discrete tokenizer (binary_fsq or fsq)",
                           fix="tokenizer/quantizer=binary_fsq")
-    check_linear_head(cfg, info["bits_per_token"] * cfg.generator.token_shuffle ** 2)
 
     tokens_dir = Path(cfg.generator.data.shards_dir)
     manifest = token_shards_for(cfg, tokenizer, info, tokens_dir)

@@ -100,8 +100,16 @@ def check_generator(cfg: DictConfig, quantizer: str) -> None:
         raise ConfigError("sampling.temperature", f"must be a number >= 0, got {sampling.temperature!r}",
                           fix="sampling.temperature=1.0")
     positive_int(sampling.get("per_class"), "sampling.per_class", 10)
+    allocation = sampling.get("allocation")
+    if allocation is not None and not _target(cfg.head).endswith("MBMHead"):
+        raise ConfigError("sampling.allocation", f"only the MBM head unmasks bits in steps, not head "
+                          f"{_target(cfg.head).rsplit('.', 1)[-1] or cfg.head}", fix="sampling.allocation=null")
     facts = token_facts(cfg, quantizer)
     if facts is not None:
+        if allocation is not None:
+            from barlab.generator.heads import check_allocation
+
+            check_allocation(allocation, facts[0] * p * p, "sampling.allocation")
         build_generator_on_meta(cfg, *facts, p)
 
 
@@ -132,7 +140,9 @@ def build_generator_on_meta(cfg: DictConfig, bits: int, grid: tuple[int, int], p
     bad generator or head knob fails now with a one-line ConfigError instead of after the tokenizer.
 
     bits: bits per token; grid: the tokenizer's token grid (h, w); p: ``generator.token_shuffle``.
-    The head's size guard (``head.max_params`` of the linear head) runs in its constructor.
+    The head's size guard (``head.max_memory_gb`` of the linear head) runs in its constructor; the
+    linear head is given the tokens one process trains on per step (``generator.data.batch_size`` x
+    AR steps) unless ``head.batch_tokens`` is set.
     """
     import torch
 
@@ -147,4 +157,8 @@ def build_generator_on_meta(cfg: DictConfig, bits: int, grid: tuple[int, int], p
     with torch.device("meta"):
         instantiate_checked(cfg.generator.backbone, "generator.backbone", bits_per_step=bits_per_step,
                             grid=(grid[0] // p, grid[1] // p), num_classes=int(num_classes or 10))
-        instantiate_checked(cfg.head, "head", cond_dim=cfg.generator.backbone.cond_dim, bits_per_step=bits_per_step)
+        extra = {}
+        if _target(cfg.head).endswith("LinearHead") and cfg.head.get("batch_tokens") is None:
+            extra["batch_tokens"] = int(cfg.generator.data.batch_size) * (grid[0] // p) * (grid[1] // p)
+        instantiate_checked(cfg.head, "head", cond_dim=cfg.generator.backbone.cond_dim, bits_per_step=bits_per_step,
+                            **extra)

@@ -2,6 +2,7 @@
 
     python -m barlab.sample ckpt=outputs/train/runs/<run>/generator.pt per_class=50
     python -m barlab.sample ckpt=<run> sampling.guidance=2.0 out_dir=samples/g2
+    python -m barlab.sample ckpt=<run> 'sampling.allocation=[4,4,4,4]'   # MBM head: another unmasking allocation
 
 Writes ``<out_dir>/images/<index>_class<label>.png`` and ``<out_dir>/samples.npz`` in ADM's format
 (``arr_0``: N×H×W×3 uint8, pixels rounded, grayscale repeated to RGB; ``arr_1``: labels), ready for
@@ -28,6 +29,7 @@ log = logging.getLogger("barlab")
 
 def run(cfg: DictConfig) -> dict:
     from barlab.generator.image_generator import load_generator
+    from barlab.generator.sampler import sampling_allocation
     from barlab.training.evaluation import sample_class_balanced
 
     require(cfg, "ckpt", "ckpt=/path/to/run/generator.pt")
@@ -35,8 +37,10 @@ def run(cfg: DictConfig) -> dict:
     batch_size = positive_int(cfg.batch_size, "batch_size", 250)
     device = pick_device(str(cfg.device))
     model, info = load_generator(str(cfg.ckpt))
-    model = model.to(device)
     sampling = {**model.sampling, **{k: v for k, v in OmegaConf.to_container(cfg.sampling).items() if v is not None}}
+    if sampling.get("allocation") is not None:  # refused here, in one line, before any sampling
+        sampling["allocation"] = list(sampling_allocation(model.head, sampling["allocation"]))
+    model = model.to(device)
     out_dir = Path(str(cfg.out_dir)) if cfg.out_dir else Path(info["path"]).parent / f"samples_{per_class * model.num_classes}"
     start = time.time()
     log.info("sampling %d x %d classes with %s", per_class, model.num_classes, sampling)

@@ -91,13 +91,13 @@ def test_head_sweep_keeps_refused_points_and_the_notebook_marks_them(tmp_path):
     assert proc.returncode == 1  # one job refused: the sweep goes on, then says so
     assert "1 sweep job(s) failed" in proc.stderr
     refused = read_json(sweep / "1" / "results.json")  # head=linear, bits=32
-    assert refused["status"] == "failed" and "head.max_params" in refused["error"]
+    assert refused["status"] == "failed" and "head.max_memory_gb" in refused["error"]
     proc = run_module("barlab.analysis", str(sweep), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = pd.read_csv(sweep / "results.csv")
     assert len(table) == 4
     row = table[(table["head"] == "linear") & (table["tokenizer.bits"] == 32)].iloc[0]
-    assert row["outcome"] == "refused" and "max_params" in row["reason"]
+    assert row["outcome"] == "refused" and "max_memory_gb" in row["reason"]
     assert (table[table["outcome"] == "ok"]["gfid"].notna()).sum() == 3
     assert (sweep / "heads.png").is_file()
     text = execute_notebook("head_comparison.ipynb", sweep)

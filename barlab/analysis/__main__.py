@@ -14,8 +14,8 @@ from pathlib import Path
 from barlab.analysis.collect import load_sweep
 from barlab.analysis.plots import plot_bit_budget, plot_heads
 
-SHOWN = ["quantizer", "bits_per_image", "psnr", "ssim", "rfid", "gfid", "class_accuracy", "precision", "recall",
-         "wall_time_s", "reason"]
+SHOWN = ["quantizer", "bits_per_image", "params_head", "psnr", "ssim", "rfid", "gfid", "class_accuracy", "precision",
+         "recall", "wall_time_s", "reason"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,6 +66,9 @@ def classify(status: str, error: str) -> str:
     return status or "missing"
 
 
+PARAM_COLUMNS = ("params_head", "params_backbone")  # parameter counts of the generator's head and backbone
+
+
 def job_row(job: Path) -> dict[str, Any]:
     """One row: overrides, scalar results, outcome and reason of the job in ``job``."""
     row: dict[str, Any] = {}
@@ -82,6 +85,10 @@ def job_row(job: Path) -> dict[str, Any]:
         if key in ("overrides",) or isinstance(value, (dict, list)):
             continue
         row[f"result.{key}" if key in overrides else key] = value
+    stage = body.get("generator")  # stage=all nests the generator stage's numbers: lift its sizes
+    for key in PARAM_COLUMNS:
+        if key not in row and isinstance(stage, dict) and stage.get(key) is not None:
+            row[key] = stage[key]
     status = body.get("status", "missing")
     row["status"] = status
     row["outcome"] = classify(status, str(body.get("error", "")))

@@ -17,7 +17,12 @@ from barlab.generator.rope import Rotation, rotate
 
 
 class Attention(nn.Module):
-    """x (B, n, d) -> (B, n, d). ``heads`` must divide d."""
+    """x (B, n, d) -> (B, n, d). ``heads`` must divide d.
+
+    ``proj_dropout``: dropout on the output projection (the official ``proj_drop``).
+    ``attn_dropout``: dropout on the attention probabilities; not part of the official model (0 in
+    every preset), kept as an opt-in.
+    """
 
     def __init__(self, width: int, heads: int, qkv_bias: bool = True, attn_dropout: float = 0.0,
                  proj_dropout: float = 0.0):

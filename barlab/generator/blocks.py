@@ -5,6 +5,11 @@
     x = x + gate_m · SwiGLU(modulate(RMSNorm(x), shift_m, scale_m))          # hidden int(2/3·mlp_ratio·d)
 
 The condition c is per slot (class embedding + that slot's learned "timestep" embedding).
+
+Dropout (``dropout`` = the official ``proj_drop``, BAR-L 0.2) sits where the official block has it:
+on the attention output projection and on the SwiGLU hidden layer (before w3), nowhere else.
+``attn_dropout`` (dropout on the attention probabilities) is not in the official model (its
+``attn_drop`` is built but never applied) and is off in every preset.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ class Block(nn.Module):
         self.attn = Attention(width, heads, qkv_bias=qkv_bias, attn_dropout=attn_dropout, proj_dropout=dropout)
         self.norm2 = RMSNorm(width)
         self.mlp = SwiGLU(width, int(2 / 3 * mlp_ratio * width), dropout=dropout)
-        self.mlp_drop = nn.Dropout(dropout)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
         self.zero_init()
 
@@ -40,4 +44,4 @@ class Block(nn.Module):
                 layer: int = 0) -> Tensor:
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.ada(c).chunk(6, dim=-1)
         x = x + gate_a * self.attn(modulate(self.norm1(x), shift_a, scale_a), rotation, cache, layer)
-        return x + gate_m * self.mlp_drop(self.mlp(modulate(self.norm2(x), shift_m, scale_m)))
+        return x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, scale_m))

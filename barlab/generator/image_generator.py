@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from barlab.errors import CheckpointError
@@ -21,16 +21,19 @@ from barlab.generator.token_shuffle import unshuffle
 from barlab.utils.io import atomic_torch_save, describe_payload, load_torch_file
 
 FORMAT = "barlab.generator/1"
-SAMPLING_KEYS = ("guidance", "schedule", "power", "temperature")
+SAMPLING_KEYS = ("guidance", "schedule", "power", "temperature", "allocation")
 
 
 @torch.no_grad()
 def generate_images(sampler: ARSampler, tokenizer: nn.Module, grid: tuple[int, int], token_shuffle: int,
                     labels: torch.Tensor, guidance: float = 1.0, schedule: str = "linear", power: float = 1.0,
-                    temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """labels (B,) → images (B, C, H, W) in [-1, 1]: AR-sample bits, undo token shuffling, decode."""
+                    temperature: float = 1.0, generator: torch.Generator | None = None,
+                    allocation=None) -> torch.Tensor:
+    """labels (B,) → images (B, C, H, W) in [-1, 1]: AR-sample bits, undo token shuffling, decode.
+
+    ``allocation``: the MBM head's unmasking allocation for this call (None: the head's own)."""
     steps = sampler.sample(labels, guidance=guidance, schedule=schedule, power=power,
-                           temperature=temperature, generator=generator)
+                           temperature=temperature, generator=generator, allocation=allocation)
     bits = unshuffle(steps, grid, token_shuffle)
     return tokenizer.decode_bits(bits, grid).float().clamp(-1, 1)
 
@@ -59,7 +62,16 @@ class ImageGenerator(nn.Module):
         return generate_images(self.sampler, self.tokenizer, self.grid, self.token_shuffle, labels.to(device),
                                guidance=opts.get("guidance", 1.0), schedule=opts.get("schedule", "linear"),
                                power=opts.get("power", 1.0), temperature=opts.get("temperature", 1.0),
-                               generator=generator)
+                               generator=generator, allocation=opts.get("allocation"))
+
+
+def plain(value):
+    """An OmegaConf node (or a dict holding some) as plain Python containers; anything else as is."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
 
 
 def save_generator(path: str | Path, backbone_cfg, head_cfg, backbone: nn.Module, head: nn.Module,
@@ -78,7 +90,7 @@ def save_generator(path: str | Path, backbone_cfg, head_cfg, backbone: nn.Module
         "token_shuffle": int(token_shuffle),
         "num_classes": int(num_classes),
         "bits_per_step": int(head.bits_per_step),
-        "sampling": {k: v for k, v in dict(sampling).items() if k in SAMPLING_KEYS},
+        "sampling": {k: v for k, v in plain(sampling).items() if k in SAMPLING_KEYS},
         **(extra or {}),
     }
     return atomic_torch_save(payload, path)

@@ -7,18 +7,35 @@
         x_t   = head.sample(z_c, z_u, g_t, temperature, generator)      # (B, k') bits
     -> (B, L, k') raster bits
 
+``allocation`` (MBM head only) replaces the head's stored unmasking allocation for this call, as the
+official sampler's ``tokens_allocation`` does; it must sum to the bits per AR step.
+
 With ``use_kv_cache=False`` every step reruns the teacher-forced forward on the tokens so far
 (the rest zero; the causal mask makes them irrelevant). Both paths give the same bits.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
+from barlab.errors import ConfigError
 from barlab.generator.backbone import ARBackbone
 from barlab.generator.guidance import guidance_scale
-from barlab.generator.heads import Head
+from barlab.generator.heads import Head, MBMHead, check_allocation
+
+
+def sampling_allocation(head: Head, allocation: Sequence[int] | None) -> tuple[int, ...] | None:
+    """``sampling.allocation`` checked against ``head``: None stays None (the head's own); otherwise the
+    head must be the MBM head and the list must sum to its bits per AR step."""
+    if allocation is None:
+        return None
+    if not isinstance(head, MBMHead):
+        raise ConfigError("sampling.allocation", f"only the MBM head unmasks bits in steps; this generator's head "
+                          f"is {type(head).__name__}", fix="sampling.allocation=null")
+    return check_allocation(allocation, head.bits_per_step, "sampling.allocation")
 
 
 class ARSampler:
@@ -34,19 +51,23 @@ class ARSampler:
     @torch.no_grad()
     def sample(self, labels: Tensor, guidance: float = 1.0, schedule: str = "linear", power: float = 1.0,
                temperature: float = 1.0, generator: torch.Generator | None = None,
-               use_kv_cache: bool = True) -> Tensor:
+               use_kv_cache: bool = True, allocation: Sequence[int] | None = None) -> Tensor:
         """labels (B,) long -> bits (B, L, k') float {0,1} in raster order."""
+        head_kwargs = {}
+        alloc = sampling_allocation(self.head, allocation)
+        if alloc is not None:
+            head_kwargs["allocation"] = alloc
         modes = (self.backbone.training, self.head.training)
         self.backbone.eval()
         self.head.eval()
         try:
-            return self._sample(labels, guidance, schedule, power, temperature, generator, use_kv_cache)
+            return self._sample(labels, guidance, schedule, power, temperature, generator, use_kv_cache, head_kwargs)
         finally:
             self.backbone.train(modes[0])
             self.head.train(modes[1])
 
     def _sample(self, labels: Tensor, guidance: float, schedule: str, power: float, temperature: float,
-                generator: torch.Generator | None, use_kv_cache: bool) -> Tensor:
+                generator: torch.Generator | None, use_kv_cache: bool, head_kwargs: dict) -> Tensor:
         model = self.backbone
         batch, length, k = labels.shape[0], model.seq_len, model.bits_per_step
         cfg = float(guidance) != 1.0
@@ -60,7 +81,7 @@ class ARSampler:
                 cond = model(tokens, rows)[:, t]
             g_t = guidance_scale(t, length, guidance, schedule, power)
             z_c, z_u = (cond[:batch], cond[batch:]) if cfg else (cond, None)
-            bits = self.head.sample(z_c, z_u, g_t, temperature=temperature, generator=generator)
+            bits = self.head.sample(z_c, z_u, g_t, temperature=temperature, generator=generator, **head_kwargs)
             tokens[:, t] = torch.cat([bits, bits]).to(tokens.dtype) if cfg else bits.to(tokens.dtype)
             if use_kv_cache and t < length - 1:
                 cond = model.step(tokens[:, t], t, cache)

@@ -49,6 +49,7 @@ def head_identity(head: nn.Module) -> dict[str, Any]:
         facts["head.allocation"] = [int(a) for a in head.allocation]
     if isinstance(getattr(head, "net", None), nn.Sequential):  # bitwise with a hidden layer
         facts["head.hidden"] = int(head.net[0].out_features)
+        facts["head.depth"] = sum(isinstance(m, nn.Linear) for m in head.net) - 1
     return facts
 
 

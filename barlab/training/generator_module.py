@@ -38,7 +38,8 @@ class GeneratorModule(L.LightningModule):
     backbone, head: the generator (plain nn.Modules); head.bits_per_step == k·p².
     tokenizer: the trained tokenizer (frozen; decodes samples to images).
     grid: (h, w) token grid of the tokenizer; token_shuffle: p.
-    sampling: dict with guidance, schedule, power, temperature (used for sample grids).
+    sampling: dict with guidance, schedule, power, temperature and allocation (MBM head; None = the
+        head's own), used for sample grids and the final samples.
     """
 
     def __init__(self, backbone: ARBackbone, head: Head, tokenizer: nn.Module, grid: tuple[int, int],
@@ -100,7 +101,7 @@ class GeneratorModule(L.LightningModule):
         return generate_images(self.sampler, self.tokenizer, self.grid, self.p, labels.to(self.device),
                                guidance=opts.get("guidance", 1.0), schedule=opts.get("schedule", "linear"),
                                power=opts.get("power", 1.0), temperature=opts.get("temperature", 1.0),
-                               generator=generator)
+                               generator=generator, allocation=opts.get("allocation"))
 
     def _loss(self, batch: dict, order: torch.Tensor | None, labels: torch.Tensor):
         bits = self.to_steps(batch["bits"])

@@ -61,6 +61,11 @@ def token_shards_for(cfg: DictConfig, tokenizer, info: dict, tokens_dir: Path) -
     return manifest
 
 
+def sampling_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The run's ``sampling`` node as plain Python (an allocation list included), ready for results.json."""
+    return OmegaConf.to_container(cfg.sampling, resolve=True)
+
+
 def build_generator_module(cfg: DictConfig, tokenizer, info: dict, num_classes: int) -> GeneratorModule:
     gen = cfg.generator
     p = gen.token_shuffle
@@ -76,7 +81,7 @@ def build_generator_module(cfg: DictConfig, tokenizer, info: dict, num_classes: 
         backbone=backbone, head=head, tokenizer=tokenizer, grid=grid, token_shuffle=p,
         label_drop=gen.label_drop, rar_start=gen.rar.start, rar_end=gen.rar.end, lr=gen.optim.lr,
         betas=tuple(gen.optim.betas), weight_decay=gen.optim.weight_decay, warmup_steps=gen.optim.warmup_steps,
-        min_lr_ratio=gen.optim.min_lr_ratio, grad_clip=gen.optim.grad_clip, sampling=dict(cfg.sampling),
+        min_lr_ratio=gen.optim.min_lr_ratio, grad_clip=gen.optim.grad_clip, sampling=sampling_settings(cfg),
     )
     return module
 
@@ -123,7 +128,7 @@ def run_generator_stage(cfg: DictConfig, state: RunState, trained_tokenizer: Pat
     if trainer.is_global_zero:
         generator_file = save_generator(run_dir / "generator.pt", cfg.generator.backbone, cfg.head, module.backbone,
                                         module.head, tokenizer_file, grid=module.grid, token_shuffle=module.p,
-                                        num_classes=module.num_classes, sampling=dict(cfg.sampling))
+                                        num_classes=module.num_classes, sampling=sampling_settings(cfg))
         if cfg.metrics.gfid.enabled:
             scores = evaluate_generator(cfg, module.generate, module.num_classes, run_dir)
 
@@ -140,7 +145,7 @@ def run_generator_stage(cfg: DictConfig, state: RunState, trained_tokenizer: Pat
         "val_bit_accuracy": final.get("val/bit_accuracy"),
         "train_steps": trainer.global_step,
         "resumed_from_step": resumed_from,
-        "sampling": dict(cfg.sampling),
+        "sampling": sampling_settings(cfg),
         **(headline("g", scores) if scores else {}),
         "gfid_eval": scores or None,
         "artifacts": {"sample_grid": str(grid_cb.latest), "tokens": str(tokens_dir),

@@ -32,15 +32,19 @@ def cosine_allocation(k: int, steps: int) -> tuple[int, ...]:
     return tuple(a - b for a, b in zip(remaining[:-1], remaining[1:]))
 
 
-def check_allocation(allocation: Sequence[int], k: int) -> tuple[int, ...]:
-    """Return ``allocation`` as a tuple if it is a non-empty list of positive ints summing to k."""
+def check_allocation(allocation: Sequence[int], k: int, knob: str = "head.allocation") -> tuple[int, ...]:
+    """Return ``allocation`` as a tuple if it is a non-empty list of positive ints summing to k.
+
+    ``knob`` names the setting in the error: ``head.allocation`` (stored with the head) or
+    ``sampling.allocation`` (a sampling-time override).
+    """
+    fix = ("sampling.allocation=null (the head's own allocation)" if knob.startswith("sampling")
+           else "head.allocation=null (cosine schedule from head.steps)")
     if isinstance(allocation, (str, bytes)) or not isinstance(allocation, Sequence) or len(allocation) == 0:
-        raise ConfigError("head.allocation", f"must be a non-empty list of positive ints, got {allocation!r}",
-                          fix="head.allocation=null (cosine schedule from head.steps)")
-    alloc = tuple(check_int(a, "head.allocation", fix="head.allocation=null") for a in allocation)
+        raise ConfigError(knob, f"must be a non-empty list of positive ints, got {allocation!r}", fix=fix)
+    alloc = tuple(check_int(a, knob, fix=f"{knob}=null") for a in allocation)
     if sum(alloc) != k:
-        raise ConfigError("head.allocation", f"{list(alloc)} sums to {sum(alloc)}, must sum to the {k} bits per step",
-                          fix="head.allocation=null (cosine schedule from head.steps)")
+        raise ConfigError(knob, f"{list(alloc)} sums to {sum(alloc)}, must sum to the {k} bits per step", fix=fix)
     return alloc
 
 

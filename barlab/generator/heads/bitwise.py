@@ -12,19 +12,26 @@ from barlab.tokenizer.quantizers.base import check_int
 
 
 class BitwiseHead(Head):
-    """``[Linear(cond_dim -> hidden) -> SiLU ->] Linear(-> 2k')`` reshaped to (N, k', 2) logits.
+    """``[Linear(cond_dim -> hidden) -> SiLU -> (Linear(hidden -> hidden) -> SiLU) x (depth-1) ->]
+    Linear(-> 2k')`` reshaped to (N, k', 2) logits.
 
-    Loss: cross-entropy per bit, mean over bits and tokens.
+    ``hidden=None`` (default) is the plain linear head; ``hidden`` with ``depth`` hidden layers gives
+    it an MLP trunk, e.g. to match the MBM head's parameter count (see configs/head/bitwise.yaml and
+    :func:`bitwise_head_params`). Loss: cross-entropy per bit, mean over bits and tokens.
     """
 
-    def __init__(self, cond_dim: int, bits_per_step: int, hidden: int | None = None):
+    def __init__(self, cond_dim: int, bits_per_step: int, hidden: int | None = None, depth: int = 1):
         super().__init__(cond_dim, bits_per_step)
         k = self.bits_per_step
+        depth = check_int(depth, "head.depth", fix="head.depth=1")
         if hidden is None:
             self.net = nn.Linear(self.cond_dim, 2 * k)
         else:
-            hidden = check_int(hidden, "head.hidden")
-            self.net = nn.Sequential(nn.Linear(self.cond_dim, hidden), nn.SiLU(), nn.Linear(hidden, 2 * k))
+            hidden = check_int(hidden, "head.hidden", fix="head.hidden=null")
+            layers: list[nn.Module] = [nn.Linear(self.cond_dim, hidden), nn.SiLU()]
+            for _ in range(depth - 1):
+                layers += [nn.Linear(hidden, hidden), nn.SiLU()]
+            self.net = nn.Sequential(*layers, nn.Linear(hidden, 2 * k))
 
     def logits(self, cond: Tensor) -> Tensor:
         """cond (N, cond_dim) -> fp32 logits (N, k', 2)."""
@@ -47,3 +54,11 @@ class BitwiseHead(Head):
         self._check_inputs(cond)
         logits = self._guided(self.logits, cond, uncond, guidance)
         return gumbel_argmax(logits, temperature, generator).float()
+
+
+def bitwise_head_params(cond_dim: int, bits_per_step: int, hidden: int | None = None, depth: int = 1) -> int:
+    """Parameters of ``BitwiseHead(cond_dim, bits_per_step, hidden, depth)`` (weights + biases)."""
+    k2 = 2 * int(bits_per_step)
+    if hidden is None:
+        return (cond_dim + 1) * k2
+    return (cond_dim + 1) * hidden + (depth - 1) * (hidden + 1) * hidden + (hidden + 1) * k2

@@ -144,16 +144,20 @@ class MBMHead(Head):
     @torch.no_grad()
     def sample(self, cond: Tensor, uncond: Tensor | None, guidance: Guidance, temperature: float = 1.0,
                generator: torch.Generator | None = None,
-               on_step: Callable[[int, Tensor], None] | None = None) -> Tensor:
-        """Iterative unmasking over ``self.allocation`` steps (paper §4.2 pseudo-code).
+               on_step: Callable[[int, Tensor], None] | None = None,
+               allocation: Sequence[int] | None = None) -> Tensor:
+        """Iterative unmasking over ``allocation`` steps (paper §4.2 pseudo-code).
 
-        cond/uncond (N, cond_dim); guidance scalar or (N,). ``on_step(s, b)`` (optional) sees the
-        partially fixed bits b (N, k') long in {0,1,2} after each step. -> bits (N, k') float {0,1}.
+        cond/uncond (N, cond_dim); guidance scalar or (N,). ``allocation``: bits fixed per step for
+        this call (sums to k'; the official sampler's ``tokens_allocation``); None = ``self.allocation``.
+        ``on_step(s, b)`` (optional) sees the partially fixed bits b (N, k') long in {0,1,2} after each
+        step. -> bits (N, k') float {0,1}.
         """
         self._check_inputs(cond)
         n_tok, k = cond.shape[0], self.bits_per_step
-        num_steps = len(self.allocation)
-        cum = cumulative(self.allocation)
+        alloc = self.allocation if allocation is None else check_allocation(allocation, k, "sampling.allocation")
+        num_steps = len(alloc)
+        cum = cumulative(alloc)
         b = torch.full((n_tok, k), MASK, dtype=torch.long, device=cond.device)
         for s in range(num_steps):
             ratio = torch.full((n_tok,), 1 - cum[s] / k, dtype=torch.float32, device=cond.device)

@@ -1,14 +1,16 @@
-"""Fidelity to the official BAR code (noctrog/BAR @ faf903f), issue 9: the items that leave the
-default (tiny) model's training numbers unchanged.
+"""Fidelity to the official BAR code (noctrog/BAR @ faf903f), issue 9.
 
 Presets' sampling settings, the sampling-time MBM allocation, BAR-L's dropout sites, the linear
-head's memory guard, the bitwise head's capacity match, the head study's parameter column and the
-recipe at scale.
+head's memory guard, the bitwise head's capacity match, the head study's parameter column, the
+recipe at scale; and the MBM head's loss, conditioning and initialisation, the weight-decay groups
+and the prefix slots under random orders, each pinned to the official behaviour.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,7 @@ from barlab.generator.guidance import guidance_scale
 from barlab.generator.heads import BitwiseHead, LinearHead, MBMHead, bitwise_head_params, linear_head_memory
 from barlab.generator.heads import mbm as mbm_module
 from barlab.generator.sampler import ARSampler
+from barlab.training.optim import decay_groups
 from barlab.training.distributed import split_global_batch
 from tests.helpers import error_lines, read_json, run_module
 from tests.test_configs import compose_train
@@ -326,3 +329,95 @@ def test_paper_presets_train_with_a_global_batch_of_2048_on_8_gpus(preset, per_r
     assert split_global_batch(2048, 8, gen.data.batch_size, "generator.global_batch_size") == (per_rank, accumulation)
     text = (CONFIG_DIR / "generator" / f"{preset}.yaml").read_text()
     assert "2,048" in text or "2048" in text
+
+
+# ----------------------------------------------------------------------------------------------------
+# The MBM head, the weight-decay groups and the prefix slots as in the official code (faf903f)
+
+def modulation_linear(module):
+    return module[-1] if isinstance(module, nn.Sequential) else module
+
+
+# 1. official mbm_head.py:202-207: loss = Σ w·CE / (Σ w + 1e-8) over the whole batch
+def test_mbm_loss_is_one_global_weighted_mean(monkeypatch):
+    head = MBMHead(4, 4, width=8, depth=1)
+    mask = torch.tensor([[True, True, True, True], [True, False, False, False]])
+    ratio = torch.tensor([1.0, 0.25])
+    monkeypatch.setattr(head, "mask_tokens", lambda bits, generator=None: (torch.where(mask, 2, 0), mask, ratio))
+    logits = torch.zeros(2, 4, 2)
+    logits[0, :, 1] = 1.0          # token 0: CE = log(1 + e) per bit (target 0)
+    logits[1, :, 1] = 3.0          # token 1: CE = log(1 + e^3) per bit
+    monkeypatch.setattr(head, "forward", lambda b, c, r: logits)
+    ce0, ce1 = math.log(1 + math.e), math.log(1 + math.e ** 3)
+    expected = (4 * ce0 + (1 + 3 * 0.1) * ce1) / (4 + 1 + 3 * 0.1)     # 6.4x... here 4 vs 1.3
+    out = head.loss(torch.zeros(2, 4), torch.zeros(2, 4))
+    assert out.loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+# 2. official ResBlock / FinalLayer: adaLN_modulation = Sequential(SiLU, Linear) applied to s = SiLU(t_emb + z)
+def test_mbm_modulations_see_silu_of_s():
+    torch.manual_seed(0)
+    head = MBMHead(16, 8, width=16, depth=2)
+    cond, ratio, bits = torch.randn(5, 16), torch.rand(5), torch.randint(0, 3, (5, 8))
+    seen = []
+    for m in [b.ada for b in head.blocks] + [head.final_ada]:
+        modulation_linear(m).register_forward_pre_hook(lambda mod, inp: seen.append(inp[0]))
+    head(bits, cond, ratio)
+    s = F.silu(head.t_mlp(head.fourier(ratio)) + head.cond_proj(cond))
+    assert len(seen) == 3
+    for x in seen:
+        assert torch.allclose(x, F.silu(s), atol=1e-6)
+
+
+# 3. official generator.py:167-179 (init_weights over the whole model, head included): trunc-normal(0.02) on
+#    every Linear and Embedding, zero biases, then the head's adaLN modulations zeroed; output Linear not zeroed
+def test_mbm_init_statistics():
+    torch.manual_seed(0)
+    head = MBMHead(512, 16, width=512, depth=2)
+    modulations = {id(modulation_linear(m)) for m in [b.ada for b in head.blocks] + [head.final_ada]}
+    for name, m in head.named_modules():
+        if isinstance(m, nn.Linear):
+            if id(m) in modulations:
+                assert not m.weight.any() and not m.bias.any(), name
+            else:
+                assert 0.018 < m.weight.std().item() < 0.022, name
+                assert m.weight.abs().max().item() < 0.02 * 6, name
+                assert not m.bias.any(), name
+        elif isinstance(m, nn.Embedding):
+            assert 0.015 < m.weight.std().item() < 0.025, name
+    assert head.out.weight.abs().sum() > 0
+
+
+# 4. official utils/train_utils.py:178-204: no decay for ndim < 2 and names with norm / ln / bias / embed
+#    (so adaLN_modulation, adaln_before_head and t_embedder are not decayed)
+def test_bar_b_weight_decay_groups_follow_the_official_name_rule():
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["generator=bar_b", "head=mbm"])
+    with torch.device("meta"):
+        backbone = instantiate(cfg.generator.backbone, bits_per_step=16, grid=(16, 16), num_classes=1000)
+        head = instantiate(cfg.head, cond_dim=2048, bits_per_step=16)
+    model = nn.ModuleList([backbone, head])
+    decay, no_decay = decay_groups(model, 0.03)
+    decayed = {id(p) for p in decay["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in decayed}
+    assert not [n for n in names if re.search(r"(^|\.)(ada|final_ada|t_mlp)(\.|$)", n)]
+    assert sum(p.numel() for p in decay["params"]) == 276_948_992
+    assert sum(p.numel() for p in no_decay["params"]) == 415_096_110 - 276_948_992
+
+
+# 6. official generator.py:364-374 and 420-427: every prefix slot gets the target-aware embedding and the
+#    query rotation of the first target o[0]
+def test_prefix_slots_get_the_first_targets_embedding_and_rotation():
+    torch.manual_seed(0)
+    model = ARBackbone(4, (4, 4), 3, width=32, depth=1, heads=2, cond_dim=16, class_repeat=3)
+    order = torch.stack([torch.randperm(16) for _ in range(2)])
+    seen = {}
+    real = model.rope.forward
+    model.rope.forward = lambda current, target: seen.update(current=current, target=target) or real(current, target)
+    model(torch.randint(0, 2, (2, 16, 4)).float(), torch.tensor([0, 1]), order)
+    P = model.prefix_len
+    assert torch.equal(seen["target"][:, :P], order[:, :1].expand(-1, P))
+    assert torch.equal(seen["current"][:, :P], torch.full((2, P), 16))        # prefix keys: identity rotation
+    cache = model.new_cache(2)
+    model.prefill(torch.tensor([0, 1]), cache)                              # raster: o[0] = 0 for every prefix slot
+    assert torch.equal(seen["target"], torch.zeros(2, P, dtype=torch.long))

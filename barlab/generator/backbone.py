@@ -125,7 +125,7 @@ class ARBackbone(nn.Module):
         images = self.bit_embed(tokens) + self.pos.current(order[:, :-1])
         none = order.new_full((batch, self.prefix_len), self.seq_len)
         current = torch.cat([none, order[:, :-1]], dim=1)                               # (B, S)
-        target = torch.cat([none[:, 1:], order], dim=1)                                  # (B, S)
+        target = torch.cat([order[:, :1].expand(-1, self.prefix_len - 1), order], dim=1)  # (B, S)
         h = self._run(torch.cat([prefix.to(images.dtype), images], dim=1), current, target, 0, class_vec)
         return self.out(h[:, self.prefix_len - 1:])
 
@@ -151,8 +151,7 @@ class ARBackbone(nn.Module):
         cache.class_vec = class_vec
         batch = labels.shape[0]
         current = labels.new_full((batch, self.prefix_len), self.seq_len)
-        target = current.clone()
-        target[:, -1] = 0                                                      # slot P-1 predicts token 0
+        target = torch.zeros_like(current)                                     # every prefix slot: token 0
         h = self._run(prefix, current, target, 0, class_vec, cache)
         return self.out(h[:, -1])
 

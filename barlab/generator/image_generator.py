@@ -20,7 +20,9 @@ from barlab.generator.sampler import ARSampler
 from barlab.generator.token_shuffle import unshuffle
 from barlab.utils.io import atomic_torch_save, describe_payload, load_torch_file
 
-FORMAT = "barlab.generator/1"
+# /2: the MBM head's adaLN modulations are Sequential(SiLU, Linear), as in the official code
+FORMAT = "barlab.generator/2"
+OLD_FORMATS = ("barlab.generator/1",)
 SAMPLING_KEYS = ("guidance", "schedule", "power", "temperature", "allocation")
 
 
@@ -110,6 +112,9 @@ def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -
                               "(stage=all or generator) writes <run>/generator.pt")
     fix = "a finished run's <run>/generator.pt (or its run folder)"
     payload = load_torch_file(path, f"cannot read generator file {path}", fix, map_location=map_location)
+    if isinstance(payload, dict) and payload.get("format") in OLD_FORMATS:
+        raise CheckpointError(f"{path}: written by an older barlab ({payload['format']}) whose MBM head differs from "
+                              "the official one; its weights do not fit this version (fix: train the generator again)")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: this is {describe_payload(payload)}, not a generator (expected format "
                               f"{FORMAT}) (fix: {fix})")

@@ -30,7 +30,7 @@ class MBMBlock(nn.Module):
     def __init__(self, width: int, hidden: int):
         super().__init__()
         self.norm = RMSNorm(width)
-        self.ada = nn.Linear(width, 3 * width)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
         self.mlp = SwiGLU(width, hidden)
 
     def forward(self, h: Tensor, s: Tensor) -> Tensor:
@@ -83,15 +83,22 @@ class MBMHead(Head):
         self.in_norm = RMSNorm(width)
         self.blocks = nn.ModuleList(MBMBlock(width, int(mlp_ratio * width)) for _ in range(depth))
         self.final_norm = RMSNorm(width)
-        self.final_ada = nn.Linear(width, 2 * width)
+        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.out = nn.Linear(width, 2 * k)
-        self.zero_init()
+        self.reset_parameters()
 
-    def zero_init(self) -> None:
-        """adaLN-Zero: every adaLN linear and the output linear start at zero."""
-        for lin in [b.ada for b in self.blocks] + [self.final_ada, self.out]:
-            nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
+    def reset_parameters(self) -> None:
+        """As the official BAR: trunc-normal(0.02) on every Linear and Embedding, zero biases, then
+        adaLN-Zero on the modulations (the output Linear is not zeroed)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+        for ada in [b.ada for b in self.blocks] + [self.final_ada]:
+            nn.init.zeros_(ada[-1].weight)
+            nn.init.zeros_(ada[-1].bias)
 
     def forward(self, bits: Tensor, cond: Tensor, ratio: Tensor) -> Tensor:
         """bits (N, k') in {0, 1, 2=[M]}, cond (N, cond_dim), ratio (N,) mask ratio -> fp32 logits (N, k', 2)."""
@@ -130,7 +137,7 @@ class MBMHead(Head):
         target = bits.round().long()
         ce = F.cross_entropy(rearrange(logits, "n k two -> n two k"), target, reduction="none")  # (N, k')
         w = torch.where(mask, 1.0, self.unmasked_weight).to(ce.dtype)
-        loss = ((ce * w).sum(dim=-1) / w.sum(dim=-1)).mean()
+        loss = (ce * w).sum() / (w.sum() + 1e-8)
         correct = (logits.argmax(dim=-1) == target).float()
         acc = (correct * mask).sum() / mask.sum()
         metrics = {

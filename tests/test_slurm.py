@@ -440,4 +440,6 @@ def test_time_limit_checkpoints_requeues_and_finishes(tmp_path, tiny_tokenizer, 
     assert match.group(2) == str(run_dir / "checkpoints" / "generator" / "last.ckpt")
     results = read_json(run_dir / "results.json")
     assert results["status"] == "ok" and results["restarts"] == 1
+    print(f"signalled and checkpointed at step {step}; resumed from step {results['resumed_from_step']}; "
+          f"finished at step {results['train_steps']}")
     assert results["resumed_from_step"] == step and 0 < step < results["train_steps"]  # from the pre-emption checkpoint

@@ -36,6 +36,10 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.stage not in STAGES:
         raise ConfigError("stage", f"unknown stage {cfg.stage!r}; choose one of {', '.join(STAGES)}",
                           fix=f"stage={STAGES[0]}")
+    if cfg.get("ckpt_path") not in (None, "", "last") and cfg.stage not in ("tokenizer", "generator"):
+        # one checkpoint cannot start both stages; stage=all continues its own run folder instead
+        raise ConfigError("ckpt_path", f"a checkpoint file starts one stage, not stage={cfg.stage}",
+                          fix="stage=tokenizer or stage=generator with ckpt_path, or run_name=<run> to continue a run")
 
     tok = cfg.tokenizer
     quantizer = _target(tok.quantizer)

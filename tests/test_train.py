@@ -76,6 +76,7 @@ def test_failing_sweep_point_keeps_the_others_and_exits_nonzero(tmp_path):
     ("generator.token_shuffle=0", "generator.token_shuffle"),
     ("stage=generator", "tokenizer_ckpt"),
     ("stage=sample", "stage"),
+    ("ckpt_path=/etc/hostname", "ckpt_path"),
     ("head=linear tokenizer.bits=40", "head"),
     ("head=softmax", "head"),
 ])

@@ -3,11 +3,14 @@
     python -m barlab.sample ckpt=outputs/train/runs/<run>/generator.pt per_class=50
     python -m barlab.sample ckpt=<run> sampling.guidance=2.0 out_dir=samples/g2
     python -m barlab.sample ckpt=<run> 'sampling.allocation=[4,4,4,4]'   # MBM head: another unmasking allocation
+    python -m barlab.sample -m ckpt=<run> score=true sampling.guidance=1.5,3,5 sampling.temperature=0.5,1,2,3
 
 Writes ``<out_dir>/images/<index>_class<label>.png`` and ``<out_dir>/samples.npz`` in ADM's format
 (``arr_0``: N×H×W×3 uint8, pixels rounded, grayscale repeated to RGB; ``arr_1``: labels), ready for
 ``python -m barlab.evaluate`` or ADM's evaluator. Sampling is seeded: the same command gives the
-same images.
+same images. ``score=true`` scores them in the same process (``<out_dir>/metrics.json``, as
+``barlab.evaluate`` writes it); a multirun over ``sampling.*`` is then a sampling grid of one trained
+generator, one folder per point under ``<run>/sampling_grid/``, tabulated by ``barlab.analysis``.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ def run(cfg: DictConfig) -> dict:
     if sampling.get("allocation") is not None:  # refused here, in one line, before any sampling
         sampling["allocation"] = list(sampling_allocation(model.head, sampling["allocation"]))
     model = model.to(device)
-    out_dir = Path(str(cfg.out_dir)) if cfg.out_dir else Path(info["path"]).parent / f"samples_{per_class * model.num_classes}"
+    out_dir = Path(str(cfg.out_dir)) if cfg.out_dir else default_out_dir(Path(info["path"]).parent,
+                                                                         per_class * model.num_classes)
     start = time.time()
     log.info("sampling %d x %d classes with %s", per_class, model.num_classes, sampling)
     images, labels = sample_class_balanced(model.generate, model.num_classes, per_class, batch_size,
@@ -50,14 +54,31 @@ def run(cfg: DictConfig) -> dict:
     npz = write_npz(out_dir / "samples.npz", images, labels)
     if cfg.png:
         write_png_folder(out_dir / "images", images, labels)
-    summary = {"generator": info["path"], "num_samples": int(images.shape[0]), "per_class": per_class,
+    summary = {"generator": info["path"], "head": type(model.head).__name__.removesuffix("Head").lower(), "num_samples": int(images.shape[0]), "per_class": per_class,
                "num_classes": model.num_classes, "image_shape": list(images.shape[1:]), "sampling": sampling,
                "seed": int(cfg.seed), "device": str(device), "sampling_s": round(elapsed, 1),
                "images_per_s": round(images.shape[0] / max(elapsed, 1e-9), 2), "npz": str(npz),
                "png_dir": str(out_dir / "images") if cfg.png else None}
+    if cfg.score:
+        from barlab.training.evaluation import evaluate_samples
+
+        scores = {"samples": str(npz), **evaluate_samples(cfg, images, labels, device)}
+        atomic_write_json(out_dir / "metrics.json", scores)
+        summary["metrics"] = str(out_dir / "metrics.json")
+        summary.update({k: scores.get(k) for k in ("fid", "class_accuracy", "precision", "recall", "feature_label")})
     atomic_write_json(out_dir / "sample_info.json", summary)
     print(json.dumps(summary, indent=2))
     return summary
+
+
+def default_out_dir(generator_dir: Path, num_samples: int) -> Path:
+    """``<generator_dir>/samples_<N>``; in a multirun ``<generator_dir>/sampling_grid/<the job's overrides>``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    if hydra_cfg is not None and str(hydra_cfg.mode) == "RunMode.MULTIRUN":
+        return generator_dir / "sampling_grid" / (hydra_cfg.job.override_dirname or f"job{hydra_cfg.job.num}")
+    return generator_dir / f"samples_{num_samples}"
 
 
 main = hydra_tool("sample", run)

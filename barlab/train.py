@@ -33,6 +33,7 @@ from barlab.training.distributed import JobProcesses
 from barlab.training.generator_stage import run_generator_stage
 from barlab.training.results import hydra_context, write_results
 from barlab.training.run_state import RUN_FILE, RunState
+from barlab.training.tokenizer_cache import TokenizerCache, run_cached_tokenizer_stage
 from barlab.training.tokenizer_stage import run_tokenizer_stage
 
 log = logging.getLogger("barlab")
@@ -40,14 +41,25 @@ log = logging.getLogger("barlab")
 _FAILED_JOBS: list[str] = []
 
 
+def tokenizer_stage(cfg: DictConfig, state: RunState) -> dict[str, Any]:
+    """The tokenizer stage, through the tokenizer cache unless ``cache.tokenizer=false``."""
+    if cfg.cache.tokenizer:
+        return run_cached_tokenizer_stage(cfg, state, run_tokenizer_stage)
+    return run_tokenizer_stage(cfg, state)
+
+
 def run_all(cfg: DictConfig, state: RunState) -> dict[str, Any]:
     """Tokenizer → pretokenization → generator → samples, in one run folder."""
-    tokenizer = finished_or_run("tokenizer", run_tokenizer_stage, cfg, state)
+    tokenizer = finished_or_run("tokenizer", tokenizer_stage, cfg, state)
+    cache = tokenizer.get("cache")
+    shared_tokens = (TokenizerCache.tokens_dir_of(cache["entry"], cfg.generator.data.shard_size)
+                     if cache and cfg.cache.tokenizer else None)
     generator = finished_or_run("generator", run_generator_stage, cfg, state,
-                                trained_tokenizer=Path(tokenizer["artifacts"]["tokenizer"]))
+                                trained_tokenizer=Path(tokenizer["artifacts"]["tokenizer"]),
+                                shared_tokens=shared_tokens)
     flat = {k: v for k, v in tokenizer.items()
             if k not in ("artifacts", "metrics", "bit_stats", "train_steps", "rfid_eval", "kid", "precision", "recall",
-                         "resumed_from_step", "reused")}
+                         "resumed_from_step", "reused", "cache")}
     return {
         **flat,
         "stage": "all",
@@ -58,6 +70,7 @@ def run_all(cfg: DictConfig, state: RunState) -> dict[str, Any]:
         "generator_val_bit_accuracy": generator["val_bit_accuracy"],
         **{k: generator[k] for k in ("gfid", "class_accuracy", "inception_score", "precision", "recall", "kid")
            if k in generator},
+        "tokenizer_cached": bool(cache and cache.get("hit")),
         "tokenizer": tokenizer,
         "generator": generator,
     }
@@ -99,7 +112,7 @@ def artifact_loads(result: dict[str, Any]) -> bool:
 
 
 STAGES: dict[str, Callable[[DictConfig, RunState], dict[str, Any]]] = {
-    "tokenizer": lambda cfg, state: finished_or_run("tokenizer", run_tokenizer_stage, cfg, state),
+    "tokenizer": lambda cfg, state: finished_or_run("tokenizer", tokenizer_stage, cfg, state),
     "generator": lambda cfg, state: finished_or_run("generator", run_generator_stage, cfg, state),
     "all": run_all,
     "classifier": lambda cfg, state: run_classifier_stage(cfg),

@@ -21,39 +21,27 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-def compose_train(tmp_path: Path, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]  # as inside @hydra.main: the job config has no hydra node
-        cfg.paths.output_dir = str(tmp_path / "run")
-        cfg.paths.root_dir = str(tmp_path)
-        cfg.paths.data_dir = str(tmp_path / "data")
-    return cfg
-
-
 def test_every_group_has_options():
     for group in GROUPS:
         assert options(group), group
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
-def test_every_option_composes_and_passes_checks(tmp_path, group, option):
+def test_every_option_composes_and_passes_checks(tmp_path, group, option, compose_train):
     overrides = [f"{group}={option}"]
     if option == "kl":  # a continuous latent is a tokenizer-only study: the generator needs bits
         overrides.append("stage=tokenizer")
     if option == "imagefolder":
         (tmp_path / "images" / "a").mkdir(parents=True)
         overrides.append(f"data.source.root={tmp_path / 'images'}")
-    cfg = compose_train(tmp_path, overrides)
+    cfg = compose_train(overrides)
     check_config(cfg)
     assert cfg.tokenizer.quantizer._target_.startswith("barlab.tokenizer.")
     assert cfg.data.image_size % cfg.tokenizer.encoder.downsample == 0
 
 
-def test_bits_is_the_one_integer_that_sets_the_width(tmp_path):
-    cfg = compose_train(tmp_path, ["tokenizer.bits=18"])
+def test_bits_is_the_one_integer_that_sets_the_width(tmp_path, compose_train):
+    cfg = compose_train(["tokenizer.bits=18"])
     assert cfg.tokenizer.quantizer.bits == 18
     yaml_text = "".join(p.read_text() for p in (CONFIG_DIR / "tokenizer").rglob("*.yaml"))
     assert "codebook_size" not in yaml_text  # derived, never written down
@@ -68,10 +56,10 @@ def test_group_override_precheck():
 
 
 @pytest.mark.parametrize("quantizer, bits_per_token", [("binary_fsq", 8), ("fsq", 10), ("kl", 64)])
-def test_each_quantizer_trains_a_few_steps(tmp_path, quantizer, bits_per_token):
+def test_each_quantizer_trains_a_few_steps(tmp_path, quantizer, bits_per_token, compose_train):
     from barlab.train import run
 
-    cfg = compose_train(tmp_path, ["experiment=smoke", "stage=tokenizer", f"tokenizer/quantizer={quantizer}",
+    cfg = compose_train(["experiment=smoke", "stage=tokenizer", f"tokenizer/quantizer={quantizer}",
                                    "tokenizer.bits=8", "tokenizer.max_steps=3", "tokenizer.val_every=3"])
     body = run(cfg)
     assert body["bits_per_token"] == bits_per_token      # fsq [8,5,5,5]: ceil(log2 1000) = 10; kl: 4 ch x 16

@@ -33,7 +33,6 @@ from barlab.generator.sampler import ARSampler
 from barlab.training.optim import decay_groups
 from barlab.training.distributed import split_global_batch
 from tests.helpers import error_lines, read_json, run_module
-from tests.test_configs import compose_train
 
 
 def compose_preset(*overrides: str):
@@ -141,12 +140,12 @@ def test_sampling_allocation_is_refused_for_a_wrong_sum_or_another_head():
     assert err.value.knob == "sampling.allocation" and "BitwiseHead" in str(err.value)
 
 
-def test_config_check_refuses_a_bad_sampling_allocation_before_training(tmp_path):
-    check_config(compose_train(tmp_path, ["experiment=smoke", "sampling.allocation=[4,4,4,4]"]))
+def test_config_check_refuses_a_bad_sampling_allocation_before_training(tmp_path, compose_train):
+    check_config(compose_train(["experiment=smoke", "sampling.allocation=[4,4,4,4]"]))
     for overrides, text in ((["sampling.allocation=[4,4,4]"], "must sum to the 16 bits"),
                             (["head=bitwise", "sampling.allocation=[4,4,4,4]"], "only the MBM head")):
         with pytest.raises(ConfigError) as err:
-            check_config(compose_train(tmp_path, ["experiment=smoke", *overrides]))
+            check_config(compose_train(["experiment=smoke", *overrides]))
         assert err.value.knob == "sampling.allocation" and text in str(err.value)
 
 
@@ -262,11 +261,11 @@ def test_linear_head_admits_k16_at_cond_dim_2048_and_refuses_what_cannot_fit():
     assert LinearHead(64, 8, max_params=2**27).num_codes == 256  # generator.pt files of older runs still load
 
 
-def test_linear_head_config_check_counts_the_batch(tmp_path):
-    cfg = compose_train(tmp_path, ["experiment=smoke", "head=linear", "generator.backbone.cond_dim=2048"])
+def test_linear_head_config_check_counts_the_batch(tmp_path, compose_train):
+    cfg = compose_train(["experiment=smoke", "head=linear", "generator.backbone.cond_dim=2048"])
     check_config(cfg)                                             # k = 16 at cond_dim 2048: admitted
     with pytest.raises(ConfigError) as err:                       # smoke: 16 x 16 tokens x 2^24 logits, 3 copies
-        check_config(compose_train(tmp_path, ["experiment=smoke", "head=linear", "tokenizer.bits=24"]))
+        check_config(compose_train(["experiment=smoke", "head=linear", "tokenizer.bits=24"]))
     assert err.value.knob == "head" and "256 tokens x 2^24" in str(err.value) and "8.9 GB" in str(err.value)
 
 

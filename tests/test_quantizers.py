@@ -55,6 +55,37 @@ def test_binary_fsq_gradient_reaches_encoder_side_input():
     assert q.proj_in.weight.grad.abs().sum() > 0
 
 
+def test_binary_fsq_official_bound_matches_the_official_formula():
+    """The official 2-level FSQ: threshold at u = -atanh(0.5 / 0.5005) ~= -3.80, dq/du = 1.001 sech^2(u + 3.80).
+
+    Expected values derived by hand from official ``modeling/quantizer.py`` (bound, round_ste, the
+    {-1, 0} -> {-1, +1} map), not from barlab.
+    """
+    q = BinaryFSQ(latent_channels=4, bits=5, bound="official")
+    shift = math.atanh(0.5 / 0.5005)
+    assert abs(shift - 3.8002) < 1e-3
+    u = torch.tensor([-10.0, -3.9, -3.7, 0.0, 2.0]).view(1, 5, 1, 1).requires_grad_(True)
+    values = q.quantize(u)
+    assert values.flatten().tolist() == [-1.0, -1.0, 1.0, 1.0, 1.0]  # centred would give -1 at -3.7 and +1 at 0 only
+    values.sum().backward()
+    expected = 1.001 / torch.cosh(u.detach() + shift) ** 2
+    torch.testing.assert_close(u.grad, expected)
+    assert u.grad.flatten()[3] < 3e-3  # at u = 0 the official STE passes almost nothing
+    centred = BinaryFSQ(latent_channels=4, bits=5)
+    assert centred.quantize(u.detach()).flatten().tolist() == [-1.0, -1.0, -1.0, 1.0, 1.0]
+
+
+def test_binary_fsq_official_bound_round_trips_and_refuses_unknown_bounds():
+    q = BinaryFSQ(latent_channels=8, bits=6, bound="official").eval()
+    z = torch.randn(2, 8, 3, 3) * 3
+    out = q(z)
+    assert torch.equal(q.encode_bits(z), out.bits)
+    torch.testing.assert_close(q.decode_bits(out.bits), out.latent)
+    with pytest.raises(ConfigError) as err:
+        BinaryFSQ(latent_channels=8, bits=6, bound="tanh")
+    assert err.value.knob == "tokenizer.quantizer.bound"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bool, torch.long])
 def test_binary_fsq_bits_round_trip_is_exact(dtype):
     q = BinaryFSQ(latent_channels=16, bits=10).eval()

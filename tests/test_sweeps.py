@@ -102,6 +102,30 @@ def test_head_sweep_keeps_refused_points_and_the_notebook_marks_them(tmp_path):
     assert (sweep / "heads.png").is_file()
     text = execute_notebook("head_comparison.ipynb", sweep)
     assert "refused" in text
+    # one tokenizer per bit width: the mbm job at 4 bits reused the linear job's
+    cached = {job: read_json(sweep / job / "results.json").get("tokenizer_cached") for job in ("0", "2", "3")}
+    assert cached == {"0": False, "2": True, "3": False}
+
+    # a sampling grid on the trained mbm generator, sampled and scored in one multirun, then tabulated
+    grid = ("sampling.guidance=1.5,3", "sampling.temperature=0.5,1")
+    proc = run_module("barlab.sample", "-m", f"ckpt={sweep / '2'}", "score=true", "per_class=2", "png=false",
+                      "metrics.backend=random", "data=synthetic", "data.image_size=16", *grid, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    points = sorted((sweep / "2" / "sampling_grid").iterdir())
+    assert len(points) == 4 and all((p / "metrics.json").is_file() for p in points)
+    proc = run_module("barlab.analysis", str(sweep), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = pd.read_csv(sweep / "sampling_grid.csv")
+    assert sorted(zip(table["guidance"], table["temperature"])) == [(1.5, 0.5), (1.5, 1.0), (3.0, 0.5), (3.0, 1.0)]
+    assert set(table["head"]) == {"mbm"} and set(table["tokenizer.bits"]) == {4}
+    for point in points:  # each row is that point's own metrics.json
+        metrics, info = read_json(point / "metrics.json"), read_json(point / "sample_info.json")
+        row = table[(table["guidance"] == info["sampling"]["guidance"])
+                    & (table["temperature"] == info["sampling"]["temperature"])].iloc[0]
+        assert row["fid"] == pytest.approx(metrics["fid"]) and info["num_samples"] == 20
+    best = pd.read_csv(sweep / "sampling_grid_best.csv")
+    assert len(best) == 1 and best["fid"].iloc[0] == pytest.approx(table["fid"].min())
+    assert (sweep / "sampling_grid.png").is_file()
 
 
 def test_a_killed_job_is_a_missing_row_not_a_silent_gap(tmp_path):

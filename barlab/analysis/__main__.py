@@ -2,7 +2,9 @@
 
 Writes ``<out>/results.csv`` (one row per job: failed, refused and missing jobs included, with
 their reason) and, when the columns are there, ``bit_budget.png`` (tokenizer sweeps) and
-``heads.png`` (head sweeps). ``--out`` defaults to the sweep folder.
+``heads.png`` (head sweeps). Sampling grids under the folder (``python -m barlab.sample -m ...
+score=true``) add ``sampling_grid.csv``, ``sampling_grid_best.csv`` (each generator's best point by
+FID) and ``sampling_grid.png``; a grid folder alone gives only those. ``--out`` defaults to the folder.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import sys
 from pathlib import Path
 
 from barlab.analysis.collect import load_sweep
-from barlab.analysis.plots import plot_bit_budget, plot_heads
+from barlab.analysis.grid import best_points, load_grid
+from barlab.analysis.plots import plot_bit_budget, plot_heads, plot_sampling_grid
 
 SHOWN = ["quantizer", "bits_per_image", "params_head", "psnr", "ssim", "rfid", "gfid", "class_accuracy", "precision",
          "recall", "wall_time_s", "reason"]
@@ -28,14 +31,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {folder} is not a folder (fix: pass a sweep folder such as outputs/bit_budget/multiruns/<date_time>)",
               file=sys.stderr)
         return 2
-    frame = load_sweep(folder)
-    if frame.empty:
-        print(f"error: no jobs under {folder} (no results.json or .hydra/overrides.yaml found)", file=sys.stderr)
+    frame, grid = load_sweep(folder), load_grid(folder)
+    if frame.empty and grid.empty:
+        print(f"error: no jobs under {folder} (no results.json, .hydra/overrides.yaml or sample_info.json found)",
+              file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else folder
     out.mkdir(parents=True, exist_ok=True)
+    written = write_grid(grid, out) if not grid.empty else []
+    if frame.empty:
+        print("\n".join(f"wrote {p}" for p in written))
+        return 0
     frame.to_csv(out / "results.csv", index=False)
-    written = [out / "results.csv"]
+    written.append(out / "results.csv")
     if "bits_per_image" in frame and ("rfid" in frame or "psnr" in frame) and "family" in frame \
             and "head" not in frame:
         plot_bit_budget(frame, out / "bit_budget.png")
@@ -51,6 +59,24 @@ def main(argv: list[str] | None = None) -> int:
         print(frame[list(dict.fromkeys(columns))].to_string(index=False))
     print("\n".join(f"wrote {p}" for p in written))
     return 0
+
+
+GRID_SHOWN = ["head", "tokenizer.bits", "guidance", "temperature", "allocation", "fid", "class_accuracy", "precision",
+              "recall", "images_per_s"]
+
+
+def write_grid(grid, out: Path) -> list[Path]:
+    """sampling_grid.csv, sampling_grid_best.csv and sampling_grid.png; prints the best points."""
+    import pandas as pd
+
+    grid.to_csv(out / "sampling_grid.csv", index=False)
+    best = best_points(grid)
+    best.to_csv(out / "sampling_grid_best.csv", index=False)
+    plot_sampling_grid(grid, out / "sampling_grid.png")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print("best point of each generator's sampling grid (by FID):")
+        print(best[[c for c in GRID_SHOWN if c in best]].to_string(index=False))
+    return [out / "sampling_grid.csv", out / "sampling_grid_best.csv", out / "sampling_grid.png"]
 
 
 if __name__ == "__main__":

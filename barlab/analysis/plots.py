@@ -89,3 +89,33 @@ def plot_heads(frame, path=None, bits_column: str = "tokenizer.bits"):
     if path:
         fig.savefig(path, dpi=120)
     return fig
+
+
+def plot_sampling_grid(frame, path=None, value: str = "fid"):
+    """Heat maps of ``value`` over guidance × temperature, one panel per generator (head, bits)."""
+    keys = [k for k in ("head", "tokenizer.bits") if k in frame]
+    groups = list(frame.groupby(keys, dropna=False)) if keys else [("grid", frame)]
+    fig = Figure(figsize=(4.2 * len(groups), 3.8))
+    axes = np.atleast_1d(fig.subplots(1, len(groups)))
+    for ax, (name, part) in zip(axes, groups):
+        table = part.pivot_table(index="guidance", columns="temperature", values=value, aggfunc="min")
+        image = ax.imshow(table.values, cmap="viridis_r", aspect="auto", origin="lower")
+        ax.set_xticks(range(len(table.columns)), [f"{t:g}" for t in table.columns])
+        ax.set_yticks(range(len(table.index)), [f"{g:g}" for g in table.index])
+        best = np.nanmin(table.values)
+        for (i, j), v in np.ndenumerate(table.values):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if v != best else "red", fontweight="bold" if v == best else None)
+        ax.set_xlabel("temperature τ")
+        ax.set_ylabel("guidance g")
+        ax.set_title(" ".join(str(n) for n in np.atleast_1d(name)) + " bits" if keys[1:] else str(name), fontsize=9)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    labels = frame.get("feature_label")
+    found = [str(x) for x in labels.dropna().unique()] if labels is not None else []
+    fig.suptitle(f"{value} over the sampling grid" + (f" (features: {'; '.join(found)})" if found else ""),
+                 fontsize=9)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=120)
+    return fig

@@ -28,7 +28,8 @@ from barlab.errors import ConfigError
 
 log = logging.getLogger("barlab")
 
-LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK")
+# ... and BARLAB_ATTEMPT, the attempt id the ranks share (barlab.training.tokenizer_cache.attempt_token)
+LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK", "BARLAB_ATTEMPT")
 
 
 def child_command(local_rank: int) -> tuple[Sequence[str], str]:

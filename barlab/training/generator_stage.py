@@ -25,6 +25,7 @@ from barlab.training.callbacks.sample_grid import SampleGrid
 from barlab.training.evaluation import evaluate_generator, headline
 from barlab.training.generator_module import GeneratorModule
 from barlab.training.optim import count_parameters
+from barlab.utils.io import link_folder
 from barlab.utils.locks import exclusive_lock
 from barlab.training.build import build_callbacks, build_loggers, build_trainer, checkpoint_dir, resume_point
 from barlab.training.distributed import apply_global_batch
@@ -61,6 +62,19 @@ def token_shards_for(cfg: DictConfig, tokenizer, info: dict, tokens_dir: Path) -
     return manifest
 
 
+def shared_tokens_dir(cfg: DictConfig, shared_tokens: Path | None) -> Path | None:
+    """The tokenizer cache's shard folder to use instead of ``<run>/tokens``, or None.
+
+    Used when the tokenizer came through the tokenizer cache (``shared_tokens``: its entry's shard
+    folder) and ``generator.data.shards_dir`` is left at its default ``<run>/tokens`` with nothing
+    there yet: the shards are written once into the entry, and ``<run>/tokens`` becomes a link to it.
+    """
+    tokens_dir = Path(cfg.generator.data.shards_dir)
+    if shared_tokens is None or tokens_dir != Path(cfg.paths.output_dir) / "tokens" or tokens_dir.exists():
+        return None
+    return Path(shared_tokens)
+
+
 def sampling_settings(cfg: DictConfig) -> dict[str, Any]:
     """The run's ``sampling`` node as plain Python (an allocation list included), ready for results.json."""
     return OmegaConf.to_container(cfg.sampling, resolve=True)
@@ -86,7 +100,8 @@ def build_generator_module(cfg: DictConfig, tokenizer, info: dict, num_classes: 
     return module
 
 
-def run_generator_stage(cfg: DictConfig, state: RunState, trained_tokenizer: Path | None = None) -> dict[str, Any]:
+def run_generator_stage(cfg: DictConfig, state: RunState, trained_tokenizer: Path | None = None,
+                        shared_tokens: Path | None = None) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     tokenizer_file = tokenizer_path(cfg, trained_tokenizer)
@@ -95,12 +110,14 @@ def run_generator_stage(cfg: DictConfig, state: RunState, trained_tokenizer: Pat
         raise ConfigError("tokenizer/quantizer", "the generator needs a discrete tokenizer (binary_fsq or fsq)",
                           fix="tokenizer/quantizer=binary_fsq")
 
-    tokens_dir = Path(cfg.generator.data.shards_dir)
-    manifest = token_shards_for(cfg, tokenizer, info, tokens_dir)
+    tokens_dir, shared = Path(cfg.generator.data.shards_dir), shared_tokens_dir(cfg, shared_tokens)
+    manifest = token_shards_for(cfg, tokenizer, info, shared or tokens_dir)
+    if shared is not None and is_rank_zero():
+        link_folder(shared, tokens_dir)
     if manifest["bits"] != info["bits_per_token"] or list(manifest["grid"]) != list(info["grid"]):
         raise ConfigError("generator.data.shards_dir", f"token shards in {tokens_dir} were made by another tokenizer "
                           f"({manifest['bits']} bits, grid {manifest['grid']})", fix="point it to a new folder")
-    datamodule = TokenShardDataModule(str(tokens_dir), batch_size=cfg.generator.data.batch_size,
+    datamodule = TokenShardDataModule(str(shared or tokens_dir), batch_size=cfg.generator.data.batch_size,
                                       num_workers=cfg.generator.data.num_workers,
                                       epoch_length=cfg.generator.data.epoch_length,
                                       max_val_samples=cfg.generator.data.max_val_samples, seed=cfg.seed)

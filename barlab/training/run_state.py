@@ -48,14 +48,19 @@ def is_rank_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
-def _recipe(cfg: DictConfig) -> dict[str, Any]:
+def resolved_nodes(cfg: DictConfig, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The resolved config nodes ``keys`` as plain Python, less the :data:`VOLATILE` settings."""
     def strip(node: Any) -> Any:
         if isinstance(node, dict):
             return {k: strip(v) for k, v in node.items() if k not in VOLATILE}
         return node
 
     full = OmegaConf.to_container(cfg, resolve=True)
-    return {key: strip(full.get(key)) for key in RECIPE_KEYS}
+    return {key: strip(full.get(key)) for key in keys}
+
+
+def _recipe(cfg: DictConfig) -> dict[str, Any]:
+    return resolved_nodes(cfg, RECIPE_KEYS)
 
 
 def _first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
@@ -92,14 +97,19 @@ def checkpoint_step(path: str | Path) -> int:
                               "delete it to start the stage afresh") from None
 
 
+def wait_for_file(path: Path, read: Callable[[Path], Any | None], timeout_s: float, what: str) -> Any:
+    """Wait (non-zero ranks) until ``read(path)`` returns something other than None; return it."""
+    deadline = time.monotonic() + timeout_s
+    while (found := read(path)) is None:
+        if time.monotonic() > deadline:
+            raise DataError(f"{path}: {what} did not arrive within {timeout_s:.0f} s")
+        time.sleep(1.0)
+    return found
+
+
 def wait_for_manifest(folder: Path, read: Callable[[str], dict | None], timeout_s: float = 3600.0) -> dict:
     """Wait (non-zero ranks) until rank 0 has finished the shard folder ``folder``; its manifest."""
-    deadline = time.monotonic() + timeout_s
-    while (manifest := read(str(folder))) is None:
-        if time.monotonic() > deadline:
-            raise DataError(f"{folder}: rank 0 did not finish writing the shards within {timeout_s:.0f} s")
-        time.sleep(1.0)
-    return manifest
+    return wait_for_file(Path(folder), lambda p: read(str(p)), timeout_s, "rank 0's finished shards")
 
 
 class RunState:

@@ -12,7 +12,9 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import tempfile
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -82,6 +84,31 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return _atomic_write(path, lambda f: torch.save(obj, f), "wb")
+
+
+def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Put the file ``source`` at ``target`` atomically: a hard link, or a copy across file systems."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with disk_full_as_error(target):
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copy2(source, tmp)
+        os.replace(tmp, target)
+    return target
+
+
+def link_folder(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Make ``target`` a symbolic link to the folder ``source`` (atomically), unless ``target`` exists."""
+    target = Path(target)
+    if not (target.exists() or target.is_symlink()):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        os.symlink(os.path.abspath(source), tmp, target_is_directory=True)
+        os.replace(tmp, target)
+    return target
 
 
 def load_torch_file(path: str | os.PathLike, label: str, fix: str, map_location: Any = "cpu",

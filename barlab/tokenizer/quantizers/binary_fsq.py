@@ -7,6 +7,8 @@ Memory and compute are O(D * k), so k = 256 is as cheap as k = 16.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from einops import rearrange
 from torch import Tensor, nn
@@ -16,35 +18,47 @@ from barlab.tokenizer.quantizers.base import Quantizer, QuantizerOutput, check_i
 
 
 class BinaryFSQ(Quantizer):
-    """Binary FSQ bottleneck (BAR-FSQ, paper §3.1) with a centred threshold.
+    """Binary FSQ bottleneck (BAR-FSQ, paper §3.1), with the official bound or a centred one.
 
     Pipeline for z of shape (B, D, h, w)::
 
-        u = Conv1x1(D -> k)(z)                        # (B, k, h, w)
-        s = tanh(u)                                   # bounded to (-1, 1)
-        q = where(s >= 0, +1, -1) + (s - s.detach())  # exactly +-1 forward, d q / d u = 1 - tanh(u)^2
+        u = Conv1x1(D -> k)(z)                        # (B, k, h, w), in fp32
+        q = bound(u) rounded to {-1, +1}              # straight-through gradient, see below
         bits = (q + 1) / 2                            # (B, h, w, k) in {0, 1}
         latent = Conv1x1(k -> D)(q)                   # (B, D, h, w)
 
-    The straight-through estimator passes the gradient of ``tanh`` (not the identity), which keeps
-    pre-activations from drifting far past the threshold.
+    ``bound`` (knob ``tokenizer.quantizer.bound``):
 
-    Difference from the official code: BAR's ``FSQ`` with 2 levels bounds with
-    ``tanh(u + atanh(0.5 / h)) * h - 0.5`` (h = (1 + 1e-3) / 2) and rounds to {-1, 0} before mapping
-    to {-1, +1}. Its rounding threshold therefore sits at u = -atanh(0.999) ~= -3.8, not at 0, and
-    the STE gradient is largest around u ~= -3.8. This implementation uses the clean, symmetric
-    version (threshold at u = 0, gradient largest at 0); with a learnt ``Conv1x1`` in front the two
-    differ only by a bias shift of ~3.8 at initialisation. A pre-activation of exactly 0 maps to +1.
+    - ``official``: the official ``FSQ`` with 2 levels (``modeling/quantizer.py``):
+      b = h * tanh(u + atanh(0.5 / h)) - 0.5 with h = (1 + 1e-3) / 2, rounded with a straight-through
+      estimator to {-1, 0}, then q = 2 * round(b) + 1. The threshold sits at u = -atanh(0.5 / h)
+      ~= -3.80, and dq/du = 2h * sech^2(u + 3.80): largest at u ~= -3.80, ~0.002 at u = 0.
+    - ``centred`` (barlab's default): s = tanh(u), q = where(s >= 0, +1, -1) with dq/du = sech^2(u).
+      The same function shifted by 3.80 (and scaled by 1/1.001), so the threshold and the steepest
+      gradient sit at u = 0, where a freshly initialised projection puts its outputs. With a learnt
+      bias in front the two can represent the same quantizer; they differ in where training starts.
+      Kept as the default after an A/B at default sizes (README, "BAR-FSQ: the official bound").
+
+    A pre-activation exactly on the threshold maps to +1 in both.
 
     Args:
         latent_channels: D, encoder output / decoder input width.
         bits: k, bits per token (C = 2^k); knob ``tokenizer.bits``.
+        bound: ``centred`` or ``official`` (above).
     """
 
     is_discrete = True
 
-    def __init__(self, latent_channels: int, bits: int):
+    BOUNDS = ("centred", "official")
+    # the official FSQ's half-width for 2 levels, (2 - 1) * (1 + eps) / 2 with eps = 1e-3
+    HALF_WIDTH = (1 + 1e-3) / 2
+
+    def __init__(self, latent_channels: int, bits: int, bound: str = "centred"):
         super().__init__()
+        if bound not in self.BOUNDS:
+            raise ConfigError("tokenizer.quantizer.bound", f"must be one of {', '.join(self.BOUNDS)}, got {bound!r}",
+                              fix="tokenizer.quantizer.bound=centred")
+        self.bound = bound
         self.latent_channels = check_int(latent_channels, "tokenizer.latent_channels", fix="tokenizer.latent_channels=64")
         self.k = check_int(bits, "tokenizer.bits", fix="tokenizer.bits=16")
         self.bits_per_token = self.k
@@ -52,14 +66,24 @@ class BinaryFSQ(Quantizer):
         self.proj_out = nn.Conv2d(self.k, self.latent_channels, kernel_size=1)
 
     def quantize(self, u: Tensor) -> Tensor:
-        """(B, k, h, w) pre-activations -> (B, k, h, w) values in {-1, +1} with a tanh STE gradient."""
-        soft = torch.tanh(u.float())
+        """(B, k, h, w) pre-activations -> (B, k, h, w) values in {-1, +1} with the bound's STE gradient."""
+        u = u.float()
+        if self.bound == "official":
+            h = self.HALF_WIDTH
+            b = torch.tanh(u + math.atanh(0.5 / h)) * h - 0.5      # in (-1.0005, 0.0005)
+            return 2 * (b + (b.round() - b).detach()) + 1          # round to {-1, 0}, then {-1, +1}
+        soft = torch.tanh(u)
         hard = torch.where(soft >= 0, 1.0, -1.0).to(soft.dtype)
         return hard + (soft - soft.detach())
 
+    def project_in(self, z: Tensor) -> Tensor:
+        """z (B, D, h, w) -> pre-activations u (B, k, h, w), in fp32 outside autocast (as officially)."""
+        with torch.autocast(z.device.type, enabled=False):
+            return self.proj_in(z.float())
+
     def forward(self, z: Tensor) -> QuantizerOutput:
         """z (B, D, h, w) -> QuantizerOutput(latent (B, D, h, w), bits/codes (B, h, w, k), loss 0)."""
-        q = self.quantize(self.proj_in(z))
+        q = self.quantize(self.project_in(z))
         bits = rearrange((q.detach() + 1) / 2, "b k h w -> b h w k")
         latent = self.proj_out(q.contiguous().to(self.proj_out.weight.dtype))
         return QuantizerOutput(
@@ -73,7 +97,7 @@ class BinaryFSQ(Quantizer):
     @torch.no_grad()
     def encode_bits(self, z: Tensor) -> Tensor:
         """z (B, D, h, w) -> bits (B, h, w, k), float {0, 1}."""
-        q = self.quantize(self.proj_in(z))
+        q = self.quantize(self.project_in(z))
         return rearrange((q + 1) / 2, "b k h w -> b h w k")
 
     def decode_bits(self, bits: Tensor) -> Tensor:

@@ -1,0 +1,72 @@
+"""Sampling grids (``python -m barlab.sample -m ... score=true``) → one table.
+
+A grid point is a folder with ``sample_info.json`` (and ``metrics.json`` when it was scored). Each
+row holds the point's sampling settings (``guidance``, ``temperature``, ``schedule``, ``allocation``),
+its scores (``fid``, ``class_accuracy``, ``precision``, ``recall``, ``feature_label``), its sampling
+speed, the generator's head and, when the generator belongs to a sweep job, that job's overrides
+(``head``, ``tokenizer.bits``, ...), so a head sweep's grids line up with its table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+INFO_NAME = "sample_info.json"
+SCORES = ("fid", "class_accuracy", "precision", "recall", "kid", "inception_score", "feature_label", "backend")
+
+
+def _owning_job(point: Path, root: Path) -> Path | None:
+    """The nearest folder above ``point`` (up to ``root``) that holds a job's results.json."""
+    for parent in point.parents:
+        if (parent / "results.json").is_file():
+            return parent
+        if parent == root:
+            return None
+    return None
+
+
+def grid_row(info_file: Path, root: Path) -> dict[str, Any]:
+    """One row of a grid table from a point's ``sample_info.json`` (+ ``metrics.json``)."""
+    from barlab.analysis.collect import job_row
+
+    info = json.loads(info_file.read_text())
+    sampling = info.get("sampling") or {}
+    row: dict[str, Any] = {
+        "guidance": sampling.get("guidance"), "temperature": sampling.get("temperature"),
+        "schedule": sampling.get("schedule"),
+        "allocation": "-".join(map(str, sampling["allocation"])) if sampling.get("allocation") else None,
+        "head": info.get("head"), "num_samples": info.get("num_samples"),
+        "images_per_s": info.get("images_per_s"), "sampling_s": info.get("sampling_s"),
+    }
+    metrics_file = info_file.parent / "metrics.json"
+    if metrics_file.is_file():
+        scores = json.loads(metrics_file.read_text())
+        row.update({k: scores.get(k) for k in SCORES})
+    job = _owning_job(info_file.parent, root)
+    if job is not None:
+        owner = job_row(job)
+        for key in owner.pop("_overrides"):
+            row[key] = owner.get(key)
+        row["params_head"] = owner.get("params_head")
+        row["run_dir"] = str(job)
+    row["point"] = str(info_file.parent.relative_to(root))
+    return row
+
+
+def load_grid(folder: str | os.PathLike):
+    """Every sampling-grid point under ``folder`` as a pandas DataFrame (empty if there is none)."""
+    import pandas as pd
+
+    root = Path(folder)
+    rows = [grid_row(path, root) for path in sorted(root.rglob(INFO_NAME))]
+    return pd.DataFrame(rows)
+
+
+def best_points(frame, by: str = "fid"):
+    """The row with the lowest ``by`` for each (head, bits) generator of a grid table."""
+    keys = [k for k in ("head", "tokenizer.bits", "run_dir") if k in frame]
+    scored = frame.dropna(subset=[by])
+    return scored.loc[scored.groupby(keys, dropna=False)[by].idxmin()].reset_index(drop=True)

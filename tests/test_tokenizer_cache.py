@@ -1,0 +1,118 @@
+"""The tokenizer cache: sweep jobs that share a tokenizer config train it once, in series, in parallel
+and under DDP; jobs with another tokenizer config, or with the cache off, train their own."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from barlab.training.tokenizer_cache import TokenizerCache, attempt_token, cache_key
+from helpers import read_json, run_module
+
+SMOKE = ("experiment=smoke", "metrics.backend=random")
+
+
+def test_the_key_covers_the_tokenizer_recipe_and_not_the_run(compose_train):
+    base = cache_key(compose_train(["experiment=smoke"]))[0]
+    assert len(base) == 16 and all(c in "0123456789abcdef" for c in base)
+    same = [["experiment=smoke", "head=bitwise"], ["experiment=smoke", "generator.max_steps=7"],
+            ["experiment=smoke", "data.num_workers=3"], ["experiment=smoke", "metrics.gfid.per_class=9"],
+            ["experiment=smoke", "run_name=other"]]
+    for overrides in same:
+        assert cache_key(compose_train(overrides))[0] == base, overrides
+    other = [["experiment=smoke", "tokenizer.bits=6"], ["experiment=smoke", "seed=1"],
+             ["experiment=smoke", "tokenizer.max_steps=21"], ["experiment=smoke", "data.batch_size=8"],
+             ["experiment=smoke", "callbacks.ema.decay=0.99"], ["experiment=smoke", "metrics.rfid.max_samples=32"],
+             ["experiment=smoke", "tokenizer.quantizer.bound=official"]]
+    keys = {cache_key(compose_train(overrides))[0] for overrides in other}
+    assert base not in keys and len(keys) == len(other)
+
+
+def test_ranks_share_one_attempt_token(monkeypatch):
+    for name in ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT", "TORCHELASTIC_RUN_ID", "BARLAB_ATTEMPT"):
+        monkeypatch.delenv(name, raising=False)
+    local = attempt_token()
+    assert os.environ["BARLAB_ATTEMPT"] == local and attempt_token() == local  # the children inherit it
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert attempt_token() == "77.0.2"
+
+
+def check_one_tokenizer_for_both(sweep: Path) -> dict:
+    """Jobs 0 and 1 of ``sweep`` share one trained tokenizer and one token-shard folder."""
+    first, second = (read_json(sweep / str(job) / "results.json") for job in (0, 1))
+    assert first["status"] == second["status"] == "ok"
+    caches = [first["tokenizer"]["cache"], second["tokenizer"]["cache"]]
+    assert caches[0]["key"] == caches[1]["key"]
+    assert sorted([c["hit"] for c in caches]) == [False, True]  # one trained it, the other reused it
+    trainer_job = 0 if not caches[0]["hit"] else 1
+    assert caches[0]["trained_in"] == caches[1]["trained_in"] == str(sweep / str(trainer_job))
+    assert first["psnr"] == second["psnr"] and first["rfid"] == second["rfid"]
+    entry = Path(caches[0]["entry"])
+    tokenizer_bytes = (entry / "tokenizer.pt").read_bytes()
+    for job in (0, 1):
+        assert (sweep / str(job) / "tokenizer.pt").read_bytes() == tokenizer_bytes
+        assert (sweep / str(job) / "tokens").resolve() == (entry / "tokens_256").resolve()
+    logs = "".join((sweep / str(job) / "train.log").read_text() for job in (0, 1))
+    assert logs.count("pretokenizing") == 1
+    assert read_json(entry / "result.json")["psnr"] == first["psnr"]
+    return caches[0]
+
+
+def test_a_sweep_over_heads_trains_one_tokenizer(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_module("barlab.train", "-m", *SMOKE, "head=bitwise,mbm", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cache = check_one_tokenizer_for_both(sweep)
+    assert not read_json(sweep / "0" / "results.json")["tokenizer_cached"]
+    assert read_json(sweep / "1" / "results.json")["tokenizer_cached"]
+
+    # another bit width is another tokenizer; the cache off trains afresh and stores nothing
+    again = tmp_path / "again"
+    proc = run_module("barlab.train", "-m", *SMOKE, "stage=tokenizer", "tokenizer.bits=4,8", "cache.tokenizer=false",
+                      "metrics.rfid.enabled=false", f"hydra.sweep.dir={again}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [read_json(again / j / "results.json").get("cache") for j in ("0", "1")] == [None, None]
+    entries = sorted(p.name for p in (tmp_path / "data" / "cache" / "tokenizers").iterdir() if p.is_dir())
+    assert entries == [cache["key"]]
+
+
+@pytest.mark.slow
+def test_parallel_jobs_wait_for_the_one_that_trains(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_module("barlab.train", "-m", *SMOKE, "head=bitwise,mbm", "hydra/launcher=joblib",
+                      "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_one_tokenizer_for_both(sweep)
+    logs = [(sweep / str(job) / "train.log").read_text() for job in (0, 1)]
+    assert sum("waiting for another job preparing tokenizer" in log for log in logs) == 1
+
+
+@pytest.mark.slow
+def test_ddp_ranks_follow_rank_zero_on_a_hit(tmp_path):
+    args = ("trainer=ddp_cpu", *SMOKE)
+    first = run_module("barlab.train", *args, "run_name=a", cwd=tmp_path, timeout=240)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_module("barlab.train", *args, "run_name=b", cwd=tmp_path, timeout=240)
+    assert second.returncode == 0, second.stderr[-3000:]
+    runs = tmp_path / "outputs" / "smoke" / "runs"
+    a, b = read_json(runs / "a" / "results.json"), read_json(runs / "b" / "results.json")
+    assert a["tokenizer"]["cache"]["hit"] is False and b["tokenizer"]["cache"]["hit"] is True
+    assert b["generator"]["train_steps"] == 10 and b["psnr"] == a["psnr"]
+    rank1 = (runs / "b" / "train_ddp_process_1.log").read_text()
+    assert "rank 1/2 reads train token shards" in rank1        # rank 1 trained the generator with rank 0 ...
+    assert "rank 1/2 reads train image shards" not in rank1    # ... and, like rank 0, no tokenizer
+    decision = read_json(runs / "b" / "stages" / "tokenizer.cache.json")
+    assert decision["hit"] is True and decision["attempt"]
+
+
+def test_an_unusable_entry_is_trained_again(tmp_path, compose_train):
+    cfg = compose_train(["experiment=smoke"])
+    cache = TokenizerCache(cfg)
+    cache.entry.mkdir(parents=True)
+    (cache.entry / "result.json").write_text("{}")
+    (cache.entry / "tokenizer.pt").write_text("not a checkpoint")
+    assert cache.lookup() is None

@@ -13,15 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from barlab.errors import ConfigError
 from barlab.training.distributed import check_global_batches
+from barlab.validation import check_int
 
 STAGES = ("tokenizer", "generator", "all", "classifier")
-
-
-def positive_int(value, knob: str, example: int) -> int:
-    """``value`` must be an int >= 1 (bools, floats and strings are refused)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(knob, f"must be a positive integer, got {value!r}", fix=f"{knob}={example}")
-    return value
 
 
 def _target(node) -> str:
@@ -44,29 +38,29 @@ def check_config(cfg: DictConfig) -> None:
     tok = cfg.tokenizer
     quantizer = _target(tok.quantizer)
     if quantizer.endswith("BinaryFSQ"):
-        bits = positive_int(tok.get("bits"), "tokenizer.bits", 16)
+        bits = check_int(tok.get("bits"), "tokenizer.bits", fix="tokenizer.bits=16")
         if bits > 4096:
             raise ConfigError("tokenizer.bits", f"{bits} bits per token is beyond any sensible tokenizer",
                               fix="tokenizer.bits=16")
     elif quantizer.endswith("KLLatent"):
-        positive_int(tok.quantizer.get("channels"), "tokenizer.quantizer.channels", 4)
+        check_int(tok.quantizer.get("channels"), "tokenizer.quantizer.channels", fix="tokenizer.quantizer.channels=4")
     elif quantizer.endswith("FSQ"):
         levels = tok.quantizer.get("levels")
         if not levels or any(isinstance(l, bool) or not isinstance(l, int) or l < 2 for l in levels):
             raise ConfigError("tokenizer.quantizer.levels", f"must be a list of integers >= 2, got {levels}",
                               fix="tokenizer.quantizer.levels=[8,5,5,5]")
 
-    f = positive_int(tok.encoder.get("downsample"), "tokenizer.encoder.downsample", 4)
+    f = check_int(tok.encoder.get("downsample"), "tokenizer.encoder.downsample", fix="tokenizer.encoder.downsample=4")
     if f & (f - 1):
         raise ConfigError("tokenizer.encoder.downsample", f"must be a power of two, got {f}",
                           fix="tokenizer.encoder.downsample=4")
-    size = positive_int(cfg.data.get("image_size"), "data.image_size", 32)
+    size = check_int(cfg.data.get("image_size"), "data.image_size", fix="data.image_size=32")
     if size % f:
         raise ConfigError("data.image_size", f"{size} is not divisible by the downsampling factor {f}",
                           fix=f"data.image_size={max(f, size // f * f)}")
-    positive_int(cfg.data.get("batch_size"), "data.batch_size", 64)
-    positive_int(tok.get("max_steps"), "tokenizer.max_steps", 800)
-    positive_int(tok.get("val_every"), "tokenizer.val_every", 200)
+    check_int(cfg.data.get("batch_size"), "data.batch_size", fix="data.batch_size=64")
+    check_int(tok.get("max_steps"), "tokenizer.max_steps", fix="tokenizer.max_steps=800")
+    check_int(tok.get("val_every"), "tokenizer.val_every", fix="tokenizer.val_every=200")
     if cfg.stage in ("generator", "all"):
         check_generator(cfg, quantizer)
     check_global_batches(cfg)
@@ -83,10 +77,10 @@ def check_config(cfg: DictConfig) -> None:
 def check_generator(cfg: DictConfig, quantizer: str) -> None:
     """Generator knobs, and the linear head's size guard where the bit width is known up front."""
     gen = cfg.generator
-    positive_int(gen.get("max_steps"), "generator.max_steps", 1200)
-    positive_int(gen.get("val_every"), "generator.val_every", 500)
-    p = positive_int(gen.get("token_shuffle"), "generator.token_shuffle", 1)
-    positive_int(gen.data.get("batch_size"), "generator.data.batch_size", 64)
+    check_int(gen.get("max_steps"), "generator.max_steps", fix="generator.max_steps=1200")
+    check_int(gen.get("val_every"), "generator.val_every", fix="generator.val_every=500")
+    p = check_int(gen.get("token_shuffle"), "generator.token_shuffle", fix="generator.token_shuffle=1")
+    check_int(gen.data.get("batch_size"), "generator.data.batch_size", fix="generator.data.batch_size=64")
     if quantizer.endswith("KLLatent") and cfg.stage == "all":
         raise ConfigError("tokenizer/quantizer", "the generator needs a discrete tokenizer, not a KL latent",
                           fix="tokenizer/quantizer=binary_fsq, or stage=tokenizer")
@@ -103,7 +97,7 @@ def check_generator(cfg: DictConfig, quantizer: str) -> None:
     if not isinstance(sampling.temperature, (int, float)) or sampling.temperature < 0:
         raise ConfigError("sampling.temperature", f"must be a number >= 0, got {sampling.temperature!r}",
                           fix="sampling.temperature=1.0")
-    positive_int(sampling.get("per_class"), "sampling.per_class", 10)
+    check_int(sampling.get("per_class"), "sampling.per_class", fix="sampling.per_class=10")
     allocation = sampling.get("allocation")
     if allocation is not None and not _target(cfg.head).endswith("MBMHead"):
         raise ConfigError("sampling.allocation", f"only the MBM head unmasks bits in steps, not head "

@@ -23,9 +23,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from barlab.cli import hydra_tool, pick_device, require
-from barlab.config_checks import positive_int
 from barlab.utils.image_sets import write_npz, write_png_folder
 from barlab.utils.io import atomic_write_json
+from barlab.validation import check_int
 
 log = logging.getLogger("barlab")
 
@@ -36,8 +36,8 @@ def run(cfg: DictConfig) -> dict:
     from barlab.training.evaluation import sample_class_balanced
 
     require(cfg, "ckpt", "ckpt=/path/to/run/generator.pt")
-    per_class = positive_int(cfg.per_class, "per_class", 50)
-    batch_size = positive_int(cfg.batch_size, "batch_size", 250)
+    per_class = check_int(cfg.per_class, "per_class", fix="per_class=50")
+    batch_size = check_int(cfg.batch_size, "batch_size", fix="batch_size=250")
     device = pick_device(str(cfg.device))
     model, info = load_generator(str(cfg.ckpt))
     sampling = {**model.sampling, **{k: v for k, v in OmegaConf.to_container(cfg.sampling).items() if v is not None}}

@@ -31,17 +31,9 @@ from barlab.data.pipeline import (Batch, Decode, LimitPerShard, RankSlice, Shuff
 from barlab.data.shard_writer import ensure_shards
 from barlab.data.transforms import ImageTransform
 from barlab.errors import ConfigError, DataError
+from barlab.validation import check_int
 
 log = logging.getLogger(__name__)
-
-
-def _positive(knob: str, value, fix: str, allow_none: bool = False, allow_zero: bool = False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
-        kind = "a non-negative" if allow_zero else "a positive"
-        raise ConfigError(f"data.{knob}", f"must be {kind} integer{' or null' if allow_none else ''}, got {value!r}", fix=fix)
-    return value
 
 
 class ImageShardDataModule(L.LightningDataModule):
@@ -68,16 +60,19 @@ class ImageShardDataModule(L.LightningDataModule):
             raise ConfigError("data.channels", f"must be 1, 3 or null, got {channels!r}", fix="data.channels=null")
         self.shards_dir = os.path.abspath(os.path.expanduser(str(shards_dir)))
         self.source = source
-        self.image_size = _positive("image_size", image_size, "data.image_size=32")
+        self.image_size = check_int(image_size, "data.image_size", fix="data.image_size=32")
         self._channels = channels
-        self.batch_size = _positive("batch_size", batch_size, "data.batch_size=64")
-        self.val_batch_size = _positive("val_batch_size", val_batch_size, "data.val_batch_size=null", allow_none=True)
-        self.num_workers = _positive("num_workers", num_workers, "data.num_workers=1", allow_zero=True)
-        self.epoch_length = _positive("epoch_length", epoch_length, "data.epoch_length=60000")
-        self.shuffle_buffer = _positive("shuffle_buffer", shuffle_buffer, "data.shuffle_buffer=2000", allow_zero=True)
-        self.max_val_samples = _positive("max_val_samples", max_val_samples, "data.max_val_samples=null", allow_none=True)
+        self.batch_size = check_int(batch_size, "data.batch_size", fix="data.batch_size=64")
+        self.val_batch_size = check_int(val_batch_size, "data.val_batch_size", allow_none=True,
+                                        fix="data.val_batch_size=null")
+        self.num_workers = check_int(num_workers, "data.num_workers", minimum=0, fix="data.num_workers=1")
+        self.epoch_length = check_int(epoch_length, "data.epoch_length", fix="data.epoch_length=60000")
+        self.shuffle_buffer = check_int(shuffle_buffer, "data.shuffle_buffer", minimum=0,
+                                        fix="data.shuffle_buffer=2000")
+        self.max_val_samples = check_int(max_val_samples, "data.max_val_samples", allow_none=True,
+                                         fix="data.max_val_samples=null")
         self.flip, self.random_crop, self.seed, self.pin_memory = bool(flip), bool(random_crop), int(seed), bool(pin_memory)
-        self.shard_size = _positive("shard_size", shard_size, "data.shard_size=2000")
+        self.shard_size = check_int(shard_size, "data.shard_size", fix="data.shard_size=2000")
         self._manifest: dict | None = None
         self._counters: list[SkipCounter] = []
 

@@ -26,7 +26,7 @@ from barlab.generator.embeddings import BitEmbedding, ClassPrefix, PositionEmbed
 from barlab.generator.kv_cache import KVCache
 from barlab.generator.layers import RMSNorm
 from barlab.generator.rope import Rope2D
-from barlab.tokenizer.quantizers.base import check_int
+from barlab.validation import check_int
 
 
 def _check(ok: bool, knob: str, message: str, fix: str) -> None:

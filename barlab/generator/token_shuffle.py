@@ -15,13 +15,12 @@ from einops import rearrange
 from torch import Tensor
 
 from barlab.errors import ConfigError
+from barlab.validation import check_int
 
 
 def check_shuffle(grid: tuple[int, int], p: int) -> tuple[int, int]:
     """Validate ``p`` against the token grid (H, W); return the AR grid (H/p, W/p)."""
-    if isinstance(p, bool) or not isinstance(p, int) or p < 1:
-        raise ConfigError("generator.token_shuffle", f"must be a positive integer, got {p!r}",
-                          fix="generator.token_shuffle=1")
+    p = check_int(p, "generator.token_shuffle", fix="generator.token_shuffle=1")
     height, width = (int(g) for g in grid)
     if height % p or width % p:
         raise ConfigError("generator.token_shuffle",

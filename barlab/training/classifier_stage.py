@@ -17,11 +17,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from barlab.cli import instantiate_checked
-from barlab.config_checks import positive_int
 from barlab.metrics.classifier import FORMAT, SmallCNN
 from barlab.training.classifier_module import ClassifierModule
 from barlab.utils.io import atomic_torch_save
 from barlab.utils.locks import exclusive_lock
+from barlab.validation import check_int
 
 log = logging.getLogger("barlab")
 
@@ -46,11 +46,11 @@ def classifier_path(cfg: DictConfig) -> Path:
 def train_classifier(cfg: DictConfig, path: Path) -> dict[str, Any]:
     """Train :class:`SmallCNN` on the train split, measure val accuracy, save to ``path``."""
     clf = cfg.metrics.classifier
-    steps = positive_int(clf.get("max_steps"), "metrics.classifier.max_steps", 800)
-    datamodule = instantiate_checked(cfg.data, "data", batch_size=positive_int(
-        clf.get("batch_size"), "metrics.classifier.batch_size", 128))
+    steps = check_int(clf.get("max_steps"), "metrics.classifier.max_steps", fix="metrics.classifier.max_steps=800")
+    datamodule = instantiate_checked(cfg.data, "data", batch_size=check_int(
+        clf.get("batch_size"), "metrics.classifier.batch_size", fix="metrics.classifier.batch_size=128"))
     config = {"in_channels": datamodule.channels, "num_classes": datamodule.num_classes,
-              "width": positive_int(clf.get("width"), "metrics.classifier.width", 32),
+              "width": check_int(clf.get("width"), "metrics.classifier.width", fix="metrics.classifier.width=32"),
               "image_size": int(cfg.data.image_size)}
     torch.manual_seed(int(cfg.get("seed", 0)))
     module = ClassifierModule(SmallCNN(**config), lr=float(clf.lr))

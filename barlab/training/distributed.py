@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 
 from barlab.errors import ConfigError
+from barlab.validation import check_int
 
 log = logging.getLogger("barlab")
 
@@ -162,6 +163,5 @@ def check_global_batches(cfg) -> None:
     for knob, global_batch, max_per_rank, can_accumulate in knobs:
         if global_batch is None:
             continue
-        if isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch < 1:
-            raise ConfigError(knob, f"must be a positive integer or null, got {global_batch!r}", fix=f"{knob}=null")
+        check_int(global_batch, knob, fix=f"{knob}=null", allow_none=True)
         split_global_batch(global_batch, world, max_per_rank, knob, can_accumulate)

@@ -5,7 +5,11 @@ One training step, written out (manual optimisation, because the GAN needs two o
 1. ``recon, q = tokenizer(x)``; loss = 0.1·L1 + 1.0·L2 (+ perceptual) (+ quantizer aux, e.g. KL)
    (+ gan_weight·hinge generator loss once ``global_step >= gan_start_step``)
 2. backward, clip the gradient norm, AdamW step, learning-rate schedule step
-3. if the GAN is on: one hinge step of the discriminator on (x, recon.detach())
+3. if the GAN is on (decided once per batch, before step 2): one hinge step of the discriminator
+   on (x, recon.detach()), not counted as a training step (see ``step_uncounted``)
+
+So ``global_step`` counts generator (autoencoder) steps with the GAN on or off: ``tokenizer.max_steps``,
+the LR schedule, ``gan_start_step``, the EMA and checkpoint periods and resume all mean those.
 
 Validation logs PSNR and SSIM on [0, 1] images, per-bit usage and entropy of the codes (never a
 2^k histogram) and the bits per image.
@@ -17,6 +21,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
@@ -100,6 +105,17 @@ class TokenizerModule(L.LightningModule):
     def gan_active(self) -> bool:
         return self.discriminator is not None and self.gan_weight > 0 and self.global_step >= self.gan_start_step
 
+    def step_uncounted(self, optimizer: LightningOptimizer) -> None:
+        """Step ``optimizer`` without counting a training step.
+
+        With manual optimisation Lightning counts every ``LightningOptimizer.step()`` toward
+        ``trainer.global_step`` (the wrapper's step hooks feed the loop's progress counter), so a
+        discriminator stepped that way would count each batch twice. The step goes through the
+        strategy instead, with the wrapped torch optimiser: the precision plugin (AMP gradient
+        scaling) and the ``on_before_optimizer_step`` hooks still run; only the counter does not move.
+        """
+        self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None, model=self)
+
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [-1, 1] → reconstructions clamped to [-1, 1]."""
@@ -114,6 +130,7 @@ class TokenizerModule(L.LightningModule):
         schedulers = self.lr_schedulers()
         schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
 
+        gan_on = self.gan_active  # once per batch: the generator's step below moves global_step on
         recon, q = self.tokenizer(images)
         terms = self.recon_loss(recon.float(), images.float())
         loss = terms["loss"] + q.loss
@@ -124,7 +141,7 @@ class TokenizerModule(L.LightningModule):
             perceptual = self.perceptual(recon.float(), images.float())
             loss = loss + self.perceptual_weight * perceptual
             logs["train/perceptual"] = perceptual
-        if self.gan_active:
+        if gan_on:
             g_loss = hinge_g_loss(self.discriminator(recon))
             loss = loss + self.gan_weight * g_loss
             logs["train/gan_g"] = g_loss
@@ -135,12 +152,12 @@ class TokenizerModule(L.LightningModule):
         opt_g.step()
         schedulers[0].step()
 
-        if self.gan_active and opt_d is not None:
+        if gan_on and opt_d is not None:
             d_loss = hinge_d_loss(self.discriminator(images), self.discriminator(recon.detach()))
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
             self.clip_gradients(opt_d, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
-            opt_d.step()
+            self.step_uncounted(opt_d)
             schedulers[1].step()
             logs["train/disc"] = d_loss
 

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from barlab.errors import ConfigError
 from barlab.generator.heads.base import (Guidance, Head, HeadOutput, bits_to_code, code_to_bits, fp32_region,
                                          gumbel_argmax)
-from barlab.tokenizer.quantizers.base import check_int
+from barlab.validation import check_int
 
 MAX_CODE_BITS = 62  # codes are built in int64
 BYTES_PER_PARAM = 16  # fp32 weight + its gradient + AdamW's two fp32 moments

@@ -10,7 +10,6 @@ Discrete quantizers additionally turn ``z`` into token bits (B, h, w, k) and bac
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, field
 
 from torch import Tensor, nn
@@ -35,18 +34,6 @@ class QuantizerOutput:
     codes: Tensor | None
     loss: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
-
-
-def check_int(value: object, knob: str, *, minimum: int = 1, fix: str | None = None) -> int:
-    """Return ``value`` as an ``int`` if it is an integer ``>= minimum``, else raise ConfigError.
-
-    Booleans, floats (even 8.0) and strings are rejected: a config that says ``bits: 2.5``,
-    ``bits: true`` or ``bits: "8"`` is a mistake we want to surface, not silently coerce.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ConfigError(knob, f"must be {what}, got {value!r}", fix=fix)
-    return int(value)
 
 
 def check_grid(grid: tuple[int, int]) -> tuple[int, int]:

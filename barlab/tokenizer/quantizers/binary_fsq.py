@@ -14,7 +14,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from barlab.errors import ConfigError
-from barlab.tokenizer.quantizers.base import Quantizer, QuantizerOutput, check_int
+from barlab.tokenizer.quantizers.base import Quantizer, QuantizerOutput
+from barlab.validation import check_int
 
 
 class BinaryFSQ(Quantizer):

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from barlab.errors import ConfigError
-from barlab.tokenizer.quantizers.base import Quantizer, QuantizerOutput, check_int
+from barlab.tokenizer.quantizers.base import Quantizer, QuantizerOutput
+from barlab.validation import check_int
 
 _LOGVAR_MIN, _LOGVAR_MAX = -30.0, 20.0  # same clamp as the LDM/SD-VAE DiagonalGaussianDistribution
 

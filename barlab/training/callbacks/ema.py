@@ -21,7 +21,8 @@ class EMA(L.Callback):
     decay: the target decay (the paper: 0.999).
     warmup: if true the decay used at step ``t`` is ``min(decay, (1 + t) / (10 + t))``, so that a
         short run is not dominated by its random initialisation.
-    every_n_steps: update period, in optimizer steps.
+    every_n_steps: update period, in training steps (``trainer.global_step``; for the GAN tokenizer
+        generator steps, its discriminator's steps are not counted).
     """
 
     def __init__(self, decay: float = 0.999, warmup: bool = True, every_n_steps: int = 1):

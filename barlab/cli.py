@@ -25,6 +25,17 @@ if not OmegaConf.has_resolver("barlab.cwd"):
     OmegaConf.register_new_resolver("barlab.cwd", os.getcwd)
 
 
+def generator_folder(ckpt: str) -> str:
+    """The folder of a generator checkpoint argument: ``ckpt`` itself if it is a folder, else its parent."""
+    path = Path(str(ckpt)).expanduser()
+    return str(path if path.is_dir() else path.parent)
+
+
+# `python -m barlab.sample -m ...`: the sampling grid goes beside the generator (configs/sample.yaml)
+if not OmegaConf.has_resolver("barlab.generator_folder"):
+    OmegaConf.register_new_resolver("barlab.generator_folder", generator_folder)
+
+
 def check_group_overrides(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
     """Reject ``group=option`` overrides whose option file does not exist, in one line.
 

@@ -72,12 +72,12 @@ def run(cfg: DictConfig) -> dict:
 
 
 def default_out_dir(generator_dir: Path, num_samples: int) -> Path:
-    """``<generator_dir>/samples_<N>``; in a multirun ``<generator_dir>/sampling_grid/<the job's overrides>``."""
+    """``<generator_dir>/samples_<N>``; in a multirun the job's folder,
+    ``<generator_dir>/sampling_grid/<the job's overrides>`` (configs/sample.yaml)."""
     from hydra.core.hydra_config import HydraConfig
 
-    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
-    if hydra_cfg is not None and str(hydra_cfg.mode) == "RunMode.MULTIRUN":
-        return generator_dir / "sampling_grid" / (hydra_cfg.job.override_dirname or f"job{hydra_cfg.job.num}")
+    if HydraConfig.initialized() and str(HydraConfig.get().mode) == "RunMode.MULTIRUN":
+        return Path(HydraConfig.get().runtime.output_dir)
     return generator_dir / f"samples_{num_samples}"
 
 

@@ -117,3 +117,106 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
     after = val_loss()
     assert trainer.global_step == 60
     assert after < 0.6 * before, (before, after)
+
+
+# ---------------------------------------------------------------- the generator's training step
+
+class _RecordingHead(nn.Module):
+    """A head that records what the training step hands it; its loss is a plain function of cond."""
+
+    def __init__(self, cond_dim, bits_per_step):
+        super().__init__()
+        self.cond_dim, self.bits_per_step = cond_dim, bits_per_step
+        self.scale = nn.Parameter(torch.ones(()))
+        self.calls = []
+
+    def loss(self, cond, bits):
+        from barlab.generator.heads.base import HeadOutput
+
+        self.calls.append((cond.detach().clone(), bits.clone()))
+        return HeadOutput(loss=(self.scale * cond).square().mean(), bit_accuracy=torch.tensor(0.5))
+
+
+def _generator_module(p=1, grid=(4, 4), k=2, label_drop=0.1, classes=5):
+    from barlab.generator import ARBackbone
+    from barlab.training.generator_module import GeneratorModule
+
+    torch.manual_seed(0)
+    steps = (grid[0] // p) * (grid[1] // p)
+    backbone = ARBackbone(k * p * p, (grid[0] // p, grid[1] // p), classes, width=16, depth=1, heads=2, cond_dim=8,
+                          class_repeat=1)
+    head = _RecordingHead(8, k * p * p)
+    module = GeneratorModule(backbone, head, nn.Identity(), grid=grid, token_shuffle=p, label_drop=label_drop)
+    return module, steps
+
+
+def test_generator_targets_are_the_bits_in_the_sampled_order():
+    module, steps = _generator_module()
+    gen = torch.Generator().manual_seed(1)
+    bits = torch.randint(0, 2, (3, steps, 2), generator=gen).float()
+    labels = torch.tensor([0, 2, 4])
+    order = torch.stack([torch.arange(steps).flip(0), torch.randperm(steps, generator=gen), torch.arange(steps)])
+    module._loss({"bits": bits, "label": labels}, order, labels)
+    cond, targets = module.head.calls[-1]
+    # row b, position j of the flattened targets is token order[b, j] of row b
+    by_hand = torch.stack([torch.stack([bits[b, int(order[b, j])] for j in range(steps)]) for b in range(3)])
+    assert torch.equal(targets, by_hand.reshape(-1, 2))
+    with torch.no_grad():
+        torch.testing.assert_close(cond, module.backbone(bits, labels, order).reshape(-1, 8))
+
+
+def test_generator_step_shuffles_p_by_p_tokens_into_one_step():
+    """p = 2 on a 4x4 grid of 4-bit tokens whose bits spell their raster index t: AR step (i, j) holds
+    tokens (2i + a, 2j + b) for (a, b) in raster order, each with its own 4 bits, one after the other."""
+    module, steps = _generator_module(p=2, k=4)
+    assert steps == 4
+    tokens = torch.arange(16)
+    bits = torch.stack([(tokens >> j) & 1 for j in range(4)], dim=-1).float()[None]   # token t -> the bits of t
+    bits = torch.cat([bits, 1 - bits])                                                # a second row, complemented
+    module._loss({"bits": bits, "label": torch.tensor([0, 1])}, None, torch.tensor([0, 1]))
+    _, targets = module.head.calls[-1]
+    targets = targets.reshape(2, 4, 16)
+    for i in range(2):
+        for j in range(2):
+            members = [(2 * i + a) * 4 + (2 * j + b) for a in range(2) for b in range(2)]
+            want = torch.cat([torch.tensor([(t >> q) & 1 for q in range(4)]).float() for t in members])
+            assert torch.equal(targets[0, i * 2 + j], want), (i, j)
+            assert torch.equal(targets[1, i * 2 + j], 1 - want)
+
+
+def test_training_step_drops_labels_at_rate_p_and_uses_random_orders_early(monkeypatch):
+    module, steps = _generator_module(label_drop=0.1)
+    seen = []
+    real_forward = module.backbone.forward
+
+    def spy(bits, labels, order=None):
+        seen.append((labels.clone(), order.clone(), bits.clone()))
+        return real_forward(bits, labels, order)
+
+    monkeypatch.setattr(module.backbone, "forward", spy)
+    monkeypatch.setattr(module, "log_dict", lambda *a, **k: None)   # logging needs a real Trainer
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+
+    class _AtStepZero:
+        max_steps, global_step = 1000, 0
+
+    module._trainer = _AtStepZero()
+    torch.manual_seed(0)
+    n, rounds = 500, 40
+    labels = torch.arange(n) % 5
+    gen = torch.Generator().manual_seed(3)
+    for i in range(rounds):
+        bits = torch.randint(0, 2, (n, steps, 2), generator=gen).float()
+        module.training_step({"bits": bits, "label": labels}, i)
+        fed, order, _ = seen[-1]
+        _, targets = module.head.calls[-1]
+        kept = fed != 5
+        assert torch.equal(fed[kept], labels[kept])           # undropped labels pass unchanged
+        # step 0 of 1000: random_ratio = 1, so every row is a permutation, and the targets follow it
+        assert torch.equal(order.sort(dim=1).values, torch.arange(steps).expand(n, steps))
+        assert torch.equal(targets.reshape(n, steps, 2), bits.gather(1, order[..., None].expand(-1, -1, 2)))
+    dropped = torch.stack([(s[0] == 5).float().mean() for s in seen]).mean().item()
+    # 20,000 Bernoulli(0.1) draws: std 0.0021, so +-0.01 is ~5 sigma
+    assert abs(dropped - 0.1) < 0.01, dropped
+    not_raster = torch.cat([(s[1] != torch.arange(steps)).any(1) for s in seen]).float().mean().item()
+    assert not_raster > 0.9  # a uniform permutation of 16 is the identity with probability 1/16!

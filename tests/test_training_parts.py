@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import lightning as L
@@ -220,3 +221,66 @@ def test_training_step_drops_labels_at_rate_p_and_uses_random_orders_early(monke
     assert abs(dropped - 0.1) < 0.01, dropped
     not_raster = torch.cat([(s[1] != torch.arange(steps)).any(1) for s in seen]).float().mean().item()
     assert not_raster > 0.9  # a uniform permutation of 16 is the identity with probability 1/16!
+
+
+# ---------------------------------------------------------------- the tokenizer's validation numbers
+
+class _EchoTokenizer(nn.Module):
+    """Reconstructs x as ``sign * x`` and reports hand-made bits (one (B, 2, 2, 3) tensor per batch, in turn)."""
+
+    def __init__(self, sign, bits):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.sign, self.bits, self.calls = sign, bits, 0
+        self.quantizer = SimpleNamespace(bits_per_token=3, is_discrete=True)
+        self.anchor = nn.Parameter(torch.zeros(()))  # something for the optimiser
+
+    def bits_per_image(self, size):
+        return 4 * 3
+
+    def forward(self, images):
+        from barlab.tokenizer.quantizers.base import QuantizerOutput
+
+        bits = self.bits[self.calls % len(self.bits)]
+        self.calls += 1
+        return self.sign * images + 0 * self.anchor, QuantizerOutput(latent=images, bits=bits, codes=bits.long(),
+                                                                     loss=torch.zeros(()), metrics={})
+
+
+def _validate(sign, tmp_path):
+    from barlab.training.tokenizer_module import TokenizerModule
+
+    images = [torch.full((2, 1, 8, 8), 0.5), torch.full((2, 1, 8, 8), -0.2)]
+    on, off = torch.ones(2, 2, 3), torch.zeros(2, 2, 3)
+    bits = [torch.tensor([1.0, 0.0, 1.0]).expand(2, 2, 2, 3),                         # every token 101
+            torch.stack([torch.tensor([1.0, 1.0, 0.0]).expand(2, 2, 3), off])]          # 110 and 000
+    assert on.shape == off.shape
+    module = TokenizerModule(_EchoTokenizer(sign, bits), image_size=8)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    batches = [{"image": x, "label": torch.zeros(2, dtype=torch.long)} for x in images]
+    out = trainer.validate(module, dataloaders=torch.utils.data.DataLoader(batches, batch_size=None),
+                           verbose=False)[0]
+    return out, module
+
+
+def test_tokenizer_validation_ssim_psnr_and_bit_usage_by_hand(tmp_path):
+    out, module = _validate(1.0, tmp_path)
+    assert out["val/ssim"] == pytest.approx(1.0, abs=1e-6)               # identical images
+    # usage over the 16 tokens: bit 0 set in 8 + 4, bit 1 in 4, bit 2 in 8
+    assert module.last_bit_stats["usage"] == pytest.approx([0.75, 0.25, 0.5])
+    h = lambda p: -(p * math.log2(p) + (1 - p) * math.log2(1 - p))  # noqa: E731
+    assert module.last_bit_stats["entropy"] == pytest.approx([h(0.75), h(0.75), 1.0])
+    assert out["val/bits_usage_min"] == pytest.approx(0.25) and out["val/bits_usage_max"] == pytest.approx(0.75)
+
+    out, _ = _validate(-1.0, tmp_path)                                    # each image against its negative
+    # constant images a, b in [0, 1]: no variance, so SSIM = (2ab + C1) / (a^2 + b^2 + C1), C1 = (0.01 * 1)^2
+    c1 = 1e-4
+    ssim = lambda a, b: (2 * a * b + c1) / (a * a + b * b + c1)  # noqa: E731
+    expected_ssim = (ssim(0.75, 0.25) + ssim(0.4, 0.6)) / 2              # v = 0.5 -> (0.75, 0.25); v = -0.2 -> (0.4, 0.6)
+    # (torchmetrics computes the local variances in float32: ~4e-7 of round-off against C2 = 9e-4 moves SSIM ~5e-4)
+    assert out["val/ssim"] == pytest.approx(expected_ssim, rel=1e-3)
+    # PSNR per image, data range 1: 10 log10(1 / (2a - 1)^2), averaged over the 4 images
+    expected_psnr = (10 * math.log10(1 / 0.25) + 10 * math.log10(1 / 0.04)) / 2
+    assert out["val/psnr"] == pytest.approx(expected_psnr, rel=1e-5)

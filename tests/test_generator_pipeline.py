@@ -64,6 +64,28 @@ def test_pretokenization_stores_original_and_flip_and_reads_back(tmp_path):
     train = next(iter(tokens.train_dataloader()))
     assert train["bits"].shape == (8, 16, 5) and set(train["bits"].unique().tolist()) <= {0.0, 1.0}
 
+    # the train shards hold, for image i, key ..._{i}_0 = bits of the image and ..._{i}_1 = bits of its mirror image
+    import tarfile
+
+    stored = {}
+    for shard in sorted((tmp_path / "tokens").glob("train-*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".bits"):
+                    stored[member.name[:-5]] = unpack_bits(tar.extractfile(member).read(), 16, 5)
+    assert len(stored) == 48
+    train_images = torch.cat([b["image"] for b in images.eval_dataset("train", batch_size=8)])
+    assert train_images.shape == (24, 3, 16, 16)
+    with torch.no_grad():
+        plain_bits = tokenizer.encode_bits(train_images)
+        mirror = torch.flip(train_images, dims=[3])                                  # left-right, by hand
+        assert torch.equal(mirror[..., 0], train_images[..., -1])
+        flipped_bits = tokenizer.encode_bits(mirror)
+    for i in range(24):
+        assert np.array_equal(stored[f"train_{i:07d}_0"], plain_bits[i].numpy()), i
+        assert np.array_equal(stored[f"train_{i:07d}_1"], flipped_bits[i].numpy()), i
+    assert not torch.equal(plain_bits, flipped_bits)
+
 
 def test_one_tiny_end_to_end_run_per_head(tmp_path):
     sweep = tmp_path / "sweep"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -101,8 +103,12 @@ def test_one_tiny_end_to_end_run_per_head(tmp_path):
         gen = results["generator"]
         assert gen["head"].lower().startswith(head[:3]) and gen["bits_per_step"] == 6 and gen["ar_steps"] == 16
         assert gen["train_steps"] == 6
-        assert 0.0 < gen["train_loss"] < 10.0 and 0.0 <= gen["train_bit_accuracy"] <= 1.0
-        assert 0.0 <= results["generator_val_bit_accuracy"] <= 1.0
+        # 6 steps from init (logits ~0, see test_heads.py) barely move the loss off the uniform cross-entropy:
+        # ln(2^6) = 6 ln 2 per token for the softmax over codes, ln 2 per bit for the per-bit heads; bit
+        # (the tokenizer's bits are not balanced, so the first steps learn their biases: the loss only falls)
+        uniform = 6 * math.log(2) if head == "linear" else math.log(2)
+        assert 0.85 * uniform < gen["train_loss"] < 1.02 * uniform, (head, gen["train_loss"], uniform)
+        assert 0.0 <= gen["train_bit_accuracy"] <= 1.0 and 0.0 <= results["generator_val_bit_accuracy"] <= 1.0
         grid = Image.open(run_dir / "sample_grid.png")
         # 4 classes x 2 samples per class, 16 px images with 2 px padding, enlarged x2
         assert grid.size == (2 * (2 * 18 + 2), 2 * (4 * 18 + 2))

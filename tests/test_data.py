@@ -233,6 +233,34 @@ def test_corrupt_sample_is_skipped_and_counted(tmp_path, num_workers):
     assert train["image"].shape == (4, 3, 8, 8)
 
 
+def test_skip_count_is_exact_with_two_loader_workers(tmp_path):
+    """Two val shards, one per worker, with 1 and 2 garbage samples: 3 skips in all, none lost or doubled."""
+    source = SyntheticSource(num_val=12, image_size=8)
+    samples = list(source.iter_samples("val"))
+    folder = tmp_path / "d"
+    folder.mkdir()
+    shards, garbage = [], {0: [2], 1: [0, 4]}
+    for s, part in enumerate((samples[:6], samples[6:])):
+        members = []
+        for i, (key, img, label) in enumerate(part):
+            if i in garbage[s]:
+                members += [(f"val_bad{s}{i}.cls", b"1"), (f"val_bad{s}{i}.png", b"not a png")]
+            members += [(f"{key}.cls", str(label).encode()), (f"{key}.png", _png(img))]
+        name = f"val-{s:06d}.tar"
+        _write_tar(str(folder / name), members)
+        shards.append(name)
+    manifest = {"source": "hand", "num_classes": source.num_classes, "class_names": source.class_names,
+                "channels": 3, "splits": {"val": {"num_samples": 12, "shards": shards},
+                                          "train": {"num_samples": 12, "shards": shards}}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    dm = ImageShardDataModule(str(folder), image_size=8, batch_size=4, num_workers=2)
+    batches = list(dm.val_dataloader())
+    labels = sorted(torch.cat([b["label"] for b in batches]).tolist())
+    assert labels == sorted(label for _, _, label in samples)      # all 12 good samples, each once
+    assert sum(b["skipped"] for b in batches) == 3
+    assert dm.skipped == 3
+
+
 def test_truncated_or_missing_shard_does_not_crash(tmp_path):
     source = SyntheticSource(num_train=8, num_val=30, image_size=8)
     out = str(tmp_path / "s")

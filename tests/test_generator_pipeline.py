@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -64,6 +66,28 @@ def test_pretokenization_stores_original_and_flip_and_reads_back(tmp_path):
     train = next(iter(tokens.train_dataloader()))
     assert train["bits"].shape == (8, 16, 5) and set(train["bits"].unique().tolist()) <= {0.0, 1.0}
 
+    # the train shards hold, for image i, key ..._{i}_0 = bits of the image and ..._{i}_1 = bits of its mirror image
+    import tarfile
+
+    stored = {}
+    for shard in sorted((tmp_path / "tokens").glob("train-*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".bits"):
+                    stored[member.name[:-5]] = unpack_bits(tar.extractfile(member).read(), 16, 5)
+    assert len(stored) == 48
+    train_images = torch.cat([b["image"] for b in images.eval_dataset("train", batch_size=8)])
+    assert train_images.shape == (24, 3, 16, 16)
+    with torch.no_grad():
+        plain_bits = tokenizer.encode_bits(train_images)
+        mirror = torch.flip(train_images, dims=[3])                                  # left-right, by hand
+        assert torch.equal(mirror[..., 0], train_images[..., -1])
+        flipped_bits = tokenizer.encode_bits(mirror)
+    for i in range(24):
+        assert np.array_equal(stored[f"train_{i:07d}_0"], plain_bits[i].numpy()), i
+        assert np.array_equal(stored[f"train_{i:07d}_1"], flipped_bits[i].numpy()), i
+    assert not torch.equal(plain_bits, flipped_bits)
+
 
 def test_one_tiny_end_to_end_run_per_head(tmp_path):
     sweep = tmp_path / "sweep"
@@ -79,8 +103,12 @@ def test_one_tiny_end_to_end_run_per_head(tmp_path):
         gen = results["generator"]
         assert gen["head"].lower().startswith(head[:3]) and gen["bits_per_step"] == 6 and gen["ar_steps"] == 16
         assert gen["train_steps"] == 6
-        assert 0.0 < gen["train_loss"] < 10.0 and 0.0 <= gen["train_bit_accuracy"] <= 1.0
-        assert 0.0 <= results["generator_val_bit_accuracy"] <= 1.0
+        # 6 steps from init (logits ~0, see test_heads.py) barely move the loss off the uniform cross-entropy:
+        # ln(2^6) = 6 ln 2 per token for the softmax over codes, ln 2 per bit for the per-bit heads; bit
+        # (the tokenizer's bits are not balanced, so the first steps learn their biases: the loss only falls)
+        uniform = 6 * math.log(2) if head == "linear" else math.log(2)
+        assert 0.85 * uniform < gen["train_loss"] < 1.02 * uniform, (head, gen["train_loss"], uniform)
+        assert 0.0 <= gen["train_bit_accuracy"] <= 1.0 and 0.0 <= results["generator_val_bit_accuracy"] <= 1.0
         grid = Image.open(run_dir / "sample_grid.png")
         # 4 classes x 2 samples per class, 16 px images with 2 px padding, enlarged x2
         assert grid.size == (2 * (2 * 18 + 2), 2 * (4 * 18 + 2))

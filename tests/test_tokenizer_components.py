@@ -270,3 +270,41 @@ def test_vgg_perceptual_loss_wrong_file(tmp_path):
     with pytest.raises(ConfigError) as err:
         VGGPerceptualLoss(str(path))
     assert err.value.knob == "tokenizer.loss.perceptual.weights_path"
+
+
+def test_vgg_perceptual_loss_exact_value_with_hand_built_weights(tmp_path):
+    """A VGG16 state dict that is zero except: conv 0 maps RGB channel c to output c with centre weight
+    a_c and bias b_c; convs 2, 5 and 7 pass channels 0..2 through (centre weight 1). Then, with
+    n(x) = ((x + 1) / 2 - mean) / std, relu1_2 = relu(a n(x) + b) on channels 0..2 (zero elsewhere) and
+    relu2_2 = maxpool2(relu1_2). The LPIPS-style distance is computed here from that formula alone."""
+    features = vgg16_features()
+    state = {k: torch.zeros_like(v) for k, v in features.state_dict().items()}
+    a, b = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([0.1, 0.0, -0.2])
+    for c in range(3):
+        state["0.weight"][c, c, 1, 1] = a[c]
+        for conv in ("2", "5", "7"):
+            state[f"{conv}.weight"][c, c, 1, 1] = 1.0
+    state["0.bias"][:3] = b
+    path = tmp_path / "hand_vgg.pth"
+    torch.save(state, path)
+    loss = VGGPerceptualLoss(str(path), layers=("relu1_2", "relu2_2"))
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 8, 8, generator=gen) * 2 - 1
+    y = torch.rand(2, 3, 8, 8, generator=gen) * 2 - 1
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    def layers(img):
+        r12 = torch.relu(a.view(1, 3, 1, 1) * (((img + 1) / 2 - mean) / std) + b.view(1, 3, 1, 1))
+        r22 = torch.nn.functional.max_pool2d(r12, 2)
+        return [r12, r22]   # the 61 / 125 zero channels add nothing to norms or differences
+
+    def unit(f):
+        return f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+
+    per_image = sum(((unit(p) - unit(q)) ** 2).sum(1).mean((1, 2)) for p, q in zip(layers(x), layers(y)))
+    torch.testing.assert_close(loss(x, y, reduction="none"), per_image, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss(x, y), per_image.mean(), rtol=1e-5, atol=1e-6)
+    # a gray image is its RGB repeat
+    torch.testing.assert_close(loss(x[:, :1], y[:, :1]), loss(x[:, :1].expand(-1, 3, -1, -1), y[:, :1].expand(-1, 3, -1, -1)))

@@ -1,4 +1,5 @@
-"""Build the Lightning pieces shared by every stage from the config: callbacks, loggers, trainer.
+"""Build the Lightning pieces shared by every stage from the config: callbacks, loggers, trainer,
+and the optimiser / LR-schedule factories of a stage's ``optim`` and ``scheduler`` nodes.
 
 Each stage (tokenizer, generator) gets its own sub-folder for checkpoints and CSV metrics, and
 its own schedule (``<stage>.max_steps``, ``<stage>.val_every``) on the shared ``trainer`` settings.
@@ -95,6 +96,20 @@ def auto_precision() -> str:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
+
+
+def build_optimization(stage_cfg: DictConfig, stage: str) -> dict:
+    """The stage's ``optim`` and ``scheduler`` nodes as factories, and its ``grad_clip``: the
+    LightningModule arguments ``optimizer``, ``scheduler`` and ``grad_clip``.
+
+    Both nodes are ``_partial_``; lists (``betas``) arrive as plain Python lists, never OmegaConf
+    nodes, so they pickle into checkpoints like any number.
+    """
+    return {
+        "optimizer": instantiate_checked(stage_cfg.optim, f"{stage}.optim", _convert_="all"),
+        "scheduler": instantiate_checked(stage_cfg.scheduler, f"{stage}.scheduler", _convert_="all"),
+        "grad_clip": stage_cfg.grad_clip,
+    }
 
 
 def build_trainer(cfg: DictConfig, stage_cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:

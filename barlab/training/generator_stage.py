@@ -27,7 +27,8 @@ from barlab.training.generator_module import GeneratorModule
 from barlab.training.optim import count_parameters
 from barlab.utils.io import link_folder
 from barlab.utils.locks import exclusive_lock
-from barlab.training.build import build_callbacks, build_loggers, build_trainer, checkpoint_dir, resume_point
+from barlab.training.build import (build_callbacks, build_loggers, build_optimization, build_trainer, checkpoint_dir,
+                                   resume_point)
 from barlab.training.distributed import apply_global_batch
 from barlab.training.run_state import RunState, is_rank_zero, stream_seed, wait_for_manifest
 
@@ -93,9 +94,8 @@ def build_generator_module(cfg: DictConfig, tokenizer, info: dict, num_classes: 
     head = instantiate_checked(cfg.head, "head", cond_dim=gen.backbone.cond_dim, bits_per_step=bits_per_step)
     module = GeneratorModule(
         backbone=backbone, head=head, tokenizer=tokenizer, grid=grid, token_shuffle=p,
-        label_drop=gen.label_drop, rar_start=gen.rar.start, rar_end=gen.rar.end, lr=gen.optim.lr,
-        betas=tuple(gen.optim.betas), weight_decay=gen.optim.weight_decay, warmup_steps=gen.optim.warmup_steps,
-        min_lr_ratio=gen.optim.min_lr_ratio, grad_clip=gen.optim.grad_clip, sampling=sampling_settings(cfg),
+        label_drop=gen.label_drop, rar_start=gen.rar.start, rar_end=gen.rar.end, sampling=sampling_settings(cfg),
+        **build_optimization(gen, "generator"),
     )
     return module
 

@@ -20,7 +20,8 @@ from barlab.tokenizer.checkpoint import build_tokenizer, load_tokenizer, save_to
 from barlab.training.callbacks.ema import EMA
 from barlab.training.evaluation import evaluate_tokenizer, headline
 from barlab.training.callbacks.recon_grid import ReconstructionGrid
-from barlab.training.build import build_callbacks, build_loggers, build_trainer, checkpoint_dir, resume_point
+from barlab.training.build import (build_callbacks, build_loggers, build_optimization, build_trainer, checkpoint_dir,
+                                   resume_point)
 from barlab.training.distributed import apply_global_batch
 from barlab.training.run_state import RunState, stream_seed
 from barlab.training.tokenizer_module import TokenizerModule
@@ -49,12 +50,7 @@ def build_tokenizer_module(cfg: DictConfig) -> TokenizerModule:
         discriminator=discriminator,
         gan_weight=gan.weight,
         gan_start_step=gan.start_step,
-        lr=tok.optim.lr,
-        betas=tuple(tok.optim.betas),
-        weight_decay=tok.optim.weight_decay,
-        warmup_steps=tok.optim.warmup_steps,
-        min_lr_ratio=tok.optim.min_lr_ratio,
-        grad_clip=tok.optim.grad_clip,
+        **build_optimization(tok, "tokenizer"),
     )
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from barlab.cli import instantiate_checked
 from barlab.errors import CheckpointError, ConfigError
@@ -122,6 +122,13 @@ def build_trainer(cfg: DictConfig, stage_cfg: DictConfig, callbacks: list, logge
                                   plugins=[AtomicCheckpointIO()], **extra)
     track_launcher(trainer)
     return trainer
+
+
+def log_config(trainer: L.Trainer, cfg: DictConfig) -> None:
+    """Send the run's whole config (resolved) to every logger as its hyperparameters."""
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hparams)
 
 
 def resolve_ckpt_path(cfg: DictConfig, stage: str, module: L.LightningModule) -> str | None:

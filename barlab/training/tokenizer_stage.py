@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from barlab.cli import instantiate_checked
 from barlab.tokenizer.checkpoint import build_tokenizer, load_tokenizer, save_tokenizer
@@ -21,7 +21,7 @@ from barlab.training.callbacks.ema import EMA
 from barlab.training.evaluation import evaluate_tokenizer, headline
 from barlab.training.callbacks.recon_grid import ReconstructionGrid
 from barlab.training.build import (build_callbacks, build_loggers, build_optimization, build_trainer, checkpoint_dir,
-                                   resume_point)
+                                   log_config, resume_point)
 from barlab.training.distributed import apply_global_batch
 from barlab.training.run_state import RunState, stream_seed
 from barlab.training.tokenizer_module import TokenizerModule
@@ -65,8 +65,7 @@ def run_tokenizer_stage(cfg: DictConfig, state: RunState) -> dict[str, Any]:
     trainer = build_trainer(cfg, cfg.tokenizer, callbacks, build_loggers(cfg, "tokenizer", state))
     apply_global_batch(trainer, datamodule, cfg.tokenizer.get("global_batch_size"), "tokenizer.global_batch_size",
                        can_accumulate=False)
-    for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    log_config(trainer, cfg)
 
     log.info("tokenizer: %s, %d bits per image, %.2fM parameters", type(module.tokenizer.quantizer).__name__,
              module.bits_per_image, sum(p.numel() for p in module.tokenizer.parameters()) / 1e6)

@@ -29,6 +29,7 @@ from barlab.data.base import SPLITS, ImageSource
 from barlab.errors import ConfigError, DataError
 from barlab.utils.io import disk_full_as_error
 from barlab.utils.locks import exclusive_lock
+from barlab.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,9 @@ def _write_split(source: ImageSource, split: str, folder: str, maxcount: int) ->
     """Write one split's shards into ``folder``; returns its manifest entry."""
     start = time.monotonic()
     with SplitShards(folder, split, maxcount) as writer:
-        for count, (key, img, label) in enumerate(source.iter_samples(split), start=1):
+        samples = progress(source.iter_samples(split), f"writing {split} shards", total=source.num_samples(split),
+                           unit="img")
+        for count, (key, img, label) in enumerate(samples, start=1):
             if "." in key or "/" in key:
                 raise DataError(f"source {source.name!r} made key {key!r}; keys must not contain '.' or '/'")
             if not 0 <= int(label) < source.num_classes:

@@ -65,6 +65,7 @@ def test_pretokenization_stores_original_and_flip_and_reads_back(tmp_path):
     assert train["bits"].shape == (8, 16, 5) and set(train["bits"].unique().tolist()) <= {0.0, 1.0}
 
 
+@pytest.mark.slow
 def test_one_tiny_end_to_end_run_per_head(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_module("barlab.train", "-m", "experiment=smoke", "head=linear,bitwise,mbm", "tokenizer.bits=6",

@@ -40,6 +40,7 @@ def test_smoke_run_writes_results_checkpoint_and_grid(tmp_path):
     assert tokenizer.decode_bits(bits, (4, 4)).shape == (2, 3, 16, 16)
 
 
+@pytest.mark.slow
 def test_multirun_writes_one_results_per_job(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_module("barlab.train", "-m", "experiment=smoke", "stage=tokenizer", "tokenizer.bits=4,8",
@@ -52,6 +53,7 @@ def test_multirun_writes_one_results_per_job(tmp_path):
     assert all(r["status"] == "ok" for r in by_bits.values())
 
 
+@pytest.mark.slow
 def test_failing_sweep_point_keeps_the_others_and_exits_nonzero(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_module("barlab.train", "-m", "experiment=smoke", "stage=tokenizer", "tokenizer.bits=0,4",

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from barlab.errors import BarlabError, ConfigError
 

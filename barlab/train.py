@@ -21,9 +21,9 @@ from typing import Any, Callable
 import hydra
 from omegaconf import DictConfig
 
+import barlab.slurm  # noqa: F401  (the launcher config's resolvers)
 from barlab.cli import CONFIG_DIR, precheck_command_line, report_error
 from barlab.config_checks import check_config
-import barlab.slurm  # noqa: F401  (the launcher config's resolvers)
 from barlab.errors import BarlabError
 from barlab.generator.image_generator import load_generator
 from barlab.tokenizer.checkpoint import load_tokenizer

@@ -3,7 +3,6 @@ work from its files; bad inputs exit 2 with one line."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import read_json, run_module
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
@@ -14,7 +15,6 @@ from barlab.data import ImageShardDataModule, SyntheticSource
 from barlab.data.pretokenize import pretokenize
 from barlab.data.token_shards import TokenShardDataModule, pack_bits, unpack_bits
 from barlab.tokenizer import BinaryFSQ, ConvDecoder, ConvEncoder, Tokenizer
-from helpers import read_json, run_module
 
 # (preset, bits per AR step, AR grid, paper parameter count)
 PRESETS = [("bar_b", 16, (16, 16), 415e6), ("bar_b_p2", 64, (8, 8), 415e6),

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import error_lines, read_json, run_module
 
 from barlab.training.callbacks.rng_state import collect_rng_states, restore_rng_states
 from barlab.training.run_state import checkpoint_step, stream_seed
-from helpers import error_lines, read_json, run_module
 
 SMOKE = ("experiment=smoke", "metrics.backend=random")
 

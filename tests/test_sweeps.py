@@ -29,7 +29,8 @@ def test_bit_budget_points_interleave_discrete_and_continuous():
     assert any(discrete[0] < d < continuous[-1] for d in discrete if d not in continuous)
 
 
-@pytest.mark.parametrize("point, target, bits_per_image", [("fsq48", "BinaryFSQ", 64 * 48), ("kl2", "KLLatent", 64 * 2 * 16)])
+@pytest.mark.parametrize("point, target, bits_per_image",
+                         [("fsq48", "BinaryFSQ", 64 * 48), ("kl2", "KLLatent", 64 * 2 * 16)])
 def test_bit_budget_points_resolve_to_their_quantizer(tmp_path, point, target, bits_per_image):
     proc = run_module("barlab.train", "-cd", str(SWEEPS), "-cn", "bit_budget", f"point={point}", "--cfg", "job",
                       "--resolve", cwd=tmp_path)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import error_lines, read_json, run_module
 from PIL import Image
 
 from barlab.tokenizer.checkpoint import load_tokenizer
-from helpers import error_lines, read_json, run_module
 
 
 def test_smoke_run_writes_results_checkpoint_and_grid(tmp_path):

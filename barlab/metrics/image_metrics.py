@@ -25,7 +25,6 @@ from barlab.metrics.precision_recall import precision_recall
 from barlab.metrics.reference import Reference
 from barlab.utils.progress import progress
 
-
 # torchmetrics warns that KID and IS keep their inputs; here those are features, bounded by max_pr_samples.
 warnings.filterwarnings("ignore", message=r".*will save all extracted features in buffer.*")
 

@@ -20,9 +20,9 @@ import torch
 from omegaconf import DictConfig
 
 from barlab.cli import instantiate_checked, pick_device
-from barlab.training.metric_setup import build_feature_net, load_reference, new_metrics, split_reference
 from barlab.metrics.feature_net import FeatureNet
 from barlab.metrics.reference import Reference
+from barlab.training.metric_setup import build_feature_net, load_reference, new_metrics, split_reference
 from barlab.utils.image_sets import write_npz
 from barlab.utils.images import to_uint8
 from barlab.utils.progress import progress, show_progress
@@ -120,7 +120,9 @@ def evaluate_generator(cfg: DictConfig, generate: Callable[..., torch.Tensor], n
     sampling_s = time.time() - start
     npz = write_npz(Path(run_dir) / "samples.npz", images, labels)
     result = evaluate_samples(cfg, images, labels)
-    result.update({"samples": str(npz), "sampling_s": round(sampling_s, 1), "wall_time_s": round(time.time() - start, 1)})
-    log.info("gFID %.3f, class accuracy %.3f on %d samples (%s)", result["fid"], result.get("class_accuracy", float("nan")),
+    result.update({"samples": str(npz), "sampling_s": round(sampling_s, 1),
+                   "wall_time_s": round(time.time() - start, 1)})
+    log.info("gFID %.3f, class accuracy %.3f on %d samples (%s)", result["fid"],
+             result.get("class_accuracy", float("nan")),
              result["num_samples"], result["feature_label"])
     return result

@@ -21,16 +21,23 @@ from barlab.data.token_shards import TokenShardDataModule, read_token_manifest
 from barlab.errors import ConfigError
 from barlab.generator.image_generator import save_generator
 from barlab.tokenizer.checkpoint import load_tokenizer
+from barlab.training.build import (
+    build_callbacks,
+    build_loggers,
+    build_optimization,
+    build_trainer,
+    checkpoint_dir,
+    log_config,
+    resume_point,
+)
 from barlab.training.callbacks.sample_grid import SampleGrid
+from barlab.training.distributed import apply_global_batch
 from barlab.training.evaluation import evaluate_generator, headline
 from barlab.training.generator_module import GeneratorModule
 from barlab.training.optim import count_parameters
+from barlab.training.run_state import RunState, is_rank_zero, stream_seed, wait_for_manifest
 from barlab.utils.io import link_folder
 from barlab.utils.locks import exclusive_lock
-from barlab.training.build import (build_callbacks, build_loggers, build_optimization, build_trainer, checkpoint_dir,
-                                   log_config, resume_point)
-from barlab.training.distributed import apply_global_batch
-from barlab.training.run_state import RunState, is_rank_zero, stream_seed, wait_for_manifest
 
 log = logging.getLogger("barlab")
 

@@ -94,7 +94,8 @@ def split_reference(cfg: DictConfig, net: FeatureNet, split: str, max_samples: i
         return ref
 
 
-def reference_from_file(cfg: DictConfig, net: FeatureNet, path: Path, knob: str = "metrics.reference.path") -> Reference:
+def reference_from_file(cfg: DictConfig, net: FeatureNet, path: Path,
+                        knob: str = "metrics.reference.path") -> Reference:
     """Statistics from an npz (barlab statistics, ADM batch, or images) or a folder of images.
 
     Features of the file's images (if any) are computed: all statistics when it holds images only,

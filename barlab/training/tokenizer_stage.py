@@ -17,12 +17,19 @@ from omegaconf import DictConfig
 
 from barlab.cli import instantiate_checked
 from barlab.tokenizer.checkpoint import build_tokenizer, load_tokenizer, save_tokenizer
+from barlab.training.build import (
+    build_callbacks,
+    build_loggers,
+    build_optimization,
+    build_trainer,
+    checkpoint_dir,
+    log_config,
+    resume_point,
+)
 from barlab.training.callbacks.ema import EMA
-from barlab.training.evaluation import evaluate_tokenizer, headline
 from barlab.training.callbacks.recon_grid import ReconstructionGrid
-from barlab.training.build import (build_callbacks, build_loggers, build_optimization, build_trainer, checkpoint_dir,
-                                   log_config, resume_point)
 from barlab.training.distributed import apply_global_batch
+from barlab.training.evaluation import evaluate_tokenizer, headline
 from barlab.training.run_state import RunState, stream_seed
 from barlab.training.tokenizer_module import TokenizerModule
 
@@ -34,7 +41,8 @@ def build_tokenizer_module(cfg: DictConfig) -> TokenizerModule:
     tok = cfg.tokenizer
     tokenizer = build_tokenizer(tok)  # constructor errors surface as one-line ConfigErrors
     gan, perceptual = tok.loss.gan, tok.loss.perceptual
-    discriminator = instantiate_checked(gan.discriminator, "tokenizer.loss.gan.discriminator") if gan.weight > 0 else None
+    discriminator = (instantiate_checked(gan.discriminator, "tokenizer.loss.gan.discriminator")
+                     if gan.weight > 0 else None)
     perceptual_net = None
     if perceptual.weight > 0:
         from barlab.tokenizer.perceptual import VGGPerceptualLoss

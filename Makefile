@@ -1,6 +1,6 @@
 # Two commands do everything (each is safe to run again):
 #   make demo   - set up (venv, packages, Fashion-MNIST) and run the main job
-#   make test   - set up and run the test suite
+#   make test   - set up, lint (ruff) and run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,13 +9,17 @@ STAMP_DEV := $(VENV)/.barlab-dev-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 ARGS   ?=
 
-.PHONY: demo test setup setup-dev data clean
+.PHONY: demo test lint setup setup-dev data clean
 
 demo: setup data
 	$(PY) -m barlab.train $(ARGS)
 
-test: setup-dev
+test: setup-dev lint
 	$(PY) -m pytest $(ARGS)
+
+# lint rules: [tool.ruff] in pyproject.toml (ruff comes with the dev extra)
+lint: setup-dev
+	$(PY) -m ruff check barlab tests
 
 setup: $(STAMP)
 

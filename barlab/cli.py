@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from barlab.errors import BarlabError, ConfigError
 
@@ -104,6 +104,9 @@ def hydra_tool(config_name: str, run: Callable[[DictConfig], Any]) -> Callable[[
 
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
     def _hydra_main(cfg: DictConfig) -> None:
+        from barlab.utils.log_routing import route_lightning_logs
+
+        route_lightning_logs()  # Hydra has configured logging by now
         try:
             run(cfg)
         except BarlabError as err:

@@ -46,7 +46,7 @@ def check_config(cfg: DictConfig) -> None:
         check_int(tok.quantizer.get("channels"), "tokenizer.quantizer.channels", fix="tokenizer.quantizer.channels=4")
     elif quantizer.endswith("FSQ"):
         levels = tok.quantizer.get("levels")
-        if not levels or any(isinstance(l, bool) or not isinstance(l, int) or l < 2 for l in levels):
+        if not levels or any(isinstance(lv, bool) or not isinstance(lv, int) or lv < 2 for lv in levels):
             raise ConfigError("tokenizer.quantizer.levels", f"must be a list of integers >= 2, got {levels}",
                               fix="tokenizer.quantizer.levels=[8,5,5,5]")
 

@@ -54,7 +54,8 @@ def run(cfg: DictConfig) -> dict:
     npz = write_npz(out_dir / "samples.npz", images, labels)
     if cfg.png:
         write_png_folder(out_dir / "images", images, labels)
-    summary = {"generator": info["path"], "head": type(model.head).__name__.removesuffix("Head").lower(), "num_samples": int(images.shape[0]), "per_class": per_class,
+    summary = {"generator": info["path"], "head": type(model.head).__name__.removesuffix("Head").lower(),
+               "num_samples": int(images.shape[0]), "per_class": per_class,
                "num_classes": model.num_classes, "image_shape": list(images.shape[1:]), "sampling": sampling,
                "seed": int(cfg.seed), "device": str(device), "sampling_s": round(elapsed, 1),
                "images_per_s": round(images.shape[0] / max(elapsed, 1e-9), 2), "npz": str(npz),

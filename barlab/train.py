@@ -21,9 +21,9 @@ from typing import Any, Callable
 import hydra
 from omegaconf import DictConfig
 
+import barlab.slurm  # noqa: F401  (the launcher config's resolvers)
 from barlab.cli import CONFIG_DIR, precheck_command_line, report_error
 from barlab.config_checks import check_config
-import barlab.slurm  # noqa: F401  (the launcher config's resolvers)
 from barlab.errors import BarlabError
 from barlab.generator.image_generator import load_generator
 from barlab.tokenizer.checkpoint import load_tokenizer
@@ -35,6 +35,7 @@ from barlab.training.results import hydra_context, write_results
 from barlab.training.run_state import RUN_FILE, RunState
 from barlab.training.tokenizer_cache import TokenizerCache, run_cached_tokenizer_stage
 from barlab.training.tokenizer_stage import run_tokenizer_stage
+from barlab.utils.log_routing import route_lightning_logs
 
 log = logging.getLogger("barlab")
 
@@ -169,6 +170,7 @@ def objective_value(cfg: DictConfig, body: dict[str, Any]) -> float:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
+    route_lightning_logs()  # Hydra has configured logging by now
     multirun = hydra_context()["mode"] == "multirun"
     try:
         body = run(cfg)

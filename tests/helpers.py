@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -40,3 +42,25 @@ def read_json(path: Path) -> dict:
 def error_lines(stderr: str) -> list[str]:
     """The lines barlab prints for a user error."""
     return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def gpu_count() -> int:
+    """CUDA devices this process sees (0 without a CUDA build of torch)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def run_if(min_gpus: int = 0) -> pytest.MarkDecorator:
+    """A ``skipif`` mark, RunIf-style: skip unless the machine has what the test needs.
+
+    Use it with the ``gpu`` marker (so ``-m "not gpu"`` deselects the test everywhere)::
+
+        @pytest.mark.gpu
+        @run_if(min_gpus=1)
+        def test_on_cuda(): ...
+    """
+    reasons = []
+    if min_gpus and gpu_count() < min_gpus:
+        reasons.append(f"needs {min_gpus} GPU(s), has {gpu_count()}")
+    return pytest.mark.skipif(bool(reasons), reason="; ".join(reasons) or "requirements met")

@@ -7,8 +7,16 @@ import torch
 from einops import rearrange
 
 from barlab.errors import ConfigError
-from barlab.generator import (ARBackbone, ARSampler, BitwiseHead, MBMHead, random_ratio, sample_orders, shuffle,
-                              unshuffle)
+from barlab.generator import (
+    ARBackbone,
+    ARSampler,
+    BitwiseHead,
+    MBMHead,
+    random_ratio,
+    sample_orders,
+    shuffle,
+    unshuffle,
+)
 
 K, GRID, CLASSES, COND = 6, (4, 4), 10, 24
 L = GRID[0] * GRID[1]

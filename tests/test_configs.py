@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 from barlab.cli import CONFIG_DIR, check_group_overrides
 from barlab.config_checks import check_config
@@ -70,7 +66,6 @@ def test_each_quantizer_trains_a_few_steps(tmp_path, quantizer, bits_per_token, 
 
 
 def test_fsdp_preset_shards_each_transformer_block():
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     from barlab.cli import CONFIG_DIR

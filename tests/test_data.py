@@ -15,9 +15,18 @@ import pytest
 import torch
 from PIL import Image
 
-from barlab.data import (FashionMNISTSource, ImageFolderSource, ImageShardDataModule, ImageTransform,
-                         SyntheticSource, ensure_shards, read_idx, write_idx, write_shards)
-from barlab.data import fashion_mnist
+from barlab.data import (
+    FashionMNISTSource,
+    ImageFolderSource,
+    ImageShardDataModule,
+    ImageTransform,
+    SyntheticSource,
+    ensure_shards,
+    fashion_mnist,
+    read_idx,
+    write_idx,
+    write_shards,
+)
 from barlab.data.tarstream import iter_tar
 from barlab.data.transforms import center_crop, resize_shorter, to_tensor
 from barlab.errors import ConfigError, DataError
@@ -135,7 +144,8 @@ def test_fashion_mnist_lookup_errors(tmp_path, monkeypatch):
     source = FashionMNISTSource(download_dir=str(tmp_path / "dl"))
     assert not (tmp_path / "dl").exists()  # constructing does not download
     assert [label for _, _, label in source.iter_samples("val")] == arrays["val"][1].tolist()
-    assert sorted(os.listdir(tmp_path / "dl")) == sorted(n + ".gz" for pair in fashion_mnist.FILES.values() for n in pair)
+    expected = sorted(n + ".gz" for pair in fashion_mnist.FILES.values() for n in pair)
+    assert sorted(os.listdir(tmp_path / "dl")) == expected
 
     monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", str(tmp_path / "mirror"))  # the Debian folder needs no idx_dir
     assert FashionMNISTSource(allow_download=False).num_samples("train") == 3
@@ -214,7 +224,8 @@ def _hand_made_dataset(folder, source, garbage_at=3):
     _write_tar(os.path.join(folder, "train-000000.tar"), members)
     n = source.num_samples("val")
     manifest = {"source": "hand", "num_classes": source.num_classes, "class_names": source.class_names,
-                "channels": 3, "splits": {s: {"num_samples": n, "shards": [f"{s}-000000.tar"]} for s in ("train", "val")}}
+                "channels": 3,
+                "splits": {s: {"num_samples": n, "shards": [f"{s}-000000.tar"]} for s in ("train", "val")}}
     with open(os.path.join(folder, "manifest.json"), "w") as f:
         json.dump(manifest, f)
 

@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from helpers import read_json, run_module
 
 pytestmark = pytest.mark.slow

@@ -3,7 +3,6 @@ work from its files; bad inputs exit 2 with one line."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -41,6 +40,7 @@ def test_a_run_reports_rfid_gfid_and_class_accuracy_with_their_backend(smoke_run
     assert (run / "generator.pt").is_file()
 
 
+@pytest.mark.slow
 def test_sample_writes_adm_npz_and_pngs_reproducibly(smoke_run):
     root, run = smoke_run
     outs = []
@@ -60,6 +60,7 @@ def test_sample_writes_adm_npz_and_pngs_reproducibly(smoke_run):
     assert not (root / "g1" / "images").exists()
 
 
+@pytest.mark.slow
 def test_real_images_score_near_zero_and_samples_do_not(smoke_run):
     root, run = smoke_run
     proc = run_module("barlab.data.export", *SMOKE_DATA, "split=val", f"out_dir={root / 'real'}", cwd=root)
@@ -86,6 +87,7 @@ def test_real_images_score_near_zero_and_samples_do_not(smoke_run):
     assert abs(self_score["fid"]) < 1e-6 and self_score["precision"] == 1.0
 
 
+@pytest.mark.slow
 def test_evaluate_and_sample_refuse_bad_input_in_one_line(smoke_run, tmp_path):
     root, run = smoke_run
     proc = run_module("barlab.evaluate", *SMOKE_DATA, f"samples={tmp_path / 'none.npz'}", cwd=root)

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import error_lines, read_json, run_module
 
 FAST = ["experiment=smoke", "metrics.rfid.enabled=false", "metrics.gfid.enabled=false"]

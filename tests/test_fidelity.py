@@ -30,8 +30,8 @@ from barlab.generator.guidance import guidance_scale
 from barlab.generator.heads import BitwiseHead, LinearHead, MBMHead, bitwise_head_params, linear_head_memory
 from barlab.generator.heads import mbm as mbm_module
 from barlab.generator.sampler import ARSampler
-from barlab.training.optim import decay_groups
 from barlab.training.distributed import split_global_batch
+from barlab.training.optim import decay_groups
 from tests.helpers import error_lines, read_json, run_module
 
 

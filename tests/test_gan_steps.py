@@ -7,6 +7,7 @@ periods, resume) must advance by one per batch, not by two once the discriminato
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -16,6 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from barlab.tokenizer import BinaryFSQ, ConvDecoder, ConvEncoder, PatchDiscriminator, Tokenizer
 from barlab.training.callbacks.ema import EMA
+from barlab.training.schedules import warmup_cosine_scheduler
 from barlab.training.tokenizer_module import TokenizerModule
 
 MAX_STEPS = 20
@@ -48,8 +50,9 @@ def gan_module() -> TokenizerModule:
     tokenizer = Tokenizer(ConvEncoder(3, width=8, depth=1, downsample=4, out_channels=8), BinaryFSQ(8, bits=4),
                           ConvDecoder(3, width=8, depth=1, upsample=4, in_channels=8))
     return TokenizerModule(tokenizer, image_size=16, discriminator=PatchDiscriminator(3, width=8, n_layers=2),
-                           gan_weight=0.1, gan_start_step=GAN_START, lr=LR, warmup_steps=WARMUP,
-                           min_lr_ratio=MIN_RATIO)
+                           gan_weight=0.1, gan_start_step=GAN_START,
+                           optimizer=partial(torch.optim.AdamW, lr=LR, betas=(0.9, 0.999), weight_decay=0.0),
+                           scheduler=partial(warmup_cosine_scheduler, warmup_steps=WARMUP, min_lr_ratio=MIN_RATIO))
 
 
 def fit(module: TokenizerModule, folder: Path, ckpt_path: str | None = None) -> tuple[L.Trainer, StepProbe, EMA]:

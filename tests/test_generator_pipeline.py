@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import read_json, run_module
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
@@ -16,7 +17,6 @@ from barlab.data import ImageShardDataModule, SyntheticSource
 from barlab.data.pretokenize import pretokenize
 from barlab.data.token_shards import TokenShardDataModule, pack_bits, unpack_bits
 from barlab.tokenizer import BinaryFSQ, ConvDecoder, ConvEncoder, Tokenizer
-from helpers import read_json, run_module
 
 # (preset, bits per AR step, AR grid, paper parameter count)
 PRESETS = [("bar_b", 16, (16, 16), 415e6), ("bar_b_p2", 64, (8, 8), 415e6),
@@ -89,6 +89,7 @@ def test_pretokenization_stores_original_and_flip_and_reads_back(tmp_path):
     assert not torch.equal(plain_bits, flipped_bits)
 
 
+@pytest.mark.slow
 def test_one_tiny_end_to_end_run_per_head(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_module("barlab.train", "-m", "experiment=smoke", "head=linear,bitwise,mbm", "tokenizer.bits=6",

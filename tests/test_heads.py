@@ -10,8 +10,14 @@ import torch.nn.functional as F
 
 from barlab.errors import ConfigError
 from barlab.generator.guidance import guidance_scale
-from barlab.generator.heads import (BitwiseHead, LinearHead, MBMHead, check_allocation, cosine_allocation,
-                                    linear_head_params)
+from barlab.generator.heads import (
+    BitwiseHead,
+    LinearHead,
+    MBMHead,
+    check_allocation,
+    cosine_allocation,
+    linear_head_params,
+)
 from barlab.generator.heads import linear as linear_module
 from barlab.generator.heads.allocation import cumulative
 

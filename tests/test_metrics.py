@@ -191,7 +191,7 @@ def test_adm_npz_rounds_pixels_and_png_folders_round_trip(tmp_path):
     assert sorted(p.name for p in (tmp_path / "png").iterdir())[:2] == ["000000_class0.png", "000001_class1.png"]
     chunks = list(iter_image_set(tmp_path / "png", batch_size=2))
     back = torch.cat([c for c, _ in chunks])
-    assert torch.equal(back, images) and torch.cat([l for _, l in chunks]).tolist() == labels.tolist()
+    assert torch.equal(back, images) and torch.cat([lab for _, lab in chunks]).tolist() == labels.tolist()
     from_npz = torch.cat([c for c, _ in iter_image_set(path)])
     assert torch.equal(from_npz[:, :1], images)
     with pytest.raises(DataError, match="no images"):

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import error_lines, read_json, run_module
 
 from barlab.training.callbacks.rng_state import collect_rng_states, restore_rng_states
 from barlab.training.run_state import checkpoint_step, stream_seed
-from helpers import error_lines, read_json, run_module
 
 SMOKE = ("experiment=smoke", "metrics.backend=random")
 
@@ -42,6 +42,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_sigkill_during_generator_training_then_the_same_command_resumes(tmp_path):
     args = (*SMOKE, "run_name=killed", "generator.max_steps=200", "generator.val_every=100",
             "callbacks.model_checkpoint.every_n_train_steps=20", "logger=wandb")
@@ -82,6 +83,7 @@ def test_sigkill_during_generator_training_then_the_same_command_resumes(tmp_pat
     assert runs == sorted([ids["tokenizer"], ids["generator"], ids["generator"]])
 
 
+@pytest.mark.slow
 def test_each_job_of_an_in_process_sweep_gets_its_own_wandb_run(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_module("barlab.train", "-m", *SMOKE, "stage=tokenizer", "metrics.rfid.enabled=false",
@@ -96,6 +98,7 @@ def test_each_job_of_an_in_process_sweep_gets_its_own_wandb_run(tmp_path):
     assert ids[0] != ids[1]
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_reuses_both_stages(tmp_path):
     args = (*SMOKE, "run_name=twice")
     first = run_module("barlab.train", *args, cwd=tmp_path)
@@ -115,6 +118,7 @@ def test_rerunning_a_finished_run_reuses_both_stages(tmp_path):
     assert len(run["attempts"]) == 2 and run["run_name"] == "twice"
 
 
+@pytest.mark.slow
 def test_another_recipe_in_the_same_run_folder_is_refused_and_nothing_is_touched(tmp_path):
     base = (*SMOKE, "stage=tokenizer", "run_name=mine", "metrics.rfid.enabled=false", "tokenizer.max_steps=4",
             "tokenizer.val_every=4")
@@ -202,6 +206,7 @@ def test_a_global_batch_the_world_cannot_take_is_refused_before_anything_runs(tm
     assert not (run_dir(tmp_path, "gb") / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_without_sweep_dir_lands_in_its_run_name_and_resumes_there(tmp_path):
     args = ("-m", *SMOKE, "stage=tokenizer", "metrics.rfid.enabled=false", "tokenizer.bits=4,6",
             "tokenizer.max_steps=4", "tokenizer.val_every=4", "run_name=study")

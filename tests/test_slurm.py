@@ -22,11 +22,11 @@ import lightning as L
 import pandas as pd
 import pytest
 import torch
+from helpers import REPO, error_lines, read_json, run_module
 
 from barlab.training.callbacks.preemption import PreemptionCheckpoint
 from barlab.training.checkpoint_io import AtomicCheckpointIO
 from barlab.training.run_state import checkpoint_step
-from helpers import REPO, error_lines, read_json, run_module
 
 
 def cluster_problem() -> str | None:
@@ -364,7 +364,8 @@ def test_failed_job_is_a_row_and_the_sweep_exits_1(tmp_path, cancel_jobs):
 
 # --- requeue and time limit: the job continues from its checkpoint ------------------------------
 
-def sweep_in_background(tmp_path: Path, sweep_dir: Path, *overrides: str, timeout: int) -> tuple[threading.Thread, dict]:
+def sweep_in_background(tmp_path: Path, sweep_dir: Path, *overrides: str,
+                        timeout: int) -> tuple[threading.Thread, dict]:
     """Start :func:`sweep` in a thread; the dict gets ``proc`` when it returns."""
     out: dict = {}
     thread = threading.Thread(target=lambda: out.update(proc=sweep(tmp_path, sweep_dir, *overrides, timeout=timeout)),
@@ -416,7 +417,8 @@ def test_time_limit_checkpoints_requeues_and_finishes(tmp_path, tiny_tokenizer, 
     # Lightning's Timer keeps across the resume), so that no machine speed lets it finish first.
     thread, out = sweep_in_background(
         tmp_path, sweep_dir, "stage=generator", f"tokenizer_ckpt={tiny_tokenizer}", *SMOKE,
-        "generator.max_steps=1000000", "generator.val_every=5000", "callbacks.model_checkpoint.every_n_train_steps=1000000",
+        "generator.max_steps=1000000", "generator.val_every=5000",
+        "callbacks.model_checkpoint.every_n_train_steps=1000000",
         "+trainer.max_time='00:00:00:48'", "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10",
         "hydra.launcher.max_num_timeout=1", timeout=300)
     log_file = run_dir / "train.log"

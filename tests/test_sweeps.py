@@ -29,7 +29,8 @@ def test_bit_budget_points_interleave_discrete_and_continuous():
     assert any(discrete[0] < d < continuous[-1] for d in discrete if d not in continuous)
 
 
-@pytest.mark.parametrize("point, target, bits_per_image", [("fsq48", "BinaryFSQ", 64 * 48), ("kl2", "KLLatent", 64 * 2 * 16)])
+@pytest.mark.parametrize("point, target, bits_per_image",
+                         [("fsq48", "BinaryFSQ", 64 * 48), ("kl2", "KLLatent", 64 * 2 * 16)])
 def test_bit_budget_points_resolve_to_their_quantizer(tmp_path, point, target, bits_per_image):
     proc = run_module("barlab.train", "-cd", str(SWEEPS), "-cn", "bit_budget", f"point={point}", "--cfg", "job",
                       "--resolve", cwd=tmp_path)
@@ -66,6 +67,7 @@ def execute_notebook(name: str, sweep: Path) -> str:
     return "\n".join(text)
 
 
+@pytest.mark.slow
 def test_bit_budget_sweep_table_figure_and_notebook(tmp_path):
     sweep = tmp_path / "bb"
     proc = run_module("barlab.train", "-m", "-cd", str(SWEEPS), "-cn", "bit_budget", "experiment=smoke",
@@ -83,6 +85,7 @@ def test_bit_budget_sweep_table_figure_and_notebook(tmp_path):
     assert "3 jobs" in text and "RANDOM features" in text
 
 
+@pytest.mark.slow
 def test_head_sweep_keeps_refused_points_and_the_notebook_marks_them(tmp_path):
     sweep = tmp_path / "heads"
     proc = run_module("barlab.train", "-m", "-cd", str(SWEEPS), "-cn", "head_type", "experiment=smoke",
@@ -140,6 +143,7 @@ def test_a_killed_job_is_a_missing_row_not_a_silent_gap(tmp_path):
     assert run_module("barlab.analysis", str(tmp_path / "nothing"), cwd=tmp_path).returncode == 2
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_on_optuna_4_or_later_with_shared_storage(tmp_path):
     import optuna
 

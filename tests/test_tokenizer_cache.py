@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import read_json, run_module
 
 from barlab.training.tokenizer_cache import TokenizerCache, attempt_token, cache_key
-from helpers import read_json, run_module
 
 SMOKE = ("experiment=smoke", "metrics.backend=random")
 
@@ -62,6 +62,7 @@ def check_one_tokenizer_for_both(sweep: Path) -> dict:
     return caches[0]
 
 
+@pytest.mark.slow
 def test_a_sweep_over_heads_trains_one_tokenizer(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_module("barlab.train", "-m", *SMOKE, "head=bitwise,mbm", f"hydra.sweep.dir={sweep}", cwd=tmp_path)

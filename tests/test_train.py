@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from helpers import error_lines, read_json, run_module
 from PIL import Image
 
 from barlab.tokenizer.checkpoint import load_tokenizer
-from helpers import error_lines, read_json, run_module
 
 
 def test_smoke_run_writes_results_checkpoint_and_grid(tmp_path):
@@ -62,6 +62,7 @@ def test_smoke_run_writes_results_checkpoint_and_grid(tmp_path):
     assert results["ssim"] < 0.999  # 20 steps do not reconstruct perfectly: the number is not a constant
 
 
+@pytest.mark.slow
 def test_multirun_writes_one_results_per_job(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_module("barlab.train", "-m", "experiment=smoke", "stage=tokenizer", "tokenizer.bits=4,8",
@@ -74,6 +75,7 @@ def test_multirun_writes_one_results_per_job(tmp_path):
     assert all(r["status"] == "ok" for r in by_bits.values())
 
 
+@pytest.mark.slow
 def test_failing_sweep_point_keeps_the_others_and_exits_nonzero(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_module("barlab.train", "-m", "experiment=smoke", "stage=tokenizer", "tokenizer.bits=0,4",

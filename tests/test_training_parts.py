@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from functools import partial
 
 import lightning as L
 import numpy as np
@@ -13,7 +14,7 @@ from torch import nn
 
 from barlab.training.callbacks.ema import EMA
 from barlab.training.checkpoint_io import AtomicCheckpointIO
-from barlab.training.schedules import warmup_cosine
+from barlab.training.schedules import warmup_cosine, warmup_cosine_scheduler
 from barlab.utils.images import make_grid, to_uint8
 
 
@@ -99,7 +100,9 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
     tokenizer = Tokenizer(ConvEncoder(3, width=16, depth=1, downsample=4, out_channels=16),
                           BinaryFSQ(16, bits=12),
                           ConvDecoder(3, width=16, depth=1, upsample=4, in_channels=16))
-    module = TokenizerModule(tokenizer, image_size=16, lr=3e-3, warmup_steps=5)
+    module = TokenizerModule(tokenizer, image_size=16,
+                             optimizer=partial(torch.optim.AdamW, lr=3e-3, betas=(0.9, 0.999), weight_decay=0.0),
+                             scheduler=partial(warmup_cosine_scheduler, warmup_steps=5, min_lr_ratio=0.1))
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(32, 3, 16, 16, generator=gen) * 2 - 1
     images = torch.nn.functional.avg_pool2d(images, 3, 1, 1)  # smooth, learnable images

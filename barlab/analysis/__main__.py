@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     folder = Path(args.folder)
     if not folder.is_dir():
-        print(f"error: {folder} is not a folder (fix: pass a sweep folder such as outputs/bit_budget/multiruns/<date_time>)",
+        print(f"error: {folder} is not a folder "
+              "(fix: pass a sweep folder such as outputs/bit_budget/multiruns/<date_time>)",
               file=sys.stderr)
         return 2
     frame, grid = load_sweep(folder), load_grid(folder)

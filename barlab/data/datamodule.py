@@ -26,8 +26,19 @@ import lightning as L
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from barlab.data.pipeline import (Batch, Decode, LimitPerShard, RankSlice, Shuffle, SizedPipeline, SkipCounter,
-                                  TarSamples, rank_and_world, rank_shards, worker_seed)
+from barlab.data.pipeline import (
+    Batch,
+    Decode,
+    LimitPerShard,
+    RankSlice,
+    Shuffle,
+    SizedPipeline,
+    SkipCounter,
+    TarSamples,
+    rank_and_world,
+    rank_shards,
+    worker_seed,
+)
 from barlab.data.shard_writer import ensure_shards
 from barlab.data.transforms import ImageTransform
 from barlab.errors import ConfigError, DataError
@@ -71,7 +82,8 @@ class ImageShardDataModule(L.LightningDataModule):
                                         fix="data.shuffle_buffer=2000")
         self.max_val_samples = check_int(max_val_samples, "data.max_val_samples", allow_none=True,
                                          fix="data.max_val_samples=null")
-        self.flip, self.random_crop, self.seed, self.pin_memory = bool(flip), bool(random_crop), int(seed), bool(pin_memory)
+        self.flip, self.random_crop = bool(flip), bool(random_crop)
+        self.seed, self.pin_memory = int(seed), bool(pin_memory)
         self.shard_size = check_int(shard_size, "data.shard_size", fix="data.shard_size=2000")
         self._manifest: dict | None = None
         self._counters: list[SkipCounter] = []
@@ -106,7 +118,8 @@ class ImageShardDataModule(L.LightningDataModule):
         ensure_shards(self.shards_dir, self.source, maxcount=self.shard_size)
 
     def setup(self, stage: str | None = None) -> None:
-        self._manifest = ensure_shards(self.shards_dir, self.source, maxcount=self.shard_size)  # no-op if prepare_data made them
+        # a no-op if prepare_data made them
+        self._manifest = ensure_shards(self.shards_dir, self.source, maxcount=self.shard_size)
 
     # ---- loaders --------------------------------------------------------------------------
     def _urls(self, split: str) -> tuple[list[str], list[int]]:

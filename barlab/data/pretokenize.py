@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from barlab.data.datamodule import ImageShardDataModule
 from barlab.data.token_shards import write_token_shards
+from barlab.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +26,18 @@ def _encode_split(tokenizer, images: ImageShardDataModule, split: str, flip: boo
                   batch_size: int) -> Iterator[tuple[str, np.ndarray, int]]:
     dataset = images.eval_dataset(split, batch_size=batch_size)
     index, start = 0, time.monotonic()
-    for batch in DataLoader(dataset, batch_size=None, num_workers=min(1, images.num_workers)):
-        x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)  # ~25% faster convs on CPU
-        views = [x, x.flip(-1)] if flip else [x]
-        encoded = [tokenizer.encode_bits(v).to(torch.uint8).cpu().numpy() for v in views]
-        for i, label in enumerate(batch["label"].tolist()):
-            for aug, bits in enumerate(encoded):
-                yield f"{split}_{index + i:07d}_{aug}", bits[i], label
-        index += x.shape[0]
-        if index % (20 * batch_size) < x.shape[0]:
-            log.info("pretokenize %s: %d images (%.0f/s)", split, index, index / (time.monotonic() - start))
+    with progress_bar(f"pretokenizing {split}", unit="img") as bar:
+        for batch in DataLoader(dataset, batch_size=None, num_workers=min(1, images.num_workers)):
+            x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)  # ~25% faster convs on CPU
+            views = [x, x.flip(-1)] if flip else [x]
+            encoded = [tokenizer.encode_bits(v).to(torch.uint8).cpu().numpy() for v in views]
+            for i, label in enumerate(batch["label"].tolist()):
+                for aug, bits in enumerate(encoded):
+                    yield f"{split}_{index + i:07d}_{aug}", bits[i], label
+            index += x.shape[0]
+            bar.update(x.shape[0])
+            if index % (20 * batch_size) < x.shape[0]:
+                log.info("pretokenize %s: %d images (%.0f/s)", split, index, index / (time.monotonic() - start))
     log.info("pretokenize %s: %d images, %d sequences", split, index, index * len(views) if index else 0)
 
 

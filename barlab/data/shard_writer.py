@@ -29,6 +29,7 @@ from barlab.data.base import SPLITS, ImageSource
 from barlab.errors import ConfigError, DataError
 from barlab.utils.io import disk_full_as_error
 from barlab.utils.locks import exclusive_lock
+from barlab.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,14 @@ def _write_split(source: ImageSource, split: str, folder: str, maxcount: int) ->
     """Write one split's shards into ``folder``; returns its manifest entry."""
     start = time.monotonic()
     with SplitShards(folder, split, maxcount) as writer:
-        for count, (key, img, label) in enumerate(source.iter_samples(split), start=1):
+        samples = progress(source.iter_samples(split), f"writing {split} shards", total=source.num_samples(split),
+                           unit="img")
+        for count, (key, img, label) in enumerate(samples, start=1):
             if "." in key or "/" in key:
                 raise DataError(f"source {source.name!r} made key {key!r}; keys must not contain '.' or '/'")
             if not 0 <= int(label) < source.num_classes:
-                raise DataError(f"source {source.name!r}: sample {key} has label {label} outside 0..{source.num_classes - 1}")
+                raise DataError(f"source {source.name!r}: sample {key} has label {label} "
+                                f"outside 0..{source.num_classes - 1}")
             buf = io.BytesIO()
             img.save(buf, format="PNG", compress_level=1)
             writer.add(key, {"cls": str(int(label)).encode("ascii"), "png": buf.getvalue()})
@@ -127,7 +131,8 @@ def write_shards(source: ImageSource, out_dir: str, maxcount: int = 2000, splits
         raise ConfigError("maxcount", f"must be a positive integer, got {maxcount}", fix="--maxcount 2000")
     out_dir = os.path.abspath(os.path.expanduser(str(out_dir)))
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, MANIFEST)):
-        raise ConfigError("data.shards_dir", f"{out_dir} is not empty and holds no {MANIFEST}; refusing to overwrite it",
+        raise ConfigError("data.shards_dir",
+                          f"{out_dir} is not empty and holds no {MANIFEST}; refusing to overwrite it",
                           fix="choose a new or empty folder")
     with disk_full_as_error(out_dir):
         parent, base = os.path.split(out_dir)

@@ -50,7 +50,8 @@ class SyntheticSource:
         for knob, value, low in (("num_train", num_train, 0), ("num_val", num_val, 0),
                                  ("image_size", image_size, 4), ("num_classes", num_classes, 1)):
             if int(value) < low:
-                raise ConfigError(f"data.source.{knob}", f"must be >= {low}, got {value}", fix=f"data.source.{knob}={max(low, 4)}")
+                raise ConfigError(f"data.source.{knob}", f"must be >= {low}, got {value}",
+                                  fix=f"data.source.{knob}={max(low, 4)}")
         if channels not in (1, 3):
             raise ConfigError("data.source.channels", f"must be 1 or 3, got {channels}", fix="data.source.channels=3")
         self.counts = {"train": int(num_train), "val": int(num_val)}

@@ -26,10 +26,20 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from barlab.data.pipeline import Batch, RankSlice, Shuffle, SizedPipeline, SkipCounter, TarSamples, rank_and_world, rank_shards, worker_seed
+from barlab.data.pipeline import (
+    Batch,
+    RankSlice,
+    Shuffle,
+    SizedPipeline,
+    SkipCounter,
+    TarSamples,
+    rank_and_world,
+    rank_shards,
+    worker_seed,
+)
 from barlab.data.shard_writer import MANIFEST, SplitShards
-from barlab.utils.io import disk_full_as_error
 from barlab.errors import ConfigError, DataError
+from barlab.utils.io import disk_full_as_error
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +100,8 @@ def read_token_manifest(out_dir: str) -> dict | None:
         assert manifest["kind"] == "tokens"
         manifest["seq_len"], manifest["bits"], manifest["splits"]  # noqa: B018 - schema check
     except (OSError, ValueError, KeyError, AssertionError) as err:
-        raise DataError(f"{path}: not a token-shard manifest ({err!r}); delete the folder to pretokenize again") from None
+        raise DataError(f"{path}: not a token-shard manifest ({err!r}); "
+                        "delete the folder to pretokenize again") from None
     return manifest
 
 

@@ -7,8 +7,15 @@ from barlab.generator.backbone import ARBackbone
 from barlab.generator.blocks import Block
 from barlab.generator.embeddings import BitEmbedding, ClassPrefix, PositionEmbedding
 from barlab.generator.guidance import guidance_scale
-from barlab.generator.heads import (BitwiseHead, Head, HeadOutput, LinearHead, MBMHead, cosine_allocation,
-                                    linear_head_params)
+from barlab.generator.heads import (
+                                    BitwiseHead,
+                                    Head,
+                                    HeadOutput,
+                                    LinearHead,
+                                    MBMHead,
+                                    cosine_allocation,
+                                    linear_head_params,
+)
 from barlab.generator.kv_cache import KVCache
 from barlab.generator.order import random_ratio, sample_orders
 from barlab.generator.rope import Rope2D, Rotation

@@ -23,7 +23,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from barlab.metrics.feature_net import FeatureNet
 from barlab.metrics.precision_recall import precision_recall
 from barlab.metrics.reference import Reference
-
+from barlab.utils.progress import progress
 
 # torchmetrics warns that KID and IS keep their inputs; here those are features, bounded by max_pr_samples.
 warnings.filterwarnings("ignore", message=r".*will save all extracted features in buffer.*")
@@ -104,9 +104,11 @@ class ImageMetrics:
             self.add_real_features(self.net.extract(chunk).features, stats=stats)
 
     @torch.no_grad()
-    def add_fake(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
-        """images uint8 (N, C, H, W): generated or reconstructed images; labels (N,) their classes."""
-        for start in range(0, images.shape[0], self.batch_size):
+    def add_fake(self, images: torch.Tensor, labels: torch.Tensor | None = None, show_bar: bool = False) -> None:
+        """images uint8 (N, C, H, W): generated or reconstructed images; labels (N,) their classes.
+        ``show_bar``: a progress bar over the chunks (on a terminal only)."""
+        starts = range(0, images.shape[0], self.batch_size)
+        for start in progress(starts, "scoring", unit="batch", enabled=show_bar):
             chunk = images[start:start + self.batch_size]
             out = self.net.extract(chunk)
             feats = out.features.detach().float().cpu()

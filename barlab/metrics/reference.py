@@ -67,7 +67,8 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise DataError(f"cannot read {path} as .npz: {err}") from err
 
 
-def reference_from_npz(path: str | os.PathLike, feature_net_name: str, backend: str) -> tuple[Reference | None, np.ndarray | None]:
+def reference_from_npz(path: str | os.PathLike, feature_net_name: str,
+                       backend: str) -> tuple[Reference | None, np.ndarray | None]:
     """Read a statistics / ADM / image npz.
 
     Returns ``(reference or None, images or None)``: the statistics found in the file (checked

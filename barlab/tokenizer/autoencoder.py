@@ -86,7 +86,8 @@ class Upsample(nn.Module):
 
 
 def _head(channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.GroupNorm(num_groups(channels), channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+    return nn.Sequential(nn.GroupNorm(num_groups(channels), channels), nn.SiLU(),
+                         nn.Conv2d(channels, out_channels, 3, padding=1))
 
 
 class ConvEncoder(nn.Module):
@@ -101,7 +102,8 @@ class ConvEncoder(nn.Module):
         max_mult: cap on the channel multiplier 2^level.
     """
 
-    def __init__(self, in_channels: int, width: int = 64, depth: int = 1, downsample: int = 4, out_channels: int = 64, max_mult: int = 4):
+    def __init__(self, in_channels: int, width: int = 64, depth: int = 1, downsample: int = 4, out_channels: int = 64,
+                 max_mult: int = 4):
         super().__init__()
         self.in_channels = check_int(in_channels, "data.channels", fix="data.channels=1")
         width = check_int(width, "tokenizer.encoder.width", fix="tokenizer.encoder.width=64")
@@ -139,7 +141,8 @@ class ConvDecoder(nn.Module):
         max_mult: cap on the channel multiplier 2^level.
     """
 
-    def __init__(self, out_channels: int, width: int = 64, depth: int = 1, upsample: int = 4, in_channels: int = 64, max_mult: int = 4):
+    def __init__(self, out_channels: int, width: int = 64, depth: int = 1, upsample: int = 4, in_channels: int = 64,
+                 max_mult: int = 4):
         super().__init__()
         self.out_channels = check_int(out_channels, "data.channels", fix="data.channels=1")
         width = check_int(width, "tokenizer.decoder.width", fix="tokenizer.decoder.width=64")

@@ -43,7 +43,8 @@ class PatchDiscriminator(nn.Module):
         for i in range(1, n_layers + 1):
             c_next = width * min(2**i, 8)
             stride = 2 if i < n_layers else 1
-            layers += [sn(nn.Conv2d(c, c_next, 4, stride=stride, padding=1, bias=spectral_norm)), norm(c_next), nn.LeakyReLU(0.2)]
+            layers += [sn(nn.Conv2d(c, c_next, 4, stride=stride, padding=1, bias=spectral_norm)), norm(c_next),
+                       nn.LeakyReLU(0.2)]
             c = c_next
         layers.append(sn(nn.Conv2d(c, 1, 4, stride=1, padding=1)))
         self.net = nn.Sequential(*layers)

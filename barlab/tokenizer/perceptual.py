@@ -17,7 +17,8 @@ from barlab.errors import ConfigError
 _KNOB = "tokenizer.loss.perceptual.weights_path"
 _FIX = "tokenizer.loss.perceptual.weight=0 or a path"
 # torchvision VGG16 "D" configuration; "M" is a 2x2 max-pool.
-_VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+_VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+                                     512, 512, 512, "M", 512, 512, 512, "M")
 # Index in ``features`` of the ReLU that produces each named activation.
 VGG16_LAYERS: dict[str, int] = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22, "relu5_3": 29}
 _MEAN = (0.485, 0.456, 0.406)
@@ -52,11 +53,13 @@ def load_vgg16_features_state(weights_path: str | os.PathLike | None) -> dict[st
     try:
         state = torch.load(os.fspath(weights_path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ConfigError(_KNOB, f"{os.fspath(weights_path)!r} is not a readable torch state dict ({err})", fix=_FIX) from err
+        raise ConfigError(_KNOB, f"{os.fspath(weights_path)!r} is not a readable torch state dict ({err})",
+                          fix=_FIX) from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ConfigError(_KNOB, f"{os.fspath(weights_path)!r} holds a {type(state).__name__}, not a state dict", fix=_FIX)
+        raise ConfigError(_KNOB, f"{os.fspath(weights_path)!r} holds a {type(state).__name__}, not a state dict",
+                          fix=_FIX)
     if any(k.startswith("features.") for k in state):
         state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     return state
@@ -93,7 +96,8 @@ class VGGPerceptualLoss(nn.Module):
             features.load_state_dict(state, strict=True)
         except RuntimeError as err:
             first = str(err).strip().splitlines()[0]
-            raise ConfigError(_KNOB, f"{os.fspath(weights_path)!r} is not a VGG16 state dict: {first}", fix=_FIX) from err
+            raise ConfigError(_KNOB, f"{os.fspath(weights_path)!r} is not a VGG16 state dict: {first}",
+                              fix=_FIX) from err
         self.layer_ids = sorted(VGG16_LAYERS[name] for name in layers)
         self.features = features[: self.layer_ids[-1] + 1]  # drop what no chosen layer needs; keys unchanged
         for p in self.features.parameters():

@@ -12,7 +12,8 @@ from barlab.tokenizer.quantizers.base import Quantizer, QuantizerOutput
 def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(size, int) and not isinstance(size, bool):
         return size, size
-    if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, int) and not isinstance(s, bool) for s in size):
+    is_pair = isinstance(size, (tuple, list)) and len(size) == 2
+    if is_pair and all(isinstance(s, int) and not isinstance(s, bool) for s in size):
         return int(size[0]), int(size[1])
     raise ConfigError("data.image_size", f"must be an int or a pair of ints, got {size!r}", fix="data.image_size=32")
 
@@ -38,7 +39,8 @@ class Tokenizer(nn.Module):
         if not enc_d == quantizer.latent_channels == dec_d:
             raise ConfigError(
                 "tokenizer.latent_channels",
-                f"encoder out ({enc_d}), quantizer ({quantizer.latent_channels}) and decoder in ({dec_d}) widths differ",
+                f"encoder out ({enc_d}), quantizer ({quantizer.latent_channels}) and decoder in ({dec_d}) "
+                "widths differ",
                 fix="set them all from tokenizer.latent_channels",
             )
         dec_f = getattr(decoder, "upsample", encoder.downsample)

@@ -1,4 +1,5 @@
-"""Build the Lightning pieces shared by every stage from the config: callbacks, loggers, trainer.
+"""Build the Lightning pieces shared by every stage from the config: callbacks, loggers, trainer,
+and the optimiser / LR-schedule factories of a stage's ``optim`` and ``scheduler`` nodes.
 
 Each stage (tokenizer, generator) gets its own sub-folder for checkpoints and CSV metrics, and
 its own schedule (``<stage>.max_steps``, ``<stage>.val_every``) on the shared ``trainer`` settings.
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from barlab.cli import instantiate_checked
 from barlab.errors import CheckpointError, ConfigError
@@ -97,6 +98,20 @@ def auto_precision() -> str:
     return "32-true"
 
 
+def build_optimization(stage_cfg: DictConfig, stage: str) -> dict:
+    """The stage's ``optim`` and ``scheduler`` nodes as factories, and its ``grad_clip``: the
+    LightningModule arguments ``optimizer``, ``scheduler`` and ``grad_clip``.
+
+    Both nodes are ``_partial_``; lists (``betas``) arrive as plain Python lists, never OmegaConf
+    nodes, so they pickle into checkpoints like any number.
+    """
+    return {
+        "optimizer": instantiate_checked(stage_cfg.optim, f"{stage}.optim", _convert_="all"),
+        "scheduler": instantiate_checked(stage_cfg.scheduler, f"{stage}.scheduler", _convert_="all"),
+        "grad_clip": stage_cfg.grad_clip,
+    }
+
+
 def build_trainer(cfg: DictConfig, stage_cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
     """The ``trainer`` config with the stage's ``max_steps`` / ``val_every`` and atomic checkpoints."""
     extra = {"max_steps": stage_cfg.max_steps, "val_check_interval": stage_cfg.val_every}
@@ -107,6 +122,13 @@ def build_trainer(cfg: DictConfig, stage_cfg: DictConfig, callbacks: list, logge
                                   plugins=[AtomicCheckpointIO()], **extra)
     track_launcher(trainer)
     return trainer
+
+
+def log_config(trainer: L.Trainer, cfg: DictConfig) -> None:
+    """Send the run's whole config (resolved) to every logger as its hyperparameters."""
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hparams)
 
 
 def resolve_ckpt_path(cfg: DictConfig, stage: str, module: L.LightningModule) -> str | None:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from barlab.metrics.classifier import SmallCNN
-from barlab.training.schedules import warmup_cosine
+from barlab.training.schedules import warmup_cosine_scheduler
 
 
 class ClassifierModule(L.LightningModule):
@@ -41,6 +41,5 @@ class ClassifierModule(L.LightningModule):
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else 1000
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, self.warmup_steps, total, 0.01))
+        scheduler = warmup_cosine_scheduler(optimizer, total, self.warmup_steps, min_lr_ratio=0.01)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -18,14 +18,14 @@ from typing import Any, Callable, Iterable
 
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from barlab.cli import instantiate_checked, pick_device
-from barlab.training.metric_setup import build_feature_net, load_reference, new_metrics, split_reference
 from barlab.metrics.feature_net import FeatureNet
 from barlab.metrics.reference import Reference
+from barlab.training.metric_setup import build_feature_net, load_reference, new_metrics, split_reference
 from barlab.utils.image_sets import write_npz
 from barlab.utils.images import to_uint8
+from barlab.utils.progress import progress, show_progress
 
 log = logging.getLogger("barlab")
 
@@ -62,7 +62,7 @@ def evaluate_tokenizer(cfg: DictConfig, tokenizer: torch.nn.Module) -> dict[str,
     metrics.set_reference(reference)
     datamodule = instantiate_checked(cfg.data, "data")
     batches = datamodule.eval_dataset("val", limit, batch_size=cfg.metrics.batch_size)
-    for batch in tqdm(batches, desc="rFID", leave=False, disable=not cfg.trainer.get("enable_progress_bar", True)):
+    for batch in progress(batches, "rFID", unit="batch", enabled=show_progress(cfg)):
         recon, _ = tokenizer(batch["image"].to(device))
         metrics.add_fake(to_uint8(recon.float().cpu()))
     result = metrics.compute()
@@ -74,7 +74,7 @@ def evaluate_tokenizer(cfg: DictConfig, tokenizer: torch.nn.Module) -> dict[str,
 
 @torch.no_grad()
 def sample_class_balanced(generate: Callable[..., torch.Tensor], num_classes: int, per_class: int,
-                          batch_size: int = 250, seed: int = 0, progress: bool = True,
+                          batch_size: int = 250, seed: int = 0, show_bar: bool = True,
                           **sampling) -> tuple[torch.Tensor, torch.Tensor]:
     """``per_class`` samples of each class → (uint8 images (N, C, H, W), labels (N,)), class-major order.
 
@@ -84,7 +84,7 @@ def sample_class_balanced(generate: Callable[..., torch.Tensor], num_classes: in
     labels = torch.arange(num_classes).repeat_interleave(per_class)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     images = []
-    for chunk in tqdm(labels.split(batch_size), desc="sampling", leave=False, disable=not progress):
+    for chunk in progress(labels.split(batch_size), "sampling", unit="batch", enabled=show_bar):
         images.append(to_uint8(generate(chunk, generator=generator, **sampling).cpu()))
     return torch.cat(images), labels
 
@@ -96,7 +96,7 @@ def score_images(cfg: DictConfig, net: FeatureNet, reference: Reference,
     metrics = new_metrics(cfg, net)
     metrics.set_reference(reference)
     for images, labels in chunks:
-        metrics.add_fake(images, labels)
+        metrics.add_fake(images, labels, show_bar=show_progress(cfg))
     result = {"reference": reference.source, **metrics.compute()}
     if getattr(net, "val_accuracy", None) is not None:
         result["classifier_val_accuracy"] = net.val_accuracy
@@ -116,11 +116,13 @@ def evaluate_generator(cfg: DictConfig, generate: Callable[..., torch.Tensor], n
     start = time.time()
     gfid = cfg.metrics.gfid
     images, labels = sample_class_balanced(generate, num_classes, gfid.per_class, gfid.batch_size, seed=cfg.seed,
-                                           progress=cfg.trainer.get("enable_progress_bar", True))
+                                           show_bar=show_progress(cfg))
     sampling_s = time.time() - start
     npz = write_npz(Path(run_dir) / "samples.npz", images, labels)
     result = evaluate_samples(cfg, images, labels)
-    result.update({"samples": str(npz), "sampling_s": round(sampling_s, 1), "wall_time_s": round(time.time() - start, 1)})
-    log.info("gFID %.3f, class accuracy %.3f on %d samples (%s)", result["fid"], result.get("class_accuracy", float("nan")),
+    result.update({"samples": str(npz), "sampling_s": round(sampling_s, 1),
+                   "wall_time_s": round(time.time() - start, 1)})
+    log.info("gFID %.3f, class accuracy %.3f on %d samples (%s)", result["fid"],
+             result.get("class_accuracy", float("nan")),
              result["num_samples"], result["feature_label"])
     return result

@@ -28,8 +28,8 @@ from barlab.generator.order import random_ratio, sample_orders
 from barlab.generator.sampler import ARSampler
 from barlab.generator.token_shuffle import shuffle
 from barlab.training.checkpoint_checks import IDENTITY_KEY, head_identity, tokenizer_identity
-from barlab.training.optim import decay_groups
-from barlab.training.schedules import warmup_cosine
+from barlab.training.optim import OptimizerFactory, decay_groups
+from barlab.training.schedules import SchedulerFactory, planned_steps
 
 
 class GeneratorModule(L.LightningModule):
@@ -38,14 +38,17 @@ class GeneratorModule(L.LightningModule):
     backbone, head: the generator (plain nn.Modules); head.bits_per_step == k·p².
     tokenizer: the trained tokenizer (frozen; decodes samples to images).
     grid: (h, w) token grid of the tokenizer; token_shuffle: p.
+    optimizer: ``param groups -> optimiser`` (the ``generator.optim`` node, a ``_partial_`` AdamW),
+        called on :func:`decay_groups` (weight decay on the weight matrices only).
+    scheduler: ``(optimiser, total_steps) -> LR scheduler`` (the ``generator.scheduler`` node).
+    grad_clip: gradient-norm clip.
     sampling: dict with guidance, schedule, power, temperature and allocation (MBM head; None = the
         head's own), used for sample grids and the final samples.
     """
 
     def __init__(self, backbone: ARBackbone, head: Head, tokenizer: nn.Module, grid: tuple[int, int],
-                 token_shuffle: int = 1, label_drop: float = 0.1, rar_start: float = 0.5, rar_end: float = 0.75,
-                 lr: float = 4e-4, betas: tuple[float, float] = (0.9, 0.96), weight_decay: float = 0.03,
-                 warmup_steps: int = 100, min_lr_ratio: float = 0.025, grad_clip: float = 1.0,
+                 optimizer: OptimizerFactory, scheduler: SchedulerFactory, token_shuffle: int = 1,
+                 label_drop: float = 0.1, rar_start: float = 0.5, rar_end: float = 0.75, grad_clip: float = 1.0,
                  sampling: dict | None = None):
         super().__init__()
         self.backbone = backbone
@@ -55,8 +58,7 @@ class GeneratorModule(L.LightningModule):
         self.p = int(token_shuffle)
         self.label_drop = label_drop
         self.rar_start, self.rar_end = rar_start, rar_end
-        self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
-        self.warmup_steps, self.min_lr_ratio, self.grad_clip = warmup_steps, min_lr_ratio, grad_clip
+        self.optimizer, self.scheduler, self.grad_clip = optimizer, scheduler, grad_clip
         self.sampling = dict(sampling or {})
         self.sampler = ARSampler(backbone, head)
         self.num_classes = backbone.null_class
@@ -92,7 +94,8 @@ class GeneratorModule(L.LightningModule):
         return shuffle(bits, self.grid, self.p)
 
     def total_steps(self) -> int:
-        return self.trainer.max_steps if self.trainer and self.trainer.max_steps and self.trainer.max_steps > 0 else 10_000
+        """The run's planned length in steps (the RAR annealing and the LR schedule span it)."""
+        return planned_steps(self.trainer)
 
     @torch.no_grad()
     def generate(self, labels: torch.Tensor, generator: torch.Generator | None = None, **overrides) -> torch.Tensor:
@@ -135,14 +138,10 @@ class GeneratorModule(L.LightningModule):
 
     # -------------------------------------------------------------- optimisers
     def configure_optimizers(self):
-        params = decay_groups(nn.ModuleList([self.backbone, self.head]), self.weight_decay)
-        optimizer = torch.optim.AdamW(params, lr=self.lr, betas=self.betas)
-        total = self.total_steps()
-
-        def schedule(step: int) -> float:
-            return warmup_cosine(step, self.warmup_steps, total, self.min_lr_ratio)
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        """The ``optim`` node on the decay / no-decay groups of backbone + head, the ``scheduler``
+        node over the run's length, stepped every step."""
+        optimizer = self.optimizer(decay_groups(nn.ModuleList([self.backbone, self.head])))
+        scheduler = self.scheduler(optimizer, total_steps=self.total_steps())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):

@@ -21,15 +21,23 @@ from barlab.data.token_shards import TokenShardDataModule, read_token_manifest
 from barlab.errors import ConfigError
 from barlab.generator.image_generator import save_generator
 from barlab.tokenizer.checkpoint import load_tokenizer
+from barlab.training.build import (
+    build_callbacks,
+    build_loggers,
+    build_optimization,
+    build_trainer,
+    checkpoint_dir,
+    log_config,
+    resume_point,
+)
 from barlab.training.callbacks.sample_grid import SampleGrid
+from barlab.training.distributed import apply_global_batch
 from barlab.training.evaluation import evaluate_generator, headline
 from barlab.training.generator_module import GeneratorModule
 from barlab.training.optim import count_parameters
+from barlab.training.run_state import RunState, is_rank_zero, stream_seed, wait_for_manifest
 from barlab.utils.io import link_folder
 from barlab.utils.locks import exclusive_lock
-from barlab.training.build import build_callbacks, build_loggers, build_trainer, checkpoint_dir, resume_point
-from barlab.training.distributed import apply_global_batch
-from barlab.training.run_state import RunState, is_rank_zero, stream_seed, wait_for_manifest
 
 log = logging.getLogger("barlab")
 
@@ -81,6 +89,7 @@ def sampling_settings(cfg: DictConfig) -> dict[str, Any]:
 
 
 def build_generator_module(cfg: DictConfig, tokenizer, info: dict, num_classes: int) -> GeneratorModule:
+    """The LightningModule for ``cfg.generator`` + ``cfg.head`` over ``tokenizer``'s token grid."""
     gen = cfg.generator
     p = gen.token_shuffle
     grid = tuple(info["grid"])
@@ -93,23 +102,28 @@ def build_generator_module(cfg: DictConfig, tokenizer, info: dict, num_classes: 
     head = instantiate_checked(cfg.head, "head", cond_dim=gen.backbone.cond_dim, bits_per_step=bits_per_step)
     module = GeneratorModule(
         backbone=backbone, head=head, tokenizer=tokenizer, grid=grid, token_shuffle=p,
-        label_drop=gen.label_drop, rar_start=gen.rar.start, rar_end=gen.rar.end, lr=gen.optim.lr,
-        betas=tuple(gen.optim.betas), weight_decay=gen.optim.weight_decay, warmup_steps=gen.optim.warmup_steps,
-        min_lr_ratio=gen.optim.min_lr_ratio, grad_clip=gen.optim.grad_clip, sampling=sampling_settings(cfg),
+        label_drop=gen.label_drop, rar_start=gen.rar.start, rar_end=gen.rar.end, sampling=sampling_settings(cfg),
+        **build_optimization(gen, "generator"),
     )
     return module
 
 
-def run_generator_stage(cfg: DictConfig, state: RunState, trained_tokenizer: Path | None = None,
-                        shared_tokens: Path | None = None) -> dict[str, Any]:
-    run_dir = Path(cfg.paths.output_dir)
-    L.seed_everything(cfg.seed, workers=True)
-    tokenizer_file = tokenizer_path(cfg, trained_tokenizer)
+def load_generator_tokenizer(cfg: DictConfig, trained: Path | None) -> tuple[Path, Any, dict]:
+    """``(tokenizer file, tokenizer, its info)`` of the tokenizer the generator models; refused
+    unless it is discrete (bits to predict)."""
+    tokenizer_file = tokenizer_path(cfg, trained)
     tokenizer, info = load_tokenizer(tokenizer_file)
     if not info.get("is_discrete", True) or tokenizer.quantizer.bits_per_token < 1:
         raise ConfigError("tokenizer/quantizer", "the generator needs a discrete tokenizer (binary_fsq or fsq)",
                           fix="tokenizer/quantizer=binary_fsq")
+    return tokenizer_file, tokenizer, info
 
+
+def token_data(cfg: DictConfig, tokenizer, info: dict,
+               shared_tokens: Path | None) -> tuple[TokenShardDataModule, dict, Path]:
+    """``(datamodule, manifest, tokens folder)`` over the token shards of ``tokenizer``, pretokenized
+    first where missing (into the tokenizer cache's entry when it has one, see :func:`shared_tokens_dir`).
+    Shards of another tokenizer are refused."""
     tokens_dir, shared = Path(cfg.generator.data.shards_dir), shared_tokens_dir(cfg, shared_tokens)
     manifest = token_shards_for(cfg, tokenizer, info, shared or tokens_dir)
     if shared is not None and is_rank_zero():
@@ -121,34 +135,69 @@ def run_generator_stage(cfg: DictConfig, state: RunState, trained_tokenizer: Pat
                                       num_workers=cfg.generator.data.num_workers,
                                       epoch_length=cfg.generator.data.epoch_length,
                                       max_val_samples=cfg.generator.data.max_val_samples, seed=cfg.seed)
+    return datamodule, manifest, tokens_dir
 
-    module = build_generator_module(cfg, tokenizer, info, manifest["num_classes"])
+
+def log_generator_size(module: GeneratorModule) -> None:
+    """One line: head, bits per AR step, AR steps and parameter counts."""
+    backbone, head = count_parameters(module.backbone), count_parameters(module.head)
     log.info("generator: %s head, %d bits per AR step, %d AR steps, %.2fM parameters (backbone %.2fM, head %.2fM)",
              type(module.head).__name__, module.head.bits_per_step, module.backbone.seq_len,
-             (count_parameters(module.backbone) + count_parameters(module.head)) / 1e6,
-             count_parameters(module.backbone) / 1e6, count_parameters(module.head) / 1e6)
+             (backbone + head) / 1e6, backbone / 1e6, head / 1e6)
+
+
+def generator_trainer(cfg: DictConfig, state: RunState,
+                      datamodule: TokenShardDataModule) -> tuple[L.Trainer, SampleGrid]:
+    """The generator's trainer (checkpoints, LR monitor, sample grids, loggers that got the config)
+    with the global batch applied to ``datamodule``; and its sample-grid callback."""
+    run_dir = Path(cfg.paths.output_dir)
     grid_cb = SampleGrid(dirpath=str(run_dir / "samples"), latest=str(run_dir / "sample_grid.png"),
                          per_class=cfg.sampling.per_class, seed=cfg.seed)
     callbacks = build_callbacks(cfg, "generator", names=("model_checkpoint", "lr_monitor")) + [grid_cb]
     trainer = build_trainer(cfg, cfg.generator, callbacks, build_loggers(cfg, "generator", state))
     apply_global_batch(trainer, datamodule, cfg.generator.get("global_batch_size"), "generator.global_batch_size")
-    for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    log_config(trainer, cfg)
+    return trainer, grid_cb
+
+
+def fit_and_validate(cfg: DictConfig, trainer: L.Trainer, module: GeneratorModule,
+                     datamodule: TokenShardDataModule) -> tuple[dict[str, float], int]:
+    """Train (continuing from the run's checkpoint if any), then validate on the final-eval batches.
+    Returns ``(validation numbers, step resumed from)``."""
     ckpt_path, resumed_from = resume_point(cfg, "generator", module)
     datamodule.seed = stream_seed(cfg.seed, resumed_from)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     trainer.limit_val_batches = cfg.final_eval.max_batches or 1.0
     final = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
+    return final, resumed_from
+
+
+def export_and_score(cfg: DictConfig, trainer: L.Trainer, module: GeneratorModule,
+                     tokenizer_file: Path) -> tuple[Path | None, dict[str, Any]]:
+    """Rank 0: write ``generator.pt`` and, with ``metrics.gfid.enabled``, sample and score it.
+    Returns ``(generator.pt or None on other ranks, scores or {})``."""
+    run_dir = Path(cfg.paths.output_dir)
+    if not trainer.is_global_zero:
+        return None, {}
+    generator_file = save_generator(run_dir / "generator.pt", cfg.generator.backbone, cfg.head, module.backbone,
+                                    module.head, tokenizer_file, grid=module.grid, token_shuffle=module.p,
+                                    num_classes=module.num_classes, sampling=sampling_settings(cfg))
+    scores = evaluate_generator(cfg, module.generate, module.num_classes, run_dir) if cfg.metrics.gfid.enabled else {}
+    return generator_file, scores
+
+
+def run_generator_stage(cfg: DictConfig, state: RunState, trained_tokenizer: Path | None = None,
+                        shared_tokens: Path | None = None) -> dict[str, Any]:
+    """Pretokenize (if needed), train, validate, export and score a generator. Returns the results.json body."""
+    L.seed_everything(cfg.seed, workers=True)
+    tokenizer_file, tokenizer, info = load_generator_tokenizer(cfg, trained_tokenizer)
+    datamodule, manifest, tokens_dir = token_data(cfg, tokenizer, info, shared_tokens)
+    module = build_generator_module(cfg, tokenizer, info, manifest["num_classes"])
+    log_generator_size(module)
+    trainer, grid_cb = generator_trainer(cfg, state, datamodule)
+    final, resumed_from = fit_and_validate(cfg, trainer, module, datamodule)
     train = module.recent_train_metrics()
-
-    generator_file, scores = None, {}
-    if trainer.is_global_zero:
-        generator_file = save_generator(run_dir / "generator.pt", cfg.generator.backbone, cfg.head, module.backbone,
-                                        module.head, tokenizer_file, grid=module.grid, token_shuffle=module.p,
-                                        num_classes=module.num_classes, sampling=sampling_settings(cfg))
-        if cfg.metrics.gfid.enabled:
-            scores = evaluate_generator(cfg, module.generate, module.num_classes, run_dir)
-
+    generator_file, scores = export_and_score(cfg, trainer, module, tokenizer_file)
     return {
         "head": type(module.head).__name__,
         "bits_per_step": module.head.bits_per_step,

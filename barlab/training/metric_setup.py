@@ -22,6 +22,7 @@ from barlab.metrics.reference import Reference, images_to_tensor, reference_from
 from barlab.training.classifier_stage import dataset_key, ensure_classifier, metrics_cache_dir
 from barlab.utils.images import to_uint8
 from barlab.utils.locks import exclusive_lock
+from barlab.utils.progress import progress, show_progress
 
 log = logging.getLogger("barlab")
 
@@ -64,7 +65,8 @@ def compute_split_reference(cfg: DictConfig, net: FeatureNet, split: str, max_sa
     """Statistics of ``split`` of the configured dataset (images rounded to uint8, as samples are)."""
     datamodule = instantiate_checked(cfg.data, "data")
     metrics = new_metrics(cfg, net)
-    for batch in datamodule.eval_dataset(split, max_samples, batch_size=cfg.metrics.batch_size):
+    batches = datamodule.eval_dataset(split, max_samples, batch_size=cfg.metrics.batch_size)
+    for batch in progress(batches, f"reference statistics ({split})", unit="batch", enabled=show_progress(cfg)):
         metrics.add_real(to_uint8(batch["image"]))
     ref = metrics.real_statistics()
     ref.meta.update({"dataset": dataset_key(cfg), "split": split, "source": f"{dataset_key(cfg)}/{split}"})
@@ -92,7 +94,8 @@ def split_reference(cfg: DictConfig, net: FeatureNet, split: str, max_samples: i
         return ref
 
 
-def reference_from_file(cfg: DictConfig, net: FeatureNet, path: Path, knob: str = "metrics.reference.path") -> Reference:
+def reference_from_file(cfg: DictConfig, net: FeatureNet, path: Path,
+                        knob: str = "metrics.reference.path") -> Reference:
     """Statistics from an npz (barlab statistics, ADM batch, or images) or a folder of images.
 
     Features of the file's images (if any) are computed: all statistics when it holds images only,
@@ -101,7 +104,8 @@ def reference_from_file(cfg: DictConfig, net: FeatureNet, path: Path, knob: str 
 
     if path.is_dir():
         metrics = new_metrics(cfg, net)
-        for images, _ in iter_image_set(path, batch_size=int(cfg.metrics.batch_size)):
+        batches = iter_image_set(path, batch_size=int(cfg.metrics.batch_size))
+        for images, _ in progress(batches, "reference statistics", unit="batch", enabled=show_progress(cfg)):
             metrics.add_real(images)
         ref = metrics.real_statistics()
         ref.meta["source"] = str(path)

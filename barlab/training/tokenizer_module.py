@@ -30,7 +30,8 @@ from barlab.tokenizer.discriminator import hinge_d_loss, hinge_g_loss
 from barlab.tokenizer.losses import ReconstructionLoss
 from barlab.tokenizer.tokenizer import Tokenizer
 from barlab.training.checkpoint_checks import IDENTITY_KEY, tokenizer_identity
-from barlab.training.schedules import warmup_cosine
+from barlab.training.optim import OptimizerFactory
+from barlab.training.schedules import SchedulerFactory, planned_steps
 
 
 class TokenizerModule(L.LightningModule):
@@ -42,13 +43,19 @@ class TokenizerModule(L.LightningModule):
     perceptual: an optional frozen perceptual loss module, weighted by ``perceptual_weight``.
     discriminator: an optional discriminator; its hinge loss enters with ``gan_weight`` from
         ``gan_start_step`` on.
-    lr, betas, weight_decay, warmup_steps, min_lr_ratio, grad_clip: optimisation.
+    optimizer: ``params -> optimiser`` (the ``tokenizer.optim`` node, a ``_partial_`` AdamW), used
+        for the tokenizer and, with ``disc_lr`` if given, for the discriminator.
+    scheduler: ``(optimiser, total_steps) -> LR scheduler`` (the ``tokenizer.scheduler`` node), one
+        per optimiser, stepped every training step.
+    grad_clip: gradient-norm clip of both optimisers.
     """
 
     def __init__(
         self,
         tokenizer: Tokenizer,
         image_size: int,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory,
         l1_weight: float = 0.1,
         l2_weight: float = 1.0,
         perceptual: nn.Module | None = None,
@@ -56,11 +63,6 @@ class TokenizerModule(L.LightningModule):
         discriminator: nn.Module | None = None,
         gan_weight: float = 0.0,
         gan_start_step: int = 0,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        weight_decay: float = 0.0,
-        warmup_steps: int = 100,
-        min_lr_ratio: float = 0.1,
         grad_clip: float = 1.0,
         disc_lr: float | None = None,
     ):
@@ -74,13 +76,10 @@ class TokenizerModule(L.LightningModule):
         self.discriminator = discriminator
         self.gan_weight = gan_weight
         self.gan_start_step = gan_start_step
-        self.lr = lr
-        self.betas = tuple(betas)
-        self.weight_decay = weight_decay
-        self.warmup_steps = warmup_steps
-        self.min_lr_ratio = min_lr_ratio
+        self.optimizer = optimizer
+        self.scheduler = scheduler
         self.grad_clip = grad_clip
-        self.disc_lr = disc_lr if disc_lr is not None else lr
+        self.disc_lr = disc_lr
 
         self.bits_per_image = tokenizer.bits_per_image(image_size)
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
@@ -215,18 +214,12 @@ class TokenizerModule(L.LightningModule):
 
     # -------------------------------------------------------------- optimisers
     def configure_optimizers(self):
-        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else 10_000
-
-        def schedule(step: int) -> float:
-            return warmup_cosine(step, self.warmup_steps, total, self.min_lr_ratio)
-
-        opt_g = torch.optim.AdamW(self.tokenizer.parameters(), lr=self.lr, betas=self.betas,
-                                  weight_decay=self.weight_decay)
-        optimizers = [opt_g]
-        schedulers = [torch.optim.lr_scheduler.LambdaLR(opt_g, schedule)]
+        """AdamW (the ``optim`` node) on the tokenizer, and on the discriminator when the GAN is on;
+        each with its own warm-up + cosine schedule (the ``scheduler`` node), stepped per step."""
+        total = planned_steps(self.trainer)
+        optimizers = [self.optimizer(self.tokenizer.parameters())]
         if self.discriminator is not None and self.gan_weight > 0:
-            opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=self.disc_lr, betas=self.betas,
-                                      weight_decay=self.weight_decay)
-            optimizers.append(opt_d)
-            schedulers.append(torch.optim.lr_scheduler.LambdaLR(opt_d, schedule))
+            disc = {} if self.disc_lr is None else {"lr": self.disc_lr}
+            optimizers.append(self.optimizer(self.discriminator.parameters(), **disc))
+        schedulers = [self.scheduler(opt, total_steps=total) for opt in optimizers]
         return optimizers, [{"scheduler": s, "interval": "step"} for s in schedulers]

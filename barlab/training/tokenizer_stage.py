@@ -13,15 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from barlab.cli import instantiate_checked
 from barlab.tokenizer.checkpoint import build_tokenizer, load_tokenizer, save_tokenizer
+from barlab.training.build import (
+    build_callbacks,
+    build_loggers,
+    build_optimization,
+    build_trainer,
+    checkpoint_dir,
+    log_config,
+    resume_point,
+)
 from barlab.training.callbacks.ema import EMA
-from barlab.training.evaluation import evaluate_tokenizer, headline
 from barlab.training.callbacks.recon_grid import ReconstructionGrid
-from barlab.training.build import build_callbacks, build_loggers, build_trainer, checkpoint_dir, resume_point
 from barlab.training.distributed import apply_global_batch
+from barlab.training.evaluation import evaluate_tokenizer, headline
 from barlab.training.run_state import RunState, stream_seed
 from barlab.training.tokenizer_module import TokenizerModule
 
@@ -33,7 +41,8 @@ def build_tokenizer_module(cfg: DictConfig) -> TokenizerModule:
     tok = cfg.tokenizer
     tokenizer = build_tokenizer(tok)  # constructor errors surface as one-line ConfigErrors
     gan, perceptual = tok.loss.gan, tok.loss.perceptual
-    discriminator = instantiate_checked(gan.discriminator, "tokenizer.loss.gan.discriminator") if gan.weight > 0 else None
+    discriminator = (instantiate_checked(gan.discriminator, "tokenizer.loss.gan.discriminator")
+                     if gan.weight > 0 else None)
     perceptual_net = None
     if perceptual.weight > 0:
         from barlab.tokenizer.perceptual import VGGPerceptualLoss
@@ -49,12 +58,7 @@ def build_tokenizer_module(cfg: DictConfig) -> TokenizerModule:
         discriminator=discriminator,
         gan_weight=gan.weight,
         gan_start_step=gan.start_step,
-        lr=tok.optim.lr,
-        betas=tuple(tok.optim.betas),
-        weight_decay=tok.optim.weight_decay,
-        warmup_steps=tok.optim.warmup_steps,
-        min_lr_ratio=tok.optim.min_lr_ratio,
-        grad_clip=tok.optim.grad_clip,
+        **build_optimization(tok, "tokenizer"),
     )
 
 
@@ -69,8 +73,7 @@ def run_tokenizer_stage(cfg: DictConfig, state: RunState) -> dict[str, Any]:
     trainer = build_trainer(cfg, cfg.tokenizer, callbacks, build_loggers(cfg, "tokenizer", state))
     apply_global_batch(trainer, datamodule, cfg.tokenizer.get("global_batch_size"), "tokenizer.global_batch_size",
                        can_accumulate=False)
-    for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    log_config(trainer, cfg)
 
     log.info("tokenizer: %s, %d bits per image, %.2fM parameters", type(module.tokenizer.quantizer).__name__,
              module.bits_per_image, sum(p.numel() for p in module.tokenizer.parameters()) / 1e6)

@@ -63,7 +63,8 @@ def _label_of(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def iter_image_set(path: str | os.PathLike, batch_size: int = 500) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+def iter_image_set(path: str | os.PathLike,
+                   batch_size: int = 500) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Yield ``(uint8 (B, C, H, W), labels (B,) or None)`` chunks of an npz file or an image folder."""
     path = Path(path)
     if path.is_dir():
@@ -86,7 +87,8 @@ def iter_image_set(path: str | os.PathLike, batch_size: int = 500) -> Iterator[t
                 if len({a.shape for a in arrays}) > 1:
                     raise DataError(f"{path}: images differ in size; resize them to one size first")
             stacked = np.stack(arrays)
-            tensor = torch.from_numpy(stacked[:, None] if stacked.ndim == 3 else rearrange(stacked, "n h w c -> n c h w"))
+            channels_first = stacked[:, None] if stacked.ndim == 3 else rearrange(stacked, "n h w c -> n c h w")
+            tensor = torch.from_numpy(channels_first)
             yield tensor.contiguous(), (torch.tensor(labels[start:start + batch_size]) if with_labels else None)
         return
     if path.suffix != ".npz":

@@ -7,8 +7,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from barlab.errors import ConfigError
-from barlab.generator.heads.base import (Guidance, Head, HeadOutput, bits_to_code, code_to_bits, fp32_region,
-                                         gumbel_argmax)
+from barlab.generator.heads.base import (
+    Guidance,
+    Head,
+    HeadOutput,
+    bits_to_code,
+    code_to_bits,
+    fp32_region,
+    gumbel_argmax,
+)
 from barlab.validation import check_int
 
 MAX_CODE_BITS = 62  # codes are built in int64

@@ -60,7 +60,8 @@ class BinaryFSQ(Quantizer):
             raise ConfigError("tokenizer.quantizer.bound", f"must be one of {', '.join(self.BOUNDS)}, got {bound!r}",
                               fix="tokenizer.quantizer.bound=centred")
         self.bound = bound
-        self.latent_channels = check_int(latent_channels, "tokenizer.latent_channels", fix="tokenizer.latent_channels=64")
+        self.latent_channels = check_int(latent_channels, "tokenizer.latent_channels",
+                                         fix="tokenizer.latent_channels=64")
         self.k = check_int(bits, "tokenizer.bits", fix="tokenizer.bits=16")
         self.bits_per_token = self.k
         self.proj_in = nn.Conv2d(self.latent_channels, self.k, kernel_size=1)

@@ -44,7 +44,8 @@ class FSQ(Quantizer):
 
     def __init__(self, latent_channels: int, levels: Sequence[int]):
         super().__init__()
-        self.latent_channels = check_int(latent_channels, "tokenizer.latent_channels", fix="tokenizer.latent_channels=64")
+        self.latent_channels = check_int(latent_channels, "tokenizer.latent_channels",
+                                         fix="tokenizer.latent_channels=64")
         if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence) or len(levels) == 0:
             raise ConfigError(
                 "tokenizer.quantizer.levels",
@@ -65,7 +66,8 @@ class FSQ(Quantizer):
         self.register_buffer("_half_l", torch.tensor(half_l).view(1, n, 1, 1), persistent=False)
         self.register_buffer("_offset", torch.tensor(offset).view(1, n, 1, 1), persistent=False)
         self.register_buffer("_shift", torch.tensor(shift).view(1, n, 1, 1), persistent=False)
-        self.register_buffer("_half_width", torch.tensor([lv // 2 for lv in self.levels]).view(1, n, 1, 1), persistent=False)
+        self.register_buffer("_half_width", torch.tensor([lv // 2 for lv in self.levels]).view(1, n, 1, 1),
+                             persistent=False)
         self.proj_in = nn.Conv2d(self.latent_channels, n, kernel_size=1)
         self.proj_out = nn.Conv2d(n, self.latent_channels, kernel_size=1)
 
@@ -100,7 +102,8 @@ class FSQ(Quantizer):
         if self.bits_per_token > _MAX_INDEX_BITS:
             raise ConfigError(
                 "tokenizer.quantizer.levels",
-                f"FSQ token bits are limited to {_MAX_INDEX_BITS} (int64 index), these levels need {self.bits_per_token}",
+                f"FSQ token bits are limited to {_MAX_INDEX_BITS} (int64 index), "
+                f"these levels need {self.bits_per_token}",
                 fix="use fewer/smaller levels, or tokenizer.quantizer=binary_fsq for large codebooks",
             )
 

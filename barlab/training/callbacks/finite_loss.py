@@ -67,6 +67,15 @@ def last_good_checkpoint(trainer: L.Trainer) -> str | None:
     return next((str(p) for p in candidates if p and Path(p).is_file()), None)
 
 
+def configured_lr(trainer: L.Trainer) -> float | None:
+    """The learning rate the first optimiser was configured with (before its schedule), or None."""
+    optimizers = getattr(trainer, "optimizers", None) or []
+    if not optimizers:
+        return None
+    group = optimizers[0].param_groups[0]
+    return group.get("initial_lr", group.get("lr"))
+
+
 class FiniteLossGuard(L.Callback):
     """Raises :class:`barlab.errors.TrainingDiverged` (stage, step) on a non-finite training loss."""
 
@@ -78,12 +87,12 @@ class FiniteLossGuard(L.Callback):
         last = last_good_checkpoint(trainer)
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written before it"
         kept = f"{note}; {kept}" if note else kept
-        lr = getattr(pl_module, "lr", None)
+        lr = configured_lr(trainer)
         now = f" (now {lr:g})" if isinstance(lr, (int, float)) else ""
         return TrainingDiverged(
             f"{self.stage}: {what} at step {trainer.global_step}; {kept} "
-            f"(fix: lower {self.stage}.optim.lr{now} or raise {self.stage}.optim.warmup_steps, "
-            f"and check {self.stage}.optim.grad_clip and the loss weights)")
+            f"(fix: lower {self.stage}.optim.lr{now} or raise {self.stage}.scheduler.warmup_steps, "
+            f"and check {self.stage}.grad_clip and the loss weights)")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -8,11 +8,13 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from barlab.training.callbacks.image_log import log_image
 from barlab.utils.images import make_grid, save_png, upscale
 
 
 class ReconstructionGrid(L.Callback):
-    """Save ``<dirpath>/step_XXXXXX.png`` and a copy at ``<latest>`` after each validation.
+    """Save ``<dirpath>/step_XXXXXX.png`` and a copy at ``<latest>`` after each validation, and send
+    the grid to the image loggers (wandb, TensorBoard) as ``recon/grid``.
 
     The grid alternates a row of validation images and the row of their reconstructions.
     num_images: how many validation images (taken from the first validation batch).
@@ -50,6 +52,7 @@ class ReconstructionGrid(L.Callback):
             rows = [torch.cat([r, filler]) if r.shape[0] < self.per_row else r for r in rows]
         grid = upscale(make_grid(torch.cat(rows), nrow=self.per_row), self.scale)
         path = save_png(grid, self.dirpath / f"step_{trainer.global_step:06d}.png")
+        log_image(trainer, "recon/grid", grid)
         if self.latest is not None:
             self.latest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, self.latest)

@@ -8,11 +8,13 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from barlab.training.callbacks.image_log import log_image
 from barlab.utils.images import make_grid, save_png, upscale
 
 
 class SampleGrid(L.Callback):
-    """Save ``<dirpath>/step_XXXXXX.png`` (and a copy at ``latest``) after each validation.
+    """Save ``<dirpath>/step_XXXXXX.png`` (and a copy at ``latest``) after each validation, and send
+    the grid to the image loggers (wandb, TensorBoard) as ``samples/grid``.
 
     Row c holds ``per_class`` samples of class c (class-balanced), drawn with a fixed seed so grids
     from different steps are comparable. The LightningModule must provide
@@ -28,18 +30,21 @@ class SampleGrid(L.Callback):
         self.last_path: Path | None = None
 
     @torch.no_grad()
-    def render(self, pl_module: L.LightningModule, path: Path) -> Path:
+    def render(self, pl_module: L.LightningModule):
+        """The grid as an (H, W, 3) uint8 array: ``per_class`` seeded samples of each class, a row each."""
         from barlab.training.evaluation import sample_class_balanced
 
         classes = min(pl_module.num_classes, self.max_classes)
         images, _ = sample_class_balanced(pl_module.generate, classes, self.per_class, self.batch_size,
-                                          seed=self.seed, progress=False)
-        return save_png(upscale(make_grid(images, nrow=self.per_class), self.scale), path)
+                                          seed=self.seed, show_bar=False)
+        return upscale(make_grid(images, nrow=self.per_class), self.scale)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        path = self.render(pl_module, self.dirpath / f"step_{trainer.global_step:06d}.png")
+        grid = self.render(pl_module)
+        path = save_png(grid, self.dirpath / f"step_{trainer.global_step:06d}.png")
+        log_image(trainer, "samples/grid", grid)
         if self.latest is not None:
             self.latest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, self.latest)

@@ -26,7 +26,7 @@ setup: $(STAMP)
 # the test tools (pytest, nbclient, ipykernel) on top
 setup-dev: $(STAMP_DEV)
 
-$(STAMP_DEV): $(STAMP)
+$(STAMP_DEV): $(STAMP) pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 

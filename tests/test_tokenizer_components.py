@@ -307,4 +307,5 @@ def test_vgg_perceptual_loss_exact_value_with_hand_built_weights(tmp_path):
     torch.testing.assert_close(loss(x, y, reduction="none"), per_image, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(loss(x, y), per_image.mean(), rtol=1e-5, atol=1e-6)
     # a gray image is its RGB repeat
-    torch.testing.assert_close(loss(x[:, :1], y[:, :1]), loss(x[:, :1].expand(-1, 3, -1, -1), y[:, :1].expand(-1, 3, -1, -1)))
+    gray_x, gray_y = x[:, :1], y[:, :1]
+    torch.testing.assert_close(loss(gray_x, gray_y), loss(gray_x.expand(-1, 3, -1, -1), gray_y.expand(-1, 3, -1, -1)))

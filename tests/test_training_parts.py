@@ -281,7 +281,8 @@ def test_tokenizer_validation_ssim_psnr_and_bit_usage_by_hand(tmp_path):
     # constant images a, b in [0, 1]: no variance, so SSIM = (2ab + C1) / (a^2 + b^2 + C1), C1 = (0.01 * 1)^2
     c1 = 1e-4
     ssim = lambda a, b: (2 * a * b + c1) / (a * a + b * b + c1)  # noqa: E731
-    expected_ssim = (ssim(0.75, 0.25) + ssim(0.4, 0.6)) / 2              # v = 0.5 -> (0.75, 0.25); v = -0.2 -> (0.4, 0.6)
+    # v = 0.5 -> (0.75, 0.25); v = -0.2 -> (0.4, 0.6)
+    expected_ssim = (ssim(0.75, 0.25) + ssim(0.4, 0.6)) / 2
     # (torchmetrics computes the local variances in float32: ~4e-7 of round-off against C2 = 9e-4 moves SSIM ~5e-4)
     assert out["val/ssim"] == pytest.approx(expected_ssim, rel=1e-3)
     # PSNR per image, data range 1: 10 log10(1 / (2a - 1)^2), averaged over the 4 images

@@ -59,13 +59,18 @@ class BareTrainer:
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.index = 0
 
-    def step(self, batch: dict) -> float:
+    def forward_backward(self, batch: dict) -> torch.Tensor:
+        """training_step (under the precision's autocast) and backward; returns the loss."""
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # self.log without a trainer: warns, logs nothing
             with autocast(self.device, self.precision):
                 loss = self.module.training_step(batch, self.index)
         loss.backward()
+        return loss
+
+    def step(self, batch: dict) -> float:
+        loss = self.forward_backward(batch)
         torch.nn.utils.clip_grad_norm_(self.params, self.module.grad_clip)
         self.optimizer.step()
         self.scheduler.step()

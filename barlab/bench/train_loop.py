@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader
 
 from barlab.bench.context import BenchContext

@@ -1,0 +1,34 @@
+"""What every benchmark gets: the size, the device, the timing settings and the results so far."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+SIZES = ("ci", "real")
+
+
+@dataclass
+class BenchContext:
+    """size: ``ci`` (seconds, tiny widths) or ``real``; warmup / repeats: untimed and timed calls of
+    every measurement; results: the finished benchmarks of this run by name (``data`` reads the
+    ``train_loop`` step rate from it)."""
+
+    size: str
+    device: torch.device
+    warmup: int
+    repeats: int
+    seed: int = 0
+    results: dict = field(default_factory=dict)
+
+    def pick(self, sizes: dict):
+        """``sizes[self.size]``: a benchmark's settings for this run's size."""
+        return sizes[self.size]
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """numerator / denominator, None when either is missing or the denominator is 0."""
+    if numerator is None or denominator in (None, 0):
+        return None
+    return float(numerator) / float(denominator)

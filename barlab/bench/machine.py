@@ -1,0 +1,52 @@
+"""What machine a benchmark ran on: CPU model and instruction flags, threads, torch, GPU."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+import torch
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_model_and_flags() -> tuple[str, set[str]]:
+    """The CPU's model name and its flags, from /proc/cpuinfo (else ``lscpu``, else platform)."""
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    if not model:
+        try:
+            out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+            model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return model or platform.processor() or "unknown", flags
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bf16 natively (avx512_bf16 or AMX), not by emulation."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_model_and_flags()[1])
+
+
+def machine_info() -> dict:
+    """Everything needed to compare two benchmark runs: host, CPU, threads, torch, GPU."""
+    model, flags = cpu_model_and_flags()
+    info = {"hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
+            "cpu_model": model, "cpu_count": os.cpu_count(), "cpu_flags": {f: f in flags for f in CPU_FLAGS},
+            "torch": torch.__version__, "torch_num_threads": torch.get_num_threads(),
+            "cuda": torch.version.cuda, "gpu": None}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info["gpu"] = {"name": props.name, "memory_gb": round(props.total_memory / 1e9, 1),
+                       "count": torch.cuda.device_count(), "bf16": torch.cuda.is_bf16_supported()}
+    return info

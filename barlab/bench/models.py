@@ -1,0 +1,47 @@
+"""Generators for the benchmarks, built the way training builds them: compose ``configs/train.yaml``
+with ``generator=<preset> head=<head>`` and the benchmark's overrides, then
+:func:`barlab.training.generator_stage.build_generator_module` (random weights, no tokenizer)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from barlab.cli import CONFIG_DIR, instantiate_checked
+
+
+def compose_generator(preset: str, head: str = "mbm", overrides: Sequence[str] = ()) -> DictConfig:
+    """``configs/train.yaml`` with ``generator=<preset> head=<head>`` and ``overrides``, inside or
+    outside a running Hydra app."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    args = [f"generator={preset}", f"head={head}", *overrides]
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="train", overrides=args)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=args)
+
+
+def build_head(cfg: DictConfig, bits_per_step: int, **kwargs) -> nn.Module:
+    """The ``head`` node of ``cfg`` for ``bits_per_step`` bits and the preset's cond_dim."""
+    return instantiate_checked(cfg.head, "head", cond_dim=cfg.generator.backbone.cond_dim,
+                               bits_per_step=bits_per_step, **kwargs)
+
+
+def build_module(cfg: DictConfig, grid: tuple[int, int], bits_per_token: int, num_classes: int,
+                 device: torch.device, seed: int = 0):
+    """A :class:`GeneratorModule` for ``cfg`` over a (h, w) token grid of ``bits_per_token`` bits,
+    seeded, on ``device``; its tokenizer is an ``nn.Identity`` (nothing is decoded)."""
+    from barlab.training.generator_stage import build_generator_module
+
+    torch.manual_seed(seed)
+    info = {"grid": list(grid), "bits_per_token": int(bits_per_token)}
+    return build_generator_module(cfg, nn.Identity(), info, num_classes).to(device)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

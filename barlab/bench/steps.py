@@ -1,0 +1,89 @@
+"""One generator training step without Lightning, and random batches for it.
+
+The bare step runs the module's own ``training_step`` (token shuffling, label drop, RAR orders,
+backbone, head loss), then backward, the gradient-norm clip, AdamW and the LR schedule, as
+Lightning's automatic optimisation does, so both loops do the same arithmetic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import IterableDataset
+
+from barlab.bench.timing import device_sync
+
+
+def random_batch(module, batch_size: int, seed: int = 0) -> dict:
+    """``{"bits": float (B, h·w, k) {0,1} raster token bits, "label": long (B,)}`` for ``module``
+    (a GeneratorModule: grid (h, w), k = bits per token before shuffling), on the CPU."""
+    gen = torch.Generator().manual_seed(seed)
+    h, w = module.grid
+    k = module.backbone.bits_per_step // (module.p * module.p)
+    bits = torch.randint(0, 2, (batch_size, h * w, k), generator=gen).float()
+    labels = torch.randint(0, module.num_classes, (batch_size,), generator=gen)
+    return {"bits": bits, "label": labels}
+
+
+class RepeatBatch(IterableDataset):
+    """The same batch ``count`` times (a DataLoader with ``batch_size=None`` yields it as is)."""
+
+    def __init__(self, batch: dict, count: int):
+        self.batch, self.count = batch, count
+
+    def __iter__(self) -> Iterator[dict]:
+        for _ in range(self.count):
+            yield self.batch
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Lightning's ``bf16-mixed`` as a plain autocast; ``32-true`` as nothing."""
+    if precision == "bf16-mixed":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class BareTrainer:
+    """The module's optimiser and schedule (``configure_optimizers`` for ``total_steps`` steps) and a
+    ``step(batch)``: training_step -> backward -> clip -> optimizer -> scheduler -> zero_grad."""
+
+    def __init__(self, module, device: torch.device, precision: str, total_steps: int = 1000):
+        module.total_steps = lambda: total_steps  # no trainer to read max_steps from
+        conf = module.configure_optimizers()
+        self.module, self.device, self.precision = module.train(), device, precision
+        self.optimizer, self.scheduler = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.index = 0
+
+    def forward_backward(self, batch: dict) -> torch.Tensor:
+        """training_step (under the precision's autocast) and backward; returns the loss."""
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # self.log without a trainer: warns, logs nothing
+            with autocast(self.device, self.precision):
+                loss = self.module.training_step(batch, self.index)
+        loss.backward()
+        return loss
+
+    def step(self, batch: dict) -> float:
+        loss = self.forward_backward(batch)
+        torch.nn.utils.clip_grad_norm_(self.params, self.module.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.index += 1
+        return float(loss.detach())
+
+
+def step_times(step, batches, device: torch.device) -> list[float]:
+    """Seconds between consecutive step ends, over an iterable of batches: (n - 1,) durations."""
+    ends = []
+    for batch in batches:
+        step(batch)
+        device_sync(device)
+        ends.append(time.perf_counter())
+    return [b - a for a, b in zip(ends[:-1], ends[1:])]

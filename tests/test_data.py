@@ -379,3 +379,97 @@ def test_stale_shards_are_reused_with_a_warning(tmp_path, caplog):
     assert first["source_spec"]["num_train"] == 6
     again = ensure_shards(out, SyntheticSource(num_train=9, num_val=2, image_size=8))
     assert again == first and "delete the folder or change data.shards_dir" in caplog.text
+
+
+# ---- the shared shard folder and the readers (issue 11) -------------------------------------------
+def _four_sample_shard(folder) -> str:
+    from barlab.data.shard_folder import SplitShards
+
+    with SplitShards(str(folder), "train", 100) as writer:
+        for i in range(4):
+            writer.add(f"s{i}", {"cls": str(i).encode(), "png": bytes(600)})   # 5 blocks a sample
+        writer.close()
+    return str(folder / "train-000000.tar")
+
+
+@pytest.mark.parametrize("cut", [None, 2 * 5 * 512, 2 * 5 * 512 + 700, 2 * 5 * 512 + 100, 0])
+def test_both_tar_readers_give_the_same_samples_and_skips(tmp_path, cut):
+    """Whole, cut at a member boundary (no end-of-archive marker), inside a member, inside a header, empty."""
+    from barlab.data.pipeline import SkipCounter
+    from barlab.data.tar_samples import READERS, TarSamples
+
+    shard = _four_sample_shard(tmp_path)
+    if cut is not None:
+        with open(shard, "r+b") as f:
+            f.truncate(cut)
+    urls = [{"url": shard}, {"url": shard + ".missing"}, {"url": shard}]
+    seen = {}
+    for reader in READERS:
+        counter = SkipCounter(shared=False)
+        seen[reader] = ([(s["__key__"], s["cls"], s["png"]) for s in TarSamples(counter, reader=reader)(urls)],
+                        counter.total)
+    assert seen["webdataset"] == seen["tarstream"]
+    keys, skips = [key for key, _, _ in seen["tarstream"][0]], seen["tarstream"][1]
+    expected = {None: ["s0", "s1", "s2", "s3"], 2 * 5 * 512: ["s0"], 2 * 5 * 512 + 700: ["s0", "s1"],
+                2 * 5 * 512 + 100: ["s0"], 0: []}[cut]
+    assert keys == expected * 2 and skips == 1 + (2 if cut is not None else 0)
+
+
+def test_shards_are_byte_identical_and_ustar(tmp_path):
+    """Same source twice: the same bytes (fixed member metadata); plain ustar members, in sorted ext order."""
+    source = SyntheticSource(num_train=6, num_val=2, image_size=8)
+    a, b = write_shards(source, str(tmp_path / "a"), maxcount=4), write_shards(source, str(tmp_path / "b"), maxcount=4)
+    assert a["splits"] == b["splits"] and a["splits"]["train"]["shard_sizes"] == [4, 2]
+    for name in a["splits"]["train"]["shards"] + a["splits"]["val"]["shards"]:
+        assert open_bytes(tmp_path / "a" / name) == open_bytes(tmp_path / "b" / name)
+    with tarfile.open(tmp_path / "a" / "train-000000.tar") as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members[:2]] == ["train_0000000.cls", "train_0000000.png"]
+    assert {(m.mtime, m.mode, m.uname, m.gname, m.uid) for m in members} == {(0, 0o444, "", "", 0)}
+    assert open_bytes(tmp_path / "a" / "train-000000.tar")[257:263] == b"ustar\x00"
+
+
+def test_token_folder_is_written_like_an_image_folder(tmp_path):
+    """Token shards go through the same folder writer: foreign folders refused, old ones replaced, 0755."""
+    from barlab.data.token_shards import read_token_manifest, write_token_shards
+
+    meta = {"seq_len": 2, "bits": 3, "grid": [1, 2]}
+    rows = [(f"k{i}", np.full((2, 3), i % 2, dtype=np.uint8), i) for i in range(5)]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="generator.data.shards_dir"):
+        write_token_shards({"train": rows}, str(foreign), meta)
+    assert (foreign / "notes.txt").exists()
+    out = tmp_path / "tokens"
+    write_token_shards({"train": rows}, str(out), meta, maxcount=2)
+    manifest = write_token_shards({"train": rows[:3]}, str(out), meta, maxcount=2)
+    assert read_token_manifest(str(out)) == manifest and manifest["splits"]["train"]["shard_sizes"] == [2, 1]
+    assert sorted(os.listdir(out)) == ["manifest.json", "train-000000.tar", "train-000001.tar"]
+    assert os.stat(out).st_mode & 0o777 == 0o755
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]
+    (out / "manifest.json").write_text(json.dumps({**manifest, "kind": "images"}))
+    with pytest.raises(DataError, match="unreadable manifest.*pretokenize again"):
+        read_token_manifest(str(out))
+
+
+def test_max_val_samples_means_the_same_for_images_and_tokens(tmp_path):
+    """The first N stored samples of the val split, in shard order, across shard boundaries."""
+    from barlab.data.token_datamodule import TokenShardDataModule
+    from barlab.data.token_shards import write_token_shards
+
+    source = SyntheticSource(num_train=4, num_val=10, image_size=8)
+    write_shards(source, str(tmp_path / "img"), maxcount=4)
+    labels = [label for _, _, label in source.iter_samples("val")]
+    rows = {s: [(f"{s}{i}", np.zeros((2, 3), np.uint8), label) for i, label in enumerate(labels)]
+            for s in ("train", "val")}
+    write_token_shards(rows, str(tmp_path / "tok"), {"seq_len": 2, "bits": 3, "grid": [1, 2]}, maxcount=4)
+    for n in (3, 6, 10, 50):
+        images = ImageShardDataModule(str(tmp_path / "img"), image_size=8, batch_size=4, num_workers=0,
+                                      max_val_samples=n)
+        tokens = TokenShardDataModule(str(tmp_path / "tok"), batch_size=4, num_workers=0, max_val_samples=n)
+        got_images = torch.cat([b["label"] for b in images.val_dataloader()]).tolist()
+        got_tokens = torch.cat([b["label"] for b in tokens.val_dataloader()]).tolist()
+        assert got_images == got_tokens == labels[:n]
+    with pytest.raises(ConfigError, match="generator.data.max_val_samples"):
+        TokenShardDataModule(str(tmp_path / "tok"), max_val_samples=0)

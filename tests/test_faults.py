@@ -233,8 +233,9 @@ def test_truncated_shard_and_bad_image_are_skipped_and_counted(workdir):
 
 
 def test_shard_cut_at_a_member_boundary_is_counted(tmp_path):
-    from barlab.data.pipeline import SkipCounter, TarSamples
-    from barlab.data.shard_writer import SplitShards
+    from barlab.data.pipeline import SkipCounter
+    from barlab.data.shard_folder import SplitShards
+    from barlab.data.tar_samples import TarSamples
 
     with SplitShards(str(tmp_path), "train", 100) as writer:
         for i in range(4):

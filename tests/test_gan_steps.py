@@ -124,6 +124,55 @@ def test_gan_tokenizer_resumes_at_the_generator_step(tmp_path):
     assert module.optimizers()[0].param_groups[0]["lr"] == pytest.approx(end_of_cosine(), rel=1e-9)
 
 
+def ema_names(module: torch.nn.Module) -> set[str]:
+    """What the EMA should average in ``module``: its parameters and floating-point buffers, by name."""
+    return {n for n, _ in module.named_parameters()} | {n for n, b in module.named_buffers() if b.is_floating_point()}
+
+
+def test_ema_averages_the_tokenizer_by_name_and_never_the_discriminator(tmp_path):
+    module = gan_module()
+    _, _, ema = fit(module, tmp_path)
+    assert set(ema.shadow) == ema_names(module.tokenizer)                # the tokenizer's weights, by name
+    assert any(not torch.equal(ema.shadow[n], p) for n, p in module.tokenizer.named_parameters())
+    disc = {n: p.detach().clone() for n, p in module.discriminator.named_parameters()}
+    averaged = ema.averaged_state_dict(module)
+    assert averaged.keys() == module.tokenizer.state_dict().keys()
+    assert all(torch.equal(p, disc[n]) for n, p in module.discriminator.named_parameters())   # swaps left it alone
+    saved = torch.load(tmp_path / f"step_{MAX_STEPS:06d}.ckpt", map_location="cpu", weights_only=False)
+    (state,) = [v for k, v in saved["callbacks"].items() if k.startswith("EMA")]
+    assert set(state["shadow"]) == ema_names(module.tokenizer) and state["num_updates"] == MAX_STEPS // 3
+
+
+def test_ema_state_is_restored_by_name(tmp_path):
+    """A checkpoint's average goes back to the weights of the same name, whatever the registration order."""
+    class Two(L.LightningModule):
+        def __init__(self, order):
+            super().__init__()
+            self.net = torch.nn.Module()
+            for name in order:
+                self.net.add_module(name, torch.nn.Linear(2, 2, bias=False))
+
+        def ema_module(self):
+            return self.net
+
+    first = Two(["a", "b"])
+    with torch.no_grad():
+        first.net.a.weight.fill_(1.0)
+        first.net.b.weight.fill_(2.0)
+    ema = EMA(decay=0.5)
+    ema.on_fit_start(None, first)
+    restored, second = EMA(decay=0.5), Two(["b", "a"])
+    restored.load_state_dict(ema.state_dict())
+    restored.on_fit_start(None, second)
+    restored.swap_in(second)
+    assert second.net.a.weight.eq(1.0).all() and second.net.b.weight.eq(2.0).all()
+    legacy = {**ema.state_dict(), "shadow": [torch.full((2, 2), 1.0), torch.full((2, 2), 2.0)]}  # older checkpoints
+    old_style = EMA(decay=0.5)
+    old_style.load_state_dict(legacy)
+    old_style.on_fit_start(None, first)
+    assert old_style.shadow["a.weight"].eq(1.0).all() and old_style.shadow["b.weight"].eq(2.0).all()
+
+
 def test_gan_smoke_run_trains_max_steps_generator_steps(tmp_path):
     from helpers import read_json, run_module
 

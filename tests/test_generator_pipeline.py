@@ -15,7 +15,8 @@ from PIL import Image
 from barlab.cli import CONFIG_DIR
 from barlab.data import ImageShardDataModule, SyntheticSource
 from barlab.data.pretokenize import pretokenize
-from barlab.data.token_shards import TokenShardDataModule, pack_bits, unpack_bits
+from barlab.data.token_datamodule import TokenShardDataModule
+from barlab.data.token_shards import pack_bits, unpack_bits
 from barlab.tokenizer import BinaryFSQ, ConvDecoder, ConvEncoder, Tokenizer
 
 # (preset, bits per AR step, AR grid, paper parameter count)

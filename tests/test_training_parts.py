@@ -43,7 +43,7 @@ def test_ema_follows_the_formula_and_swaps_weights():
     with torch.no_grad():
         module.net.weight.fill_(3.0)
     ema.on_train_batch_end(_FakeTrainer(), module, None, None, 1)      # 0.5*0.5 + 0.5*3
-    assert torch.allclose(ema.shadow[0], torch.full((1, 2), 1.75))
+    assert torch.allclose(ema.shadow["weight"], torch.full((1, 2), 1.75))
     ema.swap_in(module)
     assert torch.allclose(module.net.weight, torch.full((1, 2), 1.75))
     ema.swap_out(module)
@@ -53,7 +53,7 @@ def test_ema_follows_the_formula_and_swaps_weights():
     restored = EMA(decay=0.5, warmup=False)
     restored.load_state_dict(ema.state_dict())
     restored.on_fit_start(None, module)
-    assert restored.num_updates == 2 and torch.equal(restored.shadow[0], ema.shadow[0])
+    assert restored.num_updates == 2 and torch.equal(restored.shadow["weight"], ema.shadow["weight"])
 
 
 def test_ema_warmup_decay_starts_small():

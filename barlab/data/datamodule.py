@@ -9,16 +9,13 @@ Batches are dicts::
 the total dropped by this process and its loader workers so far (shared counter; includes skips
 after a worker's last batch).
 
-Train: shards resampled with replacement forever, shuffle buffer, random crop/flip, and an epoch
-of ``ceil(epoch_length / (world_size * workers * batch_size))`` batches per worker, i.e. about
-``epoch_length`` samples per epoch over all ranks. Val: every shard once, fixed order, shards
-split over ranks and workers, no augmentation, optionally only the first ``max_val_samples``.
+Train and val are the pipelines of :mod:`barlab.data.loaders`: train with random crop/flip, val
+one fixed-order pass without augmentation over (optionally) the first ``max_val_samples``
+stored samples of the split, shared out over the ranks.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 import os
 from collections.abc import Mapping
 
@@ -26,25 +23,12 @@ import lightning as L
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from barlab.data.pipeline import (
-    Batch,
-    Decode,
-    LimitPerShard,
-    RankSlice,
-    Shuffle,
-    SizedPipeline,
-    SkipCounter,
-    TarSamples,
-    rank_and_world,
-    rank_shards,
-    worker_seed,
-)
+from barlab.data.loaders import eval_pipeline, train_pipeline
+from barlab.data.pipeline import Batch, Decode, SkipCounter
 from barlab.data.shard_writer import ensure_shards
 from barlab.data.transforms import ImageTransform
 from barlab.errors import ConfigError, DataError
 from barlab.validation import check_int
-
-log = logging.getLogger(__name__)
 
 
 class ImageShardDataModule(L.LightningDataModule):
@@ -133,28 +117,24 @@ class ImageShardDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 
-    def train_dataset(self) -> SizedPipeline:
+    def _counter(self) -> SkipCounter:
+        counter = SkipCounter()
+        self._counters.append(counter)
+        return counter
+
+    def train_dataset(self) -> wds.DataPipeline:
         """Infinite resampled stream cut into epochs of ``len(dataset)`` batches per rank."""
         urls, _ = self._urls("train")
         if not urls:
             raise DataError(f"{self.shards_dir}: the train split is empty; re-shard with a source that has train data")
-        counter = SkipCounter()
-        self._counters.append(counter)
-        world = rank_and_world()[1]
-        workers = max(self.num_workers, 1)
-        per_worker = max(1, math.ceil(self.epoch_length / (world * workers * self.batch_size)))
+        counter = self._counter()
         transform = ImageTransform(self.image_size, self.channels, train=True,
                                    random_crop=self.random_crop, flip=self.flip)
-        pipeline = SizedPipeline(
-            wds.ResampledShards(rank_shards(urls, "train image"), seed=self.seed, worker_seed=worker_seed,
-                                deterministic=True),
-            TarSamples(counter),
-            Shuffle(self.shuffle_buffer, self.seed) if self.shuffle_buffer > 1 else None,
-            Decode(transform, self.num_classes, counter, seed=self.seed),
-            Batch(self.batch_size, counter, partial=False),
-            num_batches=per_worker * workers,
-        )
-        return pipeline.with_epoch(per_worker)
+        decode = Decode(transform, self.num_classes, counter, seed=self.seed)
+        return train_pipeline(urls, "train image", counter, decode, Batch(self.batch_size, counter, partial=False),
+                              seed=self.seed,
+                              shuffle_buffer=self.shuffle_buffer, epoch_length=self.epoch_length,
+                              num_workers=self.num_workers)
 
     def val_dataset(self) -> wds.DataPipeline:
         """This rank's share of one deterministic pass over the val shards (first ``max_val_samples``)."""
@@ -164,34 +144,16 @@ class ImageShardDataModule(L.LightningDataModule):
                      per_rank: bool = False) -> wds.DataPipeline:
         """One deterministic, unaugmented pass over ``split`` (e.g. to pretokenize the train split).
 
+        max_samples: only the first that many stored samples of the split (over all ranks together).
         per_rank: only this rank's share of the samples (Lightning's validation under DDP); off, the
         whole split, whatever the rank (pretokenization and scoring run on rank 0 alone).
         """
         urls, sizes = self._urls(split)
-        limits = {}
-        if max_samples is not None and None not in sizes:
-            left, kept = max_samples, []
-            for url, size in zip(urls, sizes):
-                if left <= 0:
-                    break
-                kept.append(url)
-                limits[url] = min(size, left)
-                left -= size
-            urls = kept
-        elif max_samples is not None:
-            log.warning("%s: manifest has no shard_sizes, so the sample limit is ignored", self.shards_dir)
-        counter = SkipCounter()
-        self._counters.append(counter)
+        counter = self._counter()
         transform = ImageTransform(self.image_size, self.channels, train=False)
-        return wds.DataPipeline(
-            wds.SimpleShardList(urls) if urls else [],
-            wds.split_by_worker,
-            TarSamples(counter),
-            LimitPerShard(limits) if limits else None,
-            RankSlice() if per_rank else None,
-            Decode(transform, self.num_classes, counter),
-            Batch(batch_size or self.val_batch_size or self.batch_size, counter, partial=True),
-        )
+        return eval_pipeline(urls, sizes, counter, Decode(transform, self.num_classes, counter),
+                             Batch(batch_size or self.val_batch_size or self.batch_size, counter, partial=True),
+                             max_samples=max_samples, per_rank=per_rank, where=self.shards_dir)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset())

@@ -1,4 +1,4 @@
-"""Loader pipeline stages over tar shards: read, (shuffle), decode + transform, batch.
+"""Loader pipeline stages over tar shards: (shuffle), decode + transform, batch; reading is in ``tar_samples``.
 
 Each stage is a callable ``stage(iterator) -> iterator`` usable in ``webdataset.DataPipeline``.
 Bad data never crashes a stage: a corrupt sample (bad PNG, bad or missing ``.cls``) or an
@@ -15,8 +15,6 @@ import logging
 import multiprocessing
 import os
 import random
-import re
-import tarfile
 from multiprocessing.context import get_spawning_popen
 from typing import Iterable, Iterator
 
@@ -25,12 +23,10 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from barlab.data.tarstream import iter_tar
 from barlab.data.transforms import ImageTransform, uint8_to_float
 
 log = logging.getLogger(__name__)
 
-_KEY_EXT = re.compile(r"^((?:.*/)?[^./]+)\.([^/]*)$")  # "dir/key.ext.more" -> ("dir/key", "ext.more")
 _LOG_FIRST, _LOG_EVERY = 10, 1000
 
 
@@ -98,38 +94,6 @@ def _stream_rng(seed: int, salt: int, calls: int) -> random.Random:
     return random.Random(f"{seed}/{salt}/{worker_seed()}/{calls}")
 
 
-class TarSamples:
-    """``{"url": path}`` stream -> sample dicts ``{"__key__", "__url__", "<ext>": bytes, ...}``.
-
-    Members are grouped by key (file name up to the first dot) as they come; a shard that cannot
-    be opened or is truncated counts one skip and its unfinished sample is dropped.
-    """
-
-    def __init__(self, counter: SkipCounter):
-        self.counter = counter
-
-    def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
-        for item in src:
-            url = item["url"]
-            sample: dict = {}
-            try:
-                with open(url, "rb", buffering=1 << 20) as f:
-                    for name, data in iter_tar(f):
-                        m = _KEY_EXT.match(name)
-                        if m is None:
-                            continue
-                        if sample and sample["__key__"] != m.group(1):
-                            yield sample
-                            sample = {}
-                        sample.setdefault("__key__", m.group(1))
-                        sample["__url__"] = url
-                        sample[m.group(2).lower()] = data
-                if sample:
-                    yield sample
-            except (OSError, EOFError, ValueError, tarfile.TarError) as err:
-                self.counter.skip(f"rest of shard {url}", f"{type(err).__name__}: {err}")
-
-
 class RankSlice:
     """Every ``world``-th sample from the ``rank``-th on: each rank of a DDP validation gets its own share.
 
@@ -162,7 +126,15 @@ class LimitPerShard:
 
 
 class Shuffle:
-    """Shuffle buffer of ``bufsize`` samples, seeded per (seed, rank, worker, iteration)."""
+    """Shuffle buffer of ``bufsize`` samples, seeded per (seed, rank, worker, iteration).
+
+    Why not ``webdataset.shuffle``: given a seed it uses that one seed in every rank and loader
+    worker and every epoch (the same permutation of each stream everywhere), and without one it
+    seeds from pid and clock (no run can be replayed). Here each (rank, worker) draws its own
+    seeded order over its own shards, each new pass (epoch) a new one, and a resumed run, whose
+    ``seed`` is ``stream_seed(seed, step)``, a fresh but seeded one; and the order for a given
+    seed stays the one earlier results were made with.
+    """
 
     def __init__(self, bufsize: int, seed: int):
         self.bufsize, self.seed, self._calls = int(bufsize), int(seed), 0

@@ -1,15 +1,9 @@
-"""Write a source into WebDataset tar shards, atomically, with a manifest.
+"""Write an image source into a shard folder (see :mod:`barlab.data.shard_folder`), once.
 
-Layout of a finished dataset folder ``out_dir``::
-
-    out_dir/train-000000.tar ...   members KEY.png (PNG bytes) and KEY.cls (ASCII integer label)
-    out_dir/val-000000.tar ...
-    out_dir/manifest.json          written last; the folder is complete iff it exists
-
-The folder is built under a temporary sibling name and renamed into place when complete, so a
-crashed or killed writer never leaves a folder that looks finished; a full disk raises
-:class:`barlab.errors.DiskFull` after the temporary folder is removed. ``ensure_shards`` serialises
-concurrent writers of the same folder with ``fcntl.flock`` on ``out_dir + ".lock"``.
+Members of a sample: ``KEY.png`` (PNG bytes) and ``KEY.cls`` (ASCII integer label). The manifest
+adds ``source``, ``source_spec``, ``num_classes``, ``class_names``, ``channels``, ``created`` and
+``barlab_version`` to the splits. ``ensure_shards`` serialises concurrent writers of the same
+folder with ``fcntl.flock`` on ``out_dir + ".lock"``.
 """
 
 from __future__ import annotations
@@ -18,22 +12,18 @@ import io
 import json
 import logging
 import os
-import shutil
-import tarfile
-import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
 
 from barlab.data.base import SPLITS, ImageSource
+from barlab.data.shard_folder import MANIFEST, SplitShards, read_shard_manifest, write_shard_folder
 from barlab.errors import ConfigError, DataError
-from barlab.utils.io import disk_full_as_error
 from barlab.utils.locks import exclusive_lock
 from barlab.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 LOG_EVERY = 10_000  # log progress every this many samples
 
 
@@ -46,55 +36,6 @@ def _version() -> str:
 
 def _spec(source: ImageSource) -> dict:
     return json.loads(json.dumps(source.spec())) if hasattr(source, "spec") else {}
-
-
-def add_tar_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
-    """Append one file to an open tar, with fixed metadata so equal inputs give equal bytes."""
-    info = tarfile.TarInfo(name)
-    info.size = len(payload)
-    info.mode = 0o444
-    info.mtime = 0  # byte-identical shards for identical sources
-    tar.addfile(info, io.BytesIO(payload))
-
-
-class SplitShards:
-    """Writes one split's samples into ``{split}-{i:06d}.tar`` files of at most ``maxcount`` samples.
-
-    ``add(key, members)`` appends ``KEY.<ext>`` for each ``ext -> bytes`` in ``members``;
-    ``close()`` returns the manifest entry ``{"num_samples", "shards", "shard_sizes"}``.
-    Use as a context manager so the open tar is closed on errors too.
-    """
-
-    def __init__(self, folder: str, split: str, maxcount: int):
-        self.folder, self.split, self.maxcount = folder, split, int(maxcount)
-        self.shards: list[str] = []
-        self.sizes: list[int] = []
-        self._tar: tarfile.TarFile | None = None
-
-    def add(self, key: str, members: dict[str, bytes]) -> None:
-        if self._tar is None or self.sizes[-1] >= self.maxcount:
-            self._close_tar()
-            self.shards.append(f"{self.split}-{len(self.shards):06d}.tar")
-            self.sizes.append(0)
-            self._tar = tarfile.open(os.path.join(self.folder, self.shards[-1]), "w", format=tarfile.USTAR_FORMAT)
-        for ext, payload in members.items():
-            add_tar_member(self._tar, f"{key}.{ext}", payload)
-        self.sizes[-1] += 1
-
-    def _close_tar(self) -> None:
-        if self._tar is not None:
-            self._tar.close()
-            self._tar = None
-
-    def close(self) -> dict:
-        self._close_tar()
-        return {"num_samples": sum(self.sizes), "shards": self.shards, "shard_sizes": self.sizes}
-
-    def __enter__(self) -> "SplitShards":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._close_tar()
 
 
 def _write_split(source: ImageSource, split: str, folder: str, maxcount: int) -> dict:
@@ -123,62 +64,30 @@ def _write_split(source: ImageSource, split: str, folder: str, maxcount: int) ->
 def write_shards(source: ImageSource, out_dir: str, maxcount: int = 2000, splits=SPLITS) -> dict:
     """Write ``source`` as ``out_dir/{split}-{i:06d}.tar`` shards plus ``manifest.json``; returns the manifest.
 
-    Atomic: everything is built in a temporary sibling folder, then renamed to ``out_dir``. An
-    existing ``out_dir`` is replaced if it is empty or holds a previous dataset (has a manifest);
-    any other non-empty folder raises ConfigError (we never delete foreign files).
+    Atomic, and refuses a non-empty folder that holds no manifest (see ``write_shard_folder``).
     """
     if int(maxcount) < 1:
         raise ConfigError("maxcount", f"must be a positive integer, got {maxcount}", fix="--maxcount 2000")
-    out_dir = os.path.abspath(os.path.expanduser(str(out_dir)))
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, MANIFEST)):
-        raise ConfigError("data.shards_dir",
-                          f"{out_dir} is not empty and holds no {MANIFEST}; refusing to overwrite it",
-                          fix="choose a new or empty folder")
-    with disk_full_as_error(out_dir):
-        parent, base = os.path.split(out_dir)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-")
-        try:
-            manifest = {
-                "source": source.name,
-                "source_spec": _spec(source),
-                "num_classes": int(source.num_classes),
-                "class_names": list(source.class_names),
-                "channels": int(source.channels),
-                "splits": {split: _write_split(source, split, tmp, int(maxcount)) for split in splits},
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "barlab_version": _version(),
-            }
-            with open(os.path.join(tmp, MANIFEST), "w") as f:
-                json.dump(manifest, f, indent=1)
-            os.chmod(tmp, 0o755)
-            old = None
-            if os.path.isdir(out_dir):
-                old = tempfile.mkdtemp(dir=parent, prefix=f".{base}.old-")
-                os.rename(out_dir, os.path.join(old, "x"))
-            os.rename(tmp, out_dir)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return manifest
+
+    def fill(tmp: str) -> dict:
+        return {
+            "source": source.name,
+            "source_spec": _spec(source),
+            "num_classes": int(source.num_classes),
+            "class_names": list(source.class_names),
+            "channels": int(source.channels),
+            "splits": {split: _write_split(source, split, tmp, int(maxcount)) for split in splits},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "barlab_version": _version(),
+        }
+
+    return write_shard_folder(out_dir, fill, knob="data.shards_dir")
 
 
 def read_manifest(out_dir: str) -> dict | None:
-    """The manifest of a finished dataset folder, or None if it has none. Raises DataError if unreadable."""
-    path = os.path.join(os.path.expanduser(str(out_dir)), MANIFEST)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-        for split in manifest["splits"].values():
-            split["num_samples"], split["shards"]  # noqa: B018 - schema check
-        manifest["num_classes"], manifest["channels"], manifest["class_names"]  # noqa: B018
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise DataError(f"{path}: unreadable manifest ({err!r}); delete the folder and re-run the sharding") from None
-    return manifest
+    """The manifest of a finished image shard folder, or None if it has none. Raises DataError if unreadable."""
+    return read_shard_manifest(out_dir, ("num_classes", "channels", "class_names"), kind=None,
+                               fix="delete the folder and re-run the sharding")
 
 
 def ensure_shards(out_dir: str, source: ImageSource | None = None, maxcount: int = 2000) -> dict:

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from barlab.cli import instantiate_checked
 from barlab.data.pretokenize import pretokenize
-from barlab.data.token_shards import TokenShardDataModule, read_token_manifest
+from barlab.data.token_datamodule import TokenShardDataModule
+from barlab.data.token_shards import read_token_manifest
 from barlab.errors import ConfigError
 from barlab.generator.image_generator import save_generator
 from barlab.tokenizer.checkpoint import load_tokenizer

@@ -1,9 +1,15 @@
-"""Exponential moving average of the weights, as a Lightning callback.
+"""Exponential moving average of the weights, as a Lightning callback, matched by name.
 
 The LightningModule says which weights are averaged through ``ema_module()`` (for the tokenizer:
-the encoder, quantizer and decoder, never the discriminator). Validation, testing and
-``trainer.validate`` run on the averaged weights; training continues on the raw ones. The
-average lives in the checkpoint's callback state, so a resumed run continues it.
+the encoder, quantizer and decoder, never the discriminator or the perceptual network, which sit
+beside it in the LightningModule). The average is kept per parameter / floating-point buffer
+*name* of that module, as SiT's ``update_ema`` does, so a change in module order cannot pair a
+weight with another weight's average. Validation, testing and ``trainer.validate`` run on the
+averaged weights; training continues on the raw ones. The average lives in the checkpoint's
+callback state, so a resumed run continues it.
+
+Why not ``lightning.pytorch.callbacks.EMAWeightAveraging``: it averages the whole LightningModule
+(discriminator included) and has no warm-up of the decay, so the exported tokenizer would change.
 """
 
 from __future__ import annotations
@@ -32,19 +38,22 @@ class EMA(L.Callback):
         self.warmup = warmup
         self.every_n_steps = every_n_steps
         self.num_updates = 0
-        self.shadow: list[torch.Tensor] | None = None
-        self._backup: list[torch.Tensor] | None = None
+        self.shadow: dict[str, torch.Tensor] | None = None
+        self._backup: dict[str, torch.Tensor] | None = None
         self._pending_state: dict[str, Any] | None = None
 
     @staticmethod
-    def _tensors(module: nn.Module) -> list[torch.Tensor]:
-        """Parameters then floating-point buffers, in a fixed order."""
-        tensors = [p for p in module.parameters()]
-        tensors += [b for b in module.buffers() if b.is_floating_point()]
+    def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+        """Parameters, then floating-point buffers, by name."""
+        tensors = dict(module.named_parameters())
+        tensors.update((name, b) for name, b in module.named_buffers() if b.is_floating_point())
         return tensors
 
-    def _target(self, pl_module: L.LightningModule) -> nn.Module:
-        return pl_module.ema_module() if hasattr(pl_module, "ema_module") else pl_module
+    @staticmethod
+    def _target(pl_module: L.LightningModule) -> nn.Module:
+        if not hasattr(pl_module, "ema_module"):
+            raise TypeError(f"{type(pl_module).__name__} has no ema_module(): say which weights the EMA averages")
+        return pl_module.ema_module()
 
     def current_decay(self) -> float:
         if not self.warmup:
@@ -52,25 +61,31 @@ class EMA(L.Callback):
         return min(self.decay, (1.0 + self.num_updates) / (10.0 + self.num_updates))
 
     # ----------------------------------------------------------------- lifecycle
+    def _restore(self, saved: dict[str, torch.Tensor] | list[torch.Tensor],
+                 tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The checkpoint's average, by name (a list, from checkpoints before names, is in ``_tensors`` order)."""
+        if isinstance(saved, list):
+            saved = dict(zip(tensors, saved)) if len(saved) == len(tensors) else {}
+        if saved.keys() != tensors.keys() or any(saved[n].shape != t.shape for n, t in tensors.items()):
+            raise RuntimeError("EMA state in the checkpoint does not match the model's weights")
+        return {n: saved[n].to(device=t.device, dtype=t.dtype) for n, t in tensors.items()}
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         tensors = self._tensors(self._target(pl_module))
         if self._pending_state is not None:
-            saved = self._pending_state["shadow"]
-            if len(saved) != len(tensors) or any(s.shape != t.shape for s, t in zip(saved, tensors)):
-                raise RuntimeError("EMA state in the checkpoint does not match the model's weights")
-            self.shadow = [s.to(device=t.device, dtype=t.dtype) for s, t in zip(saved, tensors)]
+            self.shadow = self._restore(self._pending_state["shadow"], tensors)
             self.num_updates = self._pending_state["num_updates"]
             self._pending_state = None
         elif self.shadow is None:
-            self.shadow = [t.detach().clone() for t in tensors]
+            self.shadow = {n: t.detach().clone() for n, t in tensors.items()}
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.shadow is None or trainer.global_step % self.every_n_steps != 0:
             return
         decay = self.current_decay()
-        tensors = self._tensors(self._target(pl_module))
-        for shadow, weight in zip(self.shadow, tensors):
+        for name, weight in self._tensors(self._target(pl_module)).items():
+            shadow = self.shadow[name]
             shadow.lerp_(weight.detach().to(shadow.dtype), 1.0 - decay)
         self.num_updates += 1
 
@@ -81,17 +96,17 @@ class EMA(L.Callback):
         if self.shadow is None or self._backup is not None:
             return
         tensors = self._tensors(self._target(pl_module))
-        self._backup = [t.detach().clone() for t in tensors]
-        for tensor, shadow in zip(tensors, self.shadow):
-            tensor.copy_(shadow)
+        self._backup = {n: t.detach().clone() for n, t in tensors.items()}
+        for name, tensor in tensors.items():
+            tensor.copy_(self.shadow[name])
 
     @torch.no_grad()
     def swap_out(self, pl_module: L.LightningModule) -> None:
         """Restore the raw training weights."""
         if self._backup is None:
             return
-        for tensor, raw in zip(self._tensors(self._target(pl_module)), self._backup):
-            tensor.copy_(raw)
+        for name, tensor in self._tensors(self._target(pl_module)).items():
+            tensor.copy_(self._backup[name])
         self._backup = None
 
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -116,7 +131,7 @@ class EMA(L.Callback):
 
     # ------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        shadow = [s.detach().cpu() for s in self.shadow] if self.shadow is not None else None
+        shadow = {n: s.detach().cpu() for n, s in self.shadow.items()} if self.shadow is not None else None
         return {"decay": self.decay, "num_updates": self.num_updates, "shadow": shadow}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -1,0 +1,134 @@
+"""A folder of WebDataset tar shards plus its manifest: the layout images and tokens share.
+
+Layout of a finished folder::
+
+    folder/train-000000.tar ...   at most ``maxcount`` samples each, members ``KEY.<ext>``
+    folder/val-000000.tar ...
+    folder/manifest.json          written last: {"splits": {split: {"num_samples", "shards",
+                                  "shard_sizes"}}, ...}; the folder is complete iff it exists
+
+:func:`write_shard_folder` builds the folder under a temporary sibling name and renames it into
+place when complete, so a crashed or killed writer never leaves a folder that looks finished; a
+full disk raises :class:`barlab.errors.DiskFull` after the temporary folder is removed.
+:func:`read_shard_manifest` reads the manifest back with a schema check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Callable
+
+import webdataset as wds
+
+from barlab.errors import ConfigError, DataError
+from barlab.utils.io import disk_full_as_error
+
+MANIFEST = "manifest.json"
+
+
+class SplitShards:
+    """Writes one split's samples into ``{split}-{i:06d}.tar`` files of at most ``maxcount`` samples.
+
+    ``add(key, members)`` writes ``KEY.<ext>`` for each ``ext -> bytes`` of ``members`` (in sorted
+    ``ext`` order, with ``webdataset.TarWriter``); ``close()`` returns the manifest entry
+    ``{"num_samples", "shards", "shard_sizes"}``. Members carry fixed metadata (mtime 0, mode 0444,
+    no owner names), so equal inputs give byte-identical shards. Use as a context manager so the
+    open tar is closed on errors too.
+    """
+
+    def __init__(self, folder: str, split: str, maxcount: int):
+        self.folder, self.split, self.maxcount = folder, split, int(maxcount)
+        self.shards: list[str] = []
+        self.sizes: list[int] = []
+        self._tar: wds.TarWriter | None = None
+
+    def add(self, key: str, members: dict[str, bytes]) -> None:
+        if self._tar is None or self.sizes[-1] >= self.maxcount:
+            self._close_tar()
+            self.shards.append(f"{self.split}-{len(self.shards):06d}.tar")
+            self.sizes.append(0)
+            self._tar = wds.TarWriter(os.path.join(self.folder, self.shards[-1]), user="", group="", mode=0o444,
+                                      encoder=False, mtime=0)
+        self._tar.write({"__key__": key, **members})
+        self.sizes[-1] += 1
+
+    def _close_tar(self) -> None:
+        if self._tar is not None:
+            tar, self._tar = self._tar, None
+            tar.close()
+
+    def close(self) -> dict:
+        self._close_tar()
+        return {"num_samples": sum(self.sizes), "shards": self.shards, "shard_sizes": self.sizes}
+
+    def __enter__(self) -> "SplitShards":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._close_tar()
+
+
+def _replace(tmp: str, out_dir: str) -> None:
+    """Rename the finished ``tmp`` to ``out_dir``; a previous ``out_dir`` is moved aside, then removed."""
+    old = None
+    if os.path.isdir(out_dir):
+        old = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=f".{os.path.basename(out_dir)}.old-")
+        os.rename(out_dir, os.path.join(old, "x"))
+    os.rename(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_shard_folder(out_dir: str, fill: Callable[[str], dict], knob: str) -> dict:
+    """Build a shard folder at ``out_dir`` atomically; returns its manifest.
+
+    ``fill(tmp)`` writes the shards into the temporary folder ``tmp`` and returns the manifest,
+    which is then written as ``manifest.json``. An existing ``out_dir`` is replaced if it is empty
+    or holds a previous shard folder (has a manifest); any other non-empty folder raises
+    ConfigError naming ``knob`` (foreign files are never deleted).
+    """
+    out_dir = os.path.abspath(os.path.expanduser(str(out_dir)))
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, MANIFEST)):
+        raise ConfigError(knob, f"{out_dir} is not empty and holds no {MANIFEST}; refusing to overwrite it",
+                          fix="choose a new or empty folder")
+    with disk_full_as_error(out_dir):
+        parent, base = os.path.split(out_dir)
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-")
+        try:
+            manifest = fill(tmp)
+            with open(os.path.join(tmp, MANIFEST), "w") as f:
+                json.dump(manifest, f, indent=1)
+            os.chmod(tmp, 0o755)  # mkdtemp made it private
+            _replace(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return manifest
+
+
+def read_shard_manifest(folder: str, keys: tuple[str, ...], kind: str | None, fix: str) -> dict | None:
+    """The manifest of a finished shard folder, or None if it has none.
+
+    Checks that every split has ``num_samples`` and ``shards``, that the top level has ``keys``
+    and, unless ``kind`` is None, that ``manifest["kind"] == kind``. Raises DataError (ending in
+    ``fix``) if the manifest is unreadable or fails the check.
+    """
+    path = os.path.join(os.path.expanduser(str(folder)), MANIFEST)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+        for split in manifest["splits"].values():
+            split["num_samples"], split["shards"]  # noqa: B018 - schema check
+        for key in keys:
+            manifest[key]  # noqa: B018
+        if kind is not None and manifest.get("kind") != kind:
+            raise ValueError(f"kind is {manifest.get('kind')!r}, not {kind!r}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise DataError(f"{path}: unreadable manifest ({err!r}); {fix}") from None
+    return manifest

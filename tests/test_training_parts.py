@@ -17,6 +17,10 @@ from barlab.training.checkpoint_io import AtomicCheckpointIO
 from barlab.training.schedules import warmup_cosine, warmup_cosine_scheduler
 from barlab.utils.images import make_grid, to_uint8
 
+# optimizer and LR-schedule factories for modules built by hand (the stages build them from the config)
+ADAMW = partial(torch.optim.AdamW, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
+SCHEDULE = partial(warmup_cosine_scheduler, warmup_steps=5, min_lr_ratio=0.1)
+
 
 class _Holder(L.LightningModule):
     def __init__(self):
@@ -150,7 +154,8 @@ def _generator_module(p=1, grid=(4, 4), k=2, label_drop=0.1, classes=5):
     backbone = ARBackbone(k * p * p, (grid[0] // p, grid[1] // p), classes, width=16, depth=1, heads=2, cond_dim=8,
                           class_repeat=1)
     head = _RecordingHead(8, k * p * p)
-    module = GeneratorModule(backbone, head, nn.Identity(), grid=grid, token_shuffle=p, label_drop=label_drop)
+    module = GeneratorModule(backbone, head, nn.Identity(), grid=grid, token_shuffle=p, label_drop=label_drop,
+                             optimizer=ADAMW, scheduler=SCHEDULE)
     return module, steps
 
 
@@ -259,7 +264,7 @@ def _validate(sign, tmp_path):
     bits = [torch.tensor([1.0, 0.0, 1.0]).expand(2, 2, 2, 3),                         # every token 101
             torch.stack([torch.tensor([1.0, 1.0, 0.0]).expand(2, 2, 3), off])]          # 110 and 000
     assert on.shape == off.shape
-    module = TokenizerModule(_EchoTokenizer(sign, bits), image_size=8)
+    module = TokenizerModule(_EchoTokenizer(sign, bits), image_size=8, optimizer=ADAMW, scheduler=SCHEDULE)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path)
     batches = [{"image": x, "label": torch.zeros(2, dtype=torch.long)} for x in images]

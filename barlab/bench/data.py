@@ -18,7 +18,8 @@ from barlab.bench.timing import summarize
 from barlab.data.datamodule import ImageShardDataModule
 from barlab.data.shard_writer import write_shards
 from barlab.data.synthetic import SyntheticSource
-from barlab.data.token_shards import TokenShardDataModule, write_token_shards
+from barlab.data.token_datamodule import TokenShardDataModule
+from barlab.data.token_shards import write_token_shards
 
 SIZES = {
     "ci": dict(image=dict(image_size=16, channels=3, batch=8, workers=0, count=64),

@@ -69,6 +69,8 @@ def run_all(cfg: DictConfig, state: RunState) -> dict[str, Any]:
         "generator_train_bit_accuracy": generator["train_bit_accuracy"],
         "generator_val_loss": generator["val_loss"],
         "generator_val_bit_accuracy": generator["val_bit_accuracy"],
+        "generator_train_time_s": generator.get("train_time_s"),
+        "sampling_time_s": generator.get("sampling_time_s"),
         **{k: generator[k] for k in ("gfid", "class_accuracy", "inception_score", "precision", "recall", "kid")
            if k in generator},
         "tokenizer_cached": bool(cache and cache.get("hit")),

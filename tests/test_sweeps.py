@@ -114,7 +114,7 @@ def test_head_sweep_keeps_refused_points_and_the_notebook_marks_them(tmp_path):
     proc = run_module("barlab.sample", "-m", f"ckpt={sweep / '2'}", "score=true", "per_class=2", "png=false",
                       "metrics.backend=random", "data=synthetic", "data.image_size=16", *grid, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    points = sorted((sweep / "2" / "sampling_grid").iterdir())
+    points = sorted(p for p in (sweep / "2" / "sampling_grid").iterdir() if p.is_dir())
     assert len(points) == 4 and all((p / "metrics.json").is_file() for p in points)
     proc = run_module("barlab.analysis", str(sweep), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -125,7 +125,7 @@ def test_head_sweep_keeps_refused_points_and_the_notebook_marks_them(tmp_path):
         metrics, info = read_json(point / "metrics.json"), read_json(point / "sample_info.json")
         row = table[(table["guidance"] == info["sampling"]["guidance"])
                     & (table["temperature"] == info["sampling"]["temperature"])].iloc[0]
-        assert row["fid"] == pytest.approx(metrics["fid"]) and info["num_samples"] == 20
+        assert row["fid"] == pytest.approx(metrics["fid"]) and info["num_samples"] == 2 * info["num_classes"]
     best = pd.read_csv(sweep / "sampling_grid_best.csv")
     assert len(best) == 1 and best["fid"].iloc[0] == pytest.approx(table["fid"].min())
     assert (sweep / "sampling_grid.png").is_file()

@@ -18,7 +18,7 @@ from barlab.analysis.grid import best_points, load_grid
 from barlab.analysis.plots import plot_bit_budget, plot_heads, plot_sampling_grid
 
 SHOWN = ["quantizer", "bits_per_image", "params_head", "psnr", "ssim", "rfid", "gfid", "class_accuracy", "precision",
-         "recall", "wall_time_s", "reason"]
+         "recall", "generator_train_time_s", "sampling_time_s", "wall_time_s", "reason"]
 
 
 def main(argv: list[str] | None = None) -> int:

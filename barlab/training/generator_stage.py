@@ -9,6 +9,7 @@ accuracy, IS, precision/recall with ``metrics``); return the numbers for results
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +197,9 @@ def run_generator_stage(cfg: DictConfig, state: RunState, trained_tokenizer: Pat
     module = build_generator_module(cfg, tokenizer, info, manifest["num_classes"])
     log_generator_size(module)
     trainer, grid_cb = generator_trainer(cfg, state, datamodule)
+    start = time.time()
     final, resumed_from = fit_and_validate(cfg, trainer, module, datamodule)
+    train_time_s = round(time.time() - start, 1)
     train = module.recent_train_metrics()
     generator_file, scores = export_and_score(cfg, trainer, module, tokenizer_file)
     return {
@@ -212,6 +215,8 @@ def run_generator_stage(cfg: DictConfig, state: RunState, trained_tokenizer: Pat
         "val_bit_accuracy": final.get("val/bit_accuracy"),
         "train_steps": trainer.global_step,
         "resumed_from_step": resumed_from,
+        "train_time_s": train_time_s,                # fit + final validation, this attempt
+        "sampling_time_s": scores.get("sampling_s"),  # the scored class-balanced samples
         "sampling": sampling_settings(cfg),
         **(headline("g", scores) if scores else {}),
         "gfid_eval": scores or None,

@@ -109,7 +109,8 @@ def plot_sampling_grid(frame, path=None, value: str = "fid"):
                         color="white" if v != best else "red", fontweight="bold" if v == best else None)
         ax.set_xlabel("temperature τ")
         ax.set_ylabel("guidance g")
-        ax.set_title(" ".join(str(n) for n in np.atleast_1d(name)) + " bits" if keys[1:] else str(name), fontsize=9)
+        parts = [str(n) for n in (name if isinstance(name, tuple) else (name,))]
+        ax.set_title(" ".join(parts) + (" bits" if len(keys) > 1 else ""), fontsize=9)
         fig.colorbar(image, ax=ax, shrink=0.8)
     labels = frame.get("feature_label")
     found = [str(x) for x in labels.dropna().unique()] if labels is not None else []

@@ -473,3 +473,19 @@ def test_max_val_samples_means_the_same_for_images_and_tokens(tmp_path):
         assert got_images == got_tokens == labels[:n]
     with pytest.raises(ConfigError, match="generator.data.max_val_samples"):
         TokenShardDataModule(str(tmp_path / "tok"), max_val_samples=0)
+
+
+def test_skip_counter_pickles_without_its_shared_total_outside_worker_start():
+    """Pickled outside a worker's start (a deepcopy of the pipeline, a checkpoint), the counter drops the
+    cross-process Value (which can only be shared by inheritance) and becomes a local one; the copy's
+    skips never reach the original's total."""
+    import pickle
+
+    from barlab.data.pipeline import SkipCounter
+
+    counter = SkipCounter()
+    counter.skip("sample a", "bad png")
+    copy = pickle.loads(pickle.dumps(counter))
+    assert copy._shared is None and (copy.local, copy.total) == (1, 1)
+    copy.skip("sample b", "bad png")
+    assert (copy.local, copy.total) == (2, 2) and (counter.local, counter.total) == (1, 1)

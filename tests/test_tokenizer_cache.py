@@ -19,7 +19,8 @@ def test_the_key_covers_the_tokenizer_recipe_and_not_the_run(compose_train):
     assert len(base) == 16 and all(c in "0123456789abcdef" for c in base)
     same = [["experiment=smoke", "head=bitwise"], ["experiment=smoke", "generator.max_steps=7"],
             ["experiment=smoke", "data.num_workers=3"], ["experiment=smoke", "metrics.gfid.per_class=9"],
-            ["experiment=smoke", "run_name=other"]]
+            ["experiment=smoke", "run_name=other"], ["experiment=smoke", "callbacks.progress_log.every_n_steps=7"],
+            ["experiment=smoke", "~callbacks.progress_log"]]
     for overrides in same:
         assert cache_key(compose_train(overrides))[0] == base, overrides
     other = [["experiment=smoke", "tokenizer.bits=6"], ["experiment=smoke", "seed=1"],

@@ -293,3 +293,17 @@ def test_tokenizer_validation_ssim_psnr_and_bit_usage_by_hand(tmp_path):
     # PSNR per image, data range 1: 10 log10(1 / (2a - 1)^2), averaged over the 4 images
     expected_psnr = (10 * math.log10(1 / 0.25) + 10 * math.log10(1 / 0.04)) / 2
     assert out["val/psnr"] == pytest.approx(expected_psnr, rel=1e-5)
+
+
+def test_tokenizer_bit_statistics_cover_only_the_latest_validation(tmp_path):
+    """A second validation whose tokens are all 000 reports usage 0 for every bit: the accumulator is
+    reset at each validation's start (without the reset it would report the two runs' mean)."""
+    _, module = _validate(1.0, tmp_path)
+    assert module.last_bit_stats["usage"] == pytest.approx([0.75, 0.25, 0.5])
+    module.tokenizer.bits = [torch.zeros(2, 2, 2, 3)]
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    batches = [{"image": torch.full((2, 1, 8, 8), 0.5), "label": torch.zeros(2, dtype=torch.long)}]
+    out = trainer.validate(module, dataloaders=torch.utils.data.DataLoader(batches, batch_size=None), verbose=False)[0]
+    assert module.last_bit_stats["usage"] == [0.0, 0.0, 0.0]
+    assert module.last_bit_stats["entropy"] == [0.0, 0.0, 0.0] and out["val/bits_usage_max"] == 0.0

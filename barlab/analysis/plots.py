@@ -7,8 +7,12 @@ axis, at their bit width, with the reason in the legend.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from matplotlib.figure import Figure  # figures without pyplot: no GUI backend, safe on headless nodes
+
+from barlab.analysis.grid import surface_keys
 
 FAMILY_STYLE = {"discrete": dict(marker="o", label="binary FSQ (discrete)"),
                 "continuous": dict(marker="s", linestyle="--", label="KL (continuous, 16 bits/channel)")}
@@ -91,10 +95,23 @@ def plot_heads(frame, path=None, bits_column: str = "tokenizer.bits"):
     return fig
 
 
+def _surface_title(values: dict, varying: list[str]) -> str:
+    """``mbm 16 bits``, plus what else tells this panel from the others (run folder, allocation)."""
+    parts = [str(values[k]) for k in ("head",) if k in values]
+    if "tokenizer.bits" in values:
+        parts.append(f"{values['tokenizer.bits']} bits")
+    if "run_dir" in varying:
+        parts.append(Path(str(values["run_dir"])).name)
+    parts += [f"{k} {values[k]}" for k in ("schedule", "allocation") if k in varying]
+    return " ".join(parts) or "grid"
+
+
 def plot_sampling_grid(frame, path=None, value: str = "fid"):
-    """Heat maps of ``value`` over guidance × temperature, one panel per generator (head, bits)."""
-    keys = [k for k in ("head", "tokenizer.bits") if k in frame]
-    groups = list(frame.groupby(keys, dropna=False)) if keys else [("grid", frame)]
+    """Heat maps of ``value`` over guidance × temperature, one panel per surface: generator (head,
+    bits, run) and unmasking plan (schedule, allocation), see ``barlab.analysis.grid.surface_keys``."""
+    keys = surface_keys(frame)
+    groups = list(frame.groupby(keys, dropna=False)) if keys else [((), frame)]
+    varying = [k for k in keys if frame[k].nunique(dropna=False) > 1]
     fig = Figure(figsize=(4.2 * len(groups), 3.8))
     axes = np.atleast_1d(fig.subplots(1, len(groups)))
     for ax, (name, part) in zip(axes, groups):
@@ -109,8 +126,8 @@ def plot_sampling_grid(frame, path=None, value: str = "fid"):
                         color="white" if v != best else "red", fontweight="bold" if v == best else None)
         ax.set_xlabel("temperature τ")
         ax.set_ylabel("guidance g")
-        parts = [str(n) for n in (name if isinstance(name, tuple) else (name,))]
-        ax.set_title(" ".join(parts) + (" bits" if len(keys) > 1 else ""), fontsize=9)
+        ax.set_title(_surface_title(dict(zip(keys, name if isinstance(name, tuple) else (name,))), varying),
+                     fontsize=9)
         fig.colorbar(image, ax=ax, shrink=0.8)
     labels = frame.get("feature_label")
     found = [str(x) for x in labels.dropna().unique()] if labels is not None else []

@@ -25,6 +25,7 @@ from barlab.training.checkpoint_io import AtomicCheckpointIO
 from barlab.training.distributed import install_child_command, track_launcher
 from barlab.training.results import hydra_context
 from barlab.training.run_state import RunState, checkpoint_step
+from barlab.utils.progress import bars_shown
 
 log = logging.getLogger("barlab")
 
@@ -113,8 +114,12 @@ def build_optimization(stage_cfg: DictConfig, stage: str) -> dict:
 
 
 def build_trainer(cfg: DictConfig, stage_cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
-    """The ``trainer`` config with the stage's ``max_steps`` / ``val_every`` and atomic checkpoints."""
-    extra = {"max_steps": stage_cfg.max_steps, "val_check_interval": stage_cfg.val_every}
+    """The ``trainer`` config with the stage's ``max_steps`` / ``val_every`` and atomic checkpoints.
+
+    The progress bar is drawn only on a terminal; elsewhere ``callbacks.progress_log`` logs lines.
+    """
+    extra = {"max_steps": stage_cfg.max_steps, "val_check_interval": stage_cfg.val_every,
+             "enable_progress_bar": bars_shown(cfg.trainer.get("enable_progress_bar", True))}
     if cfg.trainer.get("precision") == "auto":
         extra["precision"] = auto_precision()
     install_child_command()

@@ -21,6 +21,7 @@ from barlab.metrics.classifier import FORMAT, SmallCNN
 from barlab.training.classifier_module import ClassifierModule
 from barlab.utils.io import atomic_torch_save
 from barlab.utils.locks import exclusive_lock
+from barlab.utils.progress import bars_shown
 from barlab.validation import check_int
 
 log = logging.getLogger("barlab")
@@ -57,7 +58,7 @@ def train_classifier(cfg: DictConfig, path: Path) -> dict[str, Any]:
     accelerator = cfg.trainer.get("accelerator", "auto")
     trainer = L.Trainer(max_steps=steps, max_epochs=-1, accelerator=accelerator, devices=1, precision="32-true",
                         logger=False, enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0,
-                        enable_progress_bar=bool(cfg.trainer.get("enable_progress_bar", True)),
+                        enable_progress_bar=bars_shown(cfg.trainer.get("enable_progress_bar", True)),
                         enable_model_summary=False)
     log.info("training the evaluation classifier (%d steps) -> %s", steps, path)
     trainer.fit(module, train_dataloaders=datamodule.train_dataloader())

@@ -155,7 +155,7 @@ def generator_trainer(cfg: DictConfig, state: RunState,
     run_dir = Path(cfg.paths.output_dir)
     grid_cb = SampleGrid(dirpath=str(run_dir / "samples"), latest=str(run_dir / "sample_grid.png"),
                          per_class=cfg.sampling.per_class, seed=cfg.seed)
-    callbacks = build_callbacks(cfg, "generator", names=("model_checkpoint", "lr_monitor")) + [grid_cb]
+    callbacks = build_callbacks(cfg, "generator", names=("model_checkpoint", "lr_monitor", "progress_log")) + [grid_cb]
     trainer = build_trainer(cfg, cfg.generator, callbacks, build_loggers(cfg, "generator", state))
     apply_global_batch(trainer, datamodule, cfg.generator.get("global_batch_size"), "generator.global_batch_size")
     log_config(trainer, cfg)

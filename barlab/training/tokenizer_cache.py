@@ -12,9 +12,9 @@ tokenizer.bits=8,16,24,32`` trains 4 tokenizers, not 12. An entry lives in
 
 **The key** is a hash of every resolved setting that changes the trained weights or the stage's
 numbers: ``tokenizer``, ``data`` (less loader processes and machine paths), ``seed``, ``trainer``,
-``callbacks`` (EMA), ``final_eval`` and ``metrics`` (less the generator's ``gfid``), plus
-:data:`CACHE_FORMAT`. Two configs that differ anywhere there never share an entry. The key does
-not cover barlab's code: after a change to the tokenizer's code, train afresh with
+``callbacks`` (EMA; not the report-only ``progress_log``), ``final_eval`` and ``metrics`` (less
+the generator's ``gfid``), plus :data:`CACHE_FORMAT`. Two configs that differ anywhere there never
+share an entry. The key does not cover barlab's code: after a change to the tokenizer's code, train afresh with
 ``cache.tokenizer=false`` or delete the entry.
 
 **Parallel jobs and ranks.** Rank 0 of a job holds an exclusive file lock on the key while it looks
@@ -55,6 +55,8 @@ log = logging.getLogger("barlab")
 # Bump when the meaning of an entry changes (its files, or what the key covers).
 CACHE_FORMAT = 1
 KEY_NODES = ("tokenizer", "data", "seed", "trainer", "callbacks", "final_eval", "metrics")
+# Callbacks that only report (they never change the trained weights): left out of the key.
+REPORT_ONLY_CALLBACKS = ("progress_log",)
 DECISION_FILE = "tokenizer.cache.json"
 # How long a rank > 0 waits for rank 0's choice (rank 0 may first wait for another job's training).
 DECISION_TIMEOUT_S = 7 * 24 * 3600.0
@@ -72,6 +74,7 @@ def cache_key(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
 
     spec = without_run_paths(resolved_nodes(cfg, KEY_NODES))
     spec["metrics"] = {k: v for k, v in (spec.get("metrics") or {}).items() if k != "gfid"}
+    spec["callbacks"] = {k: v for k, v in (spec.get("callbacks") or {}).items() if k not in REPORT_ONLY_CALLBACKS}
     spec["format"] = CACHE_FORMAT
     text = json.dumps(spec, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16], spec

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import TypeVar
 
@@ -14,6 +15,13 @@ def show_progress(cfg) -> bool:
     """The run's ``trainer.enable_progress_bar`` (True when the config has no trainer node)."""
     trainer = cfg.get("trainer") or {}
     return bool(trainer.get("enable_progress_bar", True))
+
+
+def bars_shown(enabled: bool = True) -> bool:
+    """Whether a progress bar may be drawn: ``enabled`` and stderr is a terminal. Lightning's own
+    bar follows this rule too (``build_trainer``); where it is off, ``callbacks.progress_log``
+    writes progress as log lines."""
+    return bool(enabled) and sys.stderr.isatty()
 
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, enabled: bool = True,

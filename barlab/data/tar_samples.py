@@ -8,7 +8,7 @@
 - ``"webdataset"``: ``webdataset.tariterators.tar_file_expander``, WebDataset's own (``tarfile``).
 
 Both give the same samples and skips (``tests/test_data.py`` pins it); the default is kept as it
-is faster end to end (``python -m barlab.data.bench_reader``: the token loader 2.9-3.4x, the
+is faster end to end (``python -m barlab.bench bench=tar_reader``: the token loader 2.9-3.4x, the
 16-pixel image loader 1.6-1.8x, reading alone 4.2-4.6x). What this stage adds, one shard at a time:
 
 - a WebDataset exception handler that counts: a shard that cannot be opened, is damaged, or ends

@@ -49,6 +49,7 @@ def test_bench_writes_every_benchmark_with_finite_numbers_and_ratios(bench_run):
     assert list(report["benchmarks"]) == list(BENCHMARKS)
     assert report["machine"]["cpu_model"] and report["machine"]["torch_num_threads"] == 1
     assert "avx512_bf16" in report["machine"]["cpu_flags"]
+    assert report["machine"]["cpu_id"].startswith("family ") and " model " in report["machine"]["cpu_id"]
     for name, result in report["benchmarks"].items():
         if name == "gpu" and not torch.cuda.is_available():
             assert result["skipped"] == "skipped: no CUDA"

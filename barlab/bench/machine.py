@@ -33,6 +33,24 @@ def cpu_model_and_flags() -> tuple[str, set[str]]:
     return model or platform.processor() or "unknown", flags
 
 
+def cpu_id() -> str:
+    """``family 25 model 17 stepping 1``: tells apart CPUs that share a model name (``AMD EPYC``), whose
+    numerics and speeds can differ; empty where /proc/cpuinfo has no such fields."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model", "stepping") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip() and fields:
+                    break
+    except OSError:
+        return ""
+    return " ".join(f"{k.split()[-1]} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields)
+
+
 def cpu_has_bf16() -> bool:
     """True when the CPU computes bf16 natively (avx512_bf16 or AMX), not by emulation."""
     return bool({"avx512_bf16", "amx_bf16"} & cpu_model_and_flags()[1])
@@ -42,7 +60,7 @@ def machine_info() -> dict:
     """Everything needed to compare two benchmark runs: host, CPU, threads, torch, GPU."""
     model, flags = cpu_model_and_flags()
     info = {"hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-            "cpu_model": model, "cpu_count": os.cpu_count(), "cpu_flags": {f: f in flags for f in CPU_FLAGS},
+            "cpu_model": model, "cpu_id": cpu_id(), "cpu_count": os.cpu_count(), "cpu_flags": {f: f in flags for f in CPU_FLAGS},
             "torch": torch.__version__, "torch_num_threads": torch.get_num_threads(),
             "cuda": torch.version.cuda, "gpu": None}
     if torch.cuda.is_available():

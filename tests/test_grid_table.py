@@ -61,3 +61,21 @@ def test_an_unscored_grid_has_no_best_point(tmp_path):
     frame = load_grid(tmp_path)
     assert isinstance(best_points(frame.assign(fid=float("nan"))), pd.DataFrame) and best_points(
         frame.assign(fid=float("nan"))).empty
+
+
+def test_refused_points_sit_below_every_head_line():
+    """The refused marks are drawn after all lines, on the final bottom edge (not on the first line's)."""
+    from barlab.analysis.plots import plot_heads
+
+    frame = pd.DataFrame([
+        {"head": "linear", "tokenizer.bits": 8, "outcome": "ok", "gfid": 7.0, "class_accuracy": 0.7},
+        {"head": "linear", "tokenizer.bits": 24, "outcome": "refused", "gfid": None, "class_accuracy": None},
+        {"head": "bitwise", "tokenizer.bits": 8, "outcome": "ok", "gfid": 3.0, "class_accuracy": 0.9},
+        {"head": "bitwise", "tokenizer.bits": 24, "outcome": "ok", "gfid": 2.0, "class_accuracy": 0.95},
+    ])
+    fig = plot_heads(frame)
+    for ax in fig.axes[:2]:
+        marks = [c.get_offsets() for c in ax.collections]
+        assert len(marks) == 1 and marks[0][0][0] == 24
+        assert marks[0][0][1] == ax.get_ylim()[0] < min(min(line.get_ydata()) for line in ax.get_lines())
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["8", "24"]

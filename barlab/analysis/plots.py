@@ -75,17 +75,24 @@ def plot_heads(frame, path=None, bits_column: str = "tokenizer.bits"):
         for ax, column in zip(axes, ("gfid", "class_accuracy")):
             if column in ok and not ok.empty:
                 ax.plot(ok[bits_column], ok[column], marker=marker, label=head)
+    for ax in axes:   # the axes' final range, so that the marks below sit on the bottom edge, below every line
+        ax.set_ylim(*ax.get_ylim())
+    for head in heads:
+        rows = frame[frame["head"] == head]
         bad = rows[rows["outcome"].isin(["refused", "oom", "crashed", "failed", "missing", "interrupted"])]
         for outcome, group in bad.groupby("outcome"):
             for ax in axes:
-                low = ax.get_ylim()[0]
-                ax.scatter(group[bits_column], np.full(len(group), low), marker="x", s=80, color="red",
-                           label=f"{head}: {outcome}", zorder=5, clip_on=False)
+                ax.scatter(group[bits_column], np.full(len(group), ax.get_ylim()[0]), marker="x", s=80,
+                           color="red", label=f"{head}: {outcome}", zorder=5, clip_on=False)
+    ticks = sorted({int(b) for b in frame[bits_column].dropna()}) if bits_column in frame else []
     label_fid_axis(axes[0], frame, "gFID (lower is better)")
     axes[1].set_ylabel("class accuracy of samples (classifier)")
     for ax in axes:
-        ax.set_xlabel("bits per token (codebook 2^k)")
+        ax.set_xlabel("bits per token k (codebook 2^k)")
         ax.set_xscale("log", base=2)
+        if ticks:
+            ax.set_xticks(ticks, [str(k) for k in ticks])
+            ax.minorticks_off()
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Prediction heads as the codebook grows")

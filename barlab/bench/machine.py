@@ -60,7 +60,8 @@ def machine_info() -> dict:
     """Everything needed to compare two benchmark runs: host, CPU, threads, torch, GPU."""
     model, flags = cpu_model_and_flags()
     info = {"hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-            "cpu_model": model, "cpu_id": cpu_id(), "cpu_count": os.cpu_count(), "cpu_flags": {f: f in flags for f in CPU_FLAGS},
+            "cpu_model": model, "cpu_id": cpu_id(), "cpu_count": os.cpu_count(),
+            "cpu_flags": {f: f in flags for f in CPU_FLAGS},
             "torch": torch.__version__, "torch_num_threads": torch.get_num_threads(),
             "cuda": torch.version.cuda, "gpu": None}
     if torch.cuda.is_available():

@@ -129,8 +129,10 @@ def plot_sampling_grid(frame, path=None, value: str = "fid"):
         best = np.nanmin(table.values)
         for (i, j), v in np.ndenumerate(table.values):
             if np.isfinite(v):
+                r, g, b, _ = image.cmap(image.norm(v))          # dark text on light cells, light on dark
+                ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
-                        color="white" if v != best else "red", fontweight="bold" if v == best else None)
+                        color=ink if v != best else "red", fontweight="bold" if v == best else None)
         ax.set_xlabel("temperature τ")
         ax.set_ylabel("guidance g")
         ax.set_title(_surface_title(dict(zip(keys, name if isinstance(name, tuple) else (name,))), varying),

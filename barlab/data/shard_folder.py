@@ -30,45 +30,50 @@ MANIFEST = "manifest.json"
 
 
 class SplitShards:
-    """Writes one split's samples into ``{split}-{i:06d}.tar`` files of at most ``maxcount`` samples.
+    """Writes one split's samples into ``{split}-{i:06d}.tar`` files of at most ``maxcount`` samples,
+    through ``webdataset.ShardWriter``.
 
     ``add(key, members)`` writes ``KEY.<ext>`` for each ``ext -> bytes`` of ``members`` (in sorted
-    ``ext`` order, with ``webdataset.TarWriter``); ``close()`` returns the manifest entry
+    ``ext`` order, by ``TarWriter``); ``close()`` returns the manifest entry
     ``{"num_samples", "shards", "shard_sizes"}``. Members carry fixed metadata (mtime 0, mode 0444,
-    no owner names), so equal inputs give byte-identical shards. Use as a context manager so the
-    open tar is closed on errors too.
+    no owner names), so equal inputs give byte-identical shards. The ShardWriter is opened on the
+    first sample (it creates its first file when built), so an empty split writes no file. Use as a
+    context manager so the open tar is closed on errors too.
     """
 
     def __init__(self, folder: str, split: str, maxcount: int):
         self.folder, self.split, self.maxcount = folder, split, int(maxcount)
         self.shards: list[str] = []
         self.sizes: list[int] = []
-        self._tar: wds.TarWriter | None = None
+        self._writer: wds.ShardWriter | None = None
+
+    def _finished(self, path: str) -> None:
+        """ShardWriter's ``post`` hook: a shard is complete (its sample count is still the writer's)."""
+        self.shards.append(os.path.basename(path))
+        self.sizes.append(self._writer.count)
 
     def add(self, key: str, members: dict[str, bytes]) -> None:
-        if self._tar is None or self.sizes[-1] >= self.maxcount:
-            self._close_tar()
-            self.shards.append(f"{self.split}-{len(self.shards):06d}.tar")
-            self.sizes.append(0)
-            self._tar = wds.TarWriter(os.path.join(self.folder, self.shards[-1]), user="", group="", mode=0o444,
-                                      encoder=False, mtime=0)
-        self._tar.write({"__key__": key, **members})
-        self.sizes[-1] += 1
+        if self._writer is None:
+            pattern = os.path.join(self.folder.replace("%", "%%"), f"{self.split}-%06d.tar")
+            self._writer = wds.ShardWriter(pattern, maxcount=self.maxcount,
+                                           post=self._finished, verbose=0, user="", group="", mode=0o444,
+                                           encoder=False, mtime=0)
+        self._writer.write({"__key__": key, **members})
 
-    def _close_tar(self) -> None:
-        if self._tar is not None:
-            tar, self._tar = self._tar, None
-            tar.close()
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.finish()          # closes the last shard and runs ``post`` on it
+            self._writer = None
 
     def close(self) -> dict:
-        self._close_tar()
+        self._close_writer()
         return {"num_samples": sum(self.sizes), "shards": self.shards, "shard_sizes": self.sizes}
 
     def __enter__(self) -> "SplitShards":
         return self
 
     def __exit__(self, *exc) -> None:
-        self._close_tar()
+        self._close_writer()
 
 
 def _replace(tmp: str, out_dir: str) -> None:

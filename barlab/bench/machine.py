@@ -11,19 +11,28 @@ import torch
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
-def cpu_model_and_flags() -> tuple[str, set[str]]:
-    """The CPU's model name and its flags, from /proc/cpuinfo (else ``lscpu``, else platform)."""
-    model, flags = "", set()
+def first_cpu_fields() -> dict[str, str]:
+    """The ``key: value`` fields of the first processor in /proc/cpuinfo (empty where it is unreadable)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
+                if not line.strip():
+                    if fields:
+                        break
+                    continue
                 key, _, value = line.partition(":")
-                if key.strip() == "model name" and not model:
-                    model = value.strip()
-                elif key.strip() in ("flags", "Features") and not flags:
-                    flags = set(value.split())
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    return fields
+
+
+def cpu_model_and_flags() -> tuple[str, set[str]]:
+    """The CPU's model name and its flags, from /proc/cpuinfo (else ``lscpu``, else platform)."""
+    fields = first_cpu_fields()
+    model = fields.get("model name", "")
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
     if not model:
         try:
             out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
@@ -36,18 +45,7 @@ def cpu_model_and_flags() -> tuple[str, set[str]]:
 def cpu_id() -> str:
     """``family 25 model 17 stepping 1``: tells apart CPUs that share a model name (``AMD EPYC``), whose
     numerics and speeds can differ; empty where /proc/cpuinfo has no such fields."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("cpu family", "model", "stepping") and key not in fields:
-                    fields[key] = value.strip()
-                if not line.strip() and fields:
-                    break
-    except OSError:
-        return ""
+    fields = first_cpu_fields()
     return " ".join(f"{k.split()[-1]} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields)
 
 

@@ -73,6 +73,44 @@ def test_bench_heads_records_where_the_linear_head_is_refused(bench_run):
     assert all(r["status"] == "ok" for r in rows if r["head"] != "linear")
 
 
+@pytest.mark.slow
+def test_bench_sampling_train_loop_and_peaks_report_what_the_targets_need(bench_run):
+    report = bench_run[1]["benchmarks"]
+    sampling, heads = report["sampling"], report["heads"]
+    batch = [r for r in sampling["rows"] if r["sweep"] == "batch"]
+    assert [r["batch"] for r in batch] == [1, 4] and all(0 < r["peak_fraction"] < 2 and r["flops"] > 0 for r in batch)
+    fuse = {(r["batch"], r["fuse_cfg"]) for r in sampling["rows"] if r["sweep"] == "fuse_cfg"}
+    assert fuse == {(2, False), (2, True), (4, False), (4, True)}
+    assert set(sampling["ratios"]) >= {"fused_cfg_speedup_b2", "fused_cfg_speedup_b4", "peak_fraction_b4",
+                                       "cache_over_recompute_L8", "cache_over_recompute_L16", "p4_over_p1"}
+    # no-CFG recompute only at the shorter length
+    assert {r["ar_steps"] for r in sampling["rows"] if r["sweep"] == "cache" and not r["kv_cache"] and not r["cfg"]} \
+        == {8}
+    # the linear head's memory per token grows as 2^k: 8 -> 16 bits multiplies it by 2^8
+    assert heads["ratios"]["linear_memory_log2_per_bit"] == pytest.approx(1.0, abs=0.05)
+    rounds = report["train_loop"]["overhead_pct_rounds"]
+    assert len(rounds) == 2 and report["train_loop"]["ratios"]["lightning_overhead_pct"] == pytest.approx(
+        sum(rounds) / 2)
+    assert sum(r["steps"] for r in report["train_loop"]["rows"]) == 2 * 2 * 3  # rounds x loops x repeats
+    # one peak per run: mfu and sampling divide by the same figure
+    peak = report["mfu"]["peaks_tflops"]["fp32"]
+    assert report["mfu"]["rows"][0]["peak_tflops"] == pytest.approx(peak)
+    assert f"fp32 {peak:.3g} TFLOP/s" in " ".join(sampling["notes"])
+
+
+def test_peaks_are_measured_once_per_run(monkeypatch):
+    from barlab.bench import peak as peak_module
+    from barlab.bench.context import BenchContext
+
+    calls = []
+    monkeypatch.setattr(peak_module, "matmul_peak", lambda n, dtype, ctx: calls.append((n, dtype)) or 1e12)
+    monkeypatch.setattr(peak_module, "bf16_supported", lambda device: True)
+    ctx = BenchContext("ci", torch.device("cpu"), warmup=0, repeats=1)
+    assert peak_module.peak_for(ctx, "32-true") == 1e12 and peak_module.peak_for(ctx, "bf16-mixed") == 1e12
+    assert calls == [(256, torch.float32), (256, torch.bfloat16)]
+    assert peak_module.matmul_n(BenchContext("real", torch.device("cuda"), 0, 1)) == 8192
+
+
 def test_bench_gpu_measurement_runs_on_cpu_at_toy_size():
     from barlab.bench.context import BenchContext
     from barlab.bench.gpu import measure_preset

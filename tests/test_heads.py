@@ -188,6 +188,38 @@ def test_cfg_unit_guidance_is_conditional_path(name):
     assert not torch.equal(mixed[1::2], ref0[1::2])
 
 
+@pytest.mark.parametrize("name", ["linear", "bitwise", "mbm"])
+def test_fused_cfg_gives_the_two_forward_logits_and_samples(name):
+    """``fuse_cfg`` (one forward over the stacked 2N rows) against the previous two forwards of N rows:
+    the same guided logits up to float rounding, the same bits at τ = 0 and at τ > 0 (same noise)."""
+    k, n, d = 8, 48, 16
+    head = make_heads(d, k)[name]
+    randomize(head, scale=2.0)
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+    rows = torch.rand(n, generator=g)
+    calls = []
+
+    def logits_fn(c, r):  # a per-row input (like MBM's ratio) must follow its row into the stack
+        calls.append(c.shape[0])
+        if name == "mbm":
+            return head(torch.full((c.shape[0], k), 2), c, r)
+        logits = head.logits(c)
+        return logits * r.view(-1, *[1] * (logits.ndim - 1))
+
+    results = {}
+    for fused in (False, True):
+        head.fuse_cfg = fused
+        calls.clear()
+        results[fused] = (head._guided(logits_fn, cond, uncond, 3.0, rows), list(calls),
+                          head.sample(cond, uncond, 3.0, temperature=0.0),
+                          head.sample(cond, uncond, 3.0, temperature=1.5, generator=torch.Generator().manual_seed(5)))
+    assert results[False][1] == [n, n] and results[True][1] == [2 * n]
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-5, atol=1e-5)
+    assert torch.equal(results[True][2], results[False][2]) and torch.equal(results[True][3], results[False][3])
+    assert (results[True][0] != head._guided(logits_fn, cond, None, 3.0, rows)).any()  # guidance changed them
+
+
 # ---------------------------------------------------------------- learning
 
 @pytest.mark.parametrize("name", ["linear", "bitwise", "mbm"])

@@ -13,7 +13,8 @@ SIZES = ("ci", "real")
 class BenchContext:
     """size: ``ci`` (seconds, tiny widths) or ``real``; warmup / repeats: untimed and timed calls of
     every measurement; results: the finished benchmarks of this run by name (``data`` reads the
-    ``train_loop`` step rate from it)."""
+    ``train_loop`` step rate from it); peaks: this run's matmul peaks in FLOP/s by dtype, measured
+    once (:func:`barlab.bench.peak.peaks`)."""
 
     size: str
     device: torch.device
@@ -21,6 +22,7 @@ class BenchContext:
     repeats: int
     seed: int = 0
     results: dict = field(default_factory=dict)
+    peaks: dict = field(default_factory=dict)
 
     def pick(self, sizes: dict):
         """``sizes[self.size]``: a benchmark's settings for this run's size."""

@@ -23,8 +23,12 @@ HEADS = ("linear", "bitwise", "mbm")
 SIZES = {
     "ci": dict(preset="tiny", bits=(8, 16, 32), cond_dim=32, mbm_width=32, mbm_depth=1, tokens=64,
                max_memory_gb=16),
+    # bar_b's head widths; 256 tokens per call on a CPU (one call of the MBM head at k = 256 is
+    # already ~1 s of training there), 1024 on a GPU
     "real": dict(preset="bar_b", bits=(8, 16, 32, 64, 128, 256), cond_dim=2048, mbm_width=2048, mbm_depth=3,
-                 tokens=1024, max_memory_gb=16),
+                 tokens=256, max_memory_gb=16),
+    "real_cuda": dict(preset="bar_b", bits=(8, 16, 32, 64, 128, 256), cond_dim=2048, mbm_width=2048, mbm_depth=3,
+                      tokens=1024, max_memory_gb=16),
 }
 GUIDANCE = 3.0
 
@@ -65,7 +69,7 @@ def measure_head(head: torch.nn.Module, k: int, tokens: int, ctx: BenchContext) 
 
 
 def run(ctx: BenchContext) -> dict:
-    s = ctx.pick(SIZES)
+    s = SIZES["real_cuda"] if ctx.size == "real" and ctx.device.type == "cuda" else ctx.pick(SIZES)
     configs = head_configs(s)
     rows = []
     for name in HEADS:
@@ -103,13 +107,20 @@ def lookup(rows: list[dict], head: str, k: int, key: str) -> float | None:
 
 
 def head_ratios(rows: list[dict], bits: tuple[int, ...]) -> dict:
-    """MBM time per token at the largest k over k = 8; linear over MBM at k = 16 (train and sample)."""
+    """MBM time per token at the largest k over k = 8; linear over MBM at k = 16 (train and sample);
+    the linear head's memory growth as log2(peak ratio) per added bit between its smallest and
+    largest measured k (1.0: memory grows as 2^k)."""
     kmax = max(bits)
     out = {}
     for phase in ("train", "sample"):
         key = f"{phase}_s_per_token"
         out[f"mbm_{phase}_k{kmax}_over_k8"] = ratio(lookup(rows, "mbm", kmax, key), lookup(rows, "mbm", 8, key))
         out[f"linear_over_mbm_{phase}_k16"] = ratio(lookup(rows, "linear", 16, key), lookup(rows, "mbm", 16, key))
+    linear = [(r["k"], r["peak_mb"]) for r in rows
+              if r["head"] == "linear" and r["status"] == "ok" and r.get("peak_mb")]
+    if len(linear) >= 2:
+        (k0, m0), (k1, m1) = linear[0], linear[-1]
+        out["linear_memory_log2_per_bit"] = math.log2(m1 / m0) / (k1 - k0)
     return out
 
 

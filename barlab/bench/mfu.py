@@ -1,7 +1,6 @@
 """``bench=mfu``: model FLOPs utilisation of a generator training step on this machine.
 
-Peak: the best FLOP/s of ``torch.matmul`` of two n x n matrices (2 n^3 FLOPs) over the run's repeats,
-in fp32 and, where the hardware has it (CUDA bf16, or a CPU with avx512_bf16 / AMX), bf16. Step
+Peak: :func:`barlab.bench.peak.peaks` (the best n x n matmul, fp32 and bf16 where native). Step
 FLOPs: counted by ``torch.utils.flop_counter.FlopCounterMode`` over training_step + backward, and
 analytically, 6 x (matmul weights x tokens) + 12 x depth x B x S^2 x width for attention (S = the
 backbone's slots, prefix included). Achieved FLOP/s = counted FLOPs / the bare training step's
@@ -10,13 +9,12 @@ median time (optimizer included); MFU = that / the peak of the step's precision.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from barlab.bench.context import BenchContext, ratio
-from barlab.bench.machine import cpu_has_bf16
 from barlab.bench.models import build_module, compose_generator, count_params
+from barlab.bench.peak import peak_for, peak_note, peaks
 from barlab.bench.steps import BareTrainer, random_batch
 from barlab.bench.timing import measure
 from barlab.training.build import auto_precision
@@ -24,28 +22,13 @@ from barlab.training.build import auto_precision
 BAR_B_CI = ("generator.backbone.depth=1", "generator.head_width=256", "generator.head_depth=1")
 BAR_B_CPU = ("generator.backbone.depth=2",)
 SIZES = {
-    "ci": dict(matmul=256, models=(("bar_b width, depth 1", "bar_b", BAR_B_CI, (4, 4), 4, 2),
+    "ci": dict(models=(("bar_b width, depth 1", "bar_b", BAR_B_CI, (4, 4), 4, 2),
                                    ("tiny", "tiny", (), (4, 4), 4, 4))),
-    "real": dict(matmul=2048, models=(("bar_b width, depth 2", "bar_b", BAR_B_CPU, (16, 16), 16, 2),
+    "real": dict(models=(("bar_b width, depth 2", "bar_b", BAR_B_CPU, (16, 16), 16, 2),
                                       ("tiny", "tiny", (), (8, 8), 16, 32))),
-    "real_cuda": dict(matmul=8192, models=(("bar_b", "bar_b", (), (16, 16), 16, 64),
+    "real_cuda": dict(models=(("bar_b", "bar_b", (), (16, 16), 16, 64),
                                            ("bar_l", "bar_l", (), (16, 16), 16, 16))),
 }
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def bf16_supported(device: torch.device) -> bool:
-    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
-
-
-def matmul_peak(n: int, dtype: torch.dtype, ctx: BenchContext) -> float:
-    """Best FLOP/s of an n x n x n matmul in ``dtype`` over warm-up + repeats calls."""
-    a = torch.randn(n, n, device=ctx.device).to(dtype)
-    b = torch.randn(n, n, device=ctx.device).to(dtype)
-    stats = measure(lambda: torch.matmul(a, b), ctx.device, ctx.warmup, ctx.warmup + ctx.repeats)
-    return 2 * n**3 / stats["min_s"]
-
-
 def linear_weights(module: nn.Module) -> int:
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
 
@@ -70,10 +53,8 @@ def counted_flops(trainer: BareTrainer, batch: dict) -> int:
 
 def run(ctx: BenchContext) -> dict:
     s = ctx.pick(SIZES) if not (ctx.size == "real" and ctx.device.type == "cuda") else SIZES["real_cuda"]
-    peaks = {"fp32": matmul_peak(s["matmul"], torch.float32, ctx)}
-    peaks["bf16"] = matmul_peak(s["matmul"], torch.bfloat16, ctx) if bf16_supported(ctx.device) else None
     precision = auto_precision() if ctx.device.type == "cuda" else "32-true"
-    peak = peaks["bf16" if precision == "bf16-mixed" else "fp32"]
+    peak = peak_for(ctx, precision)
     rows, ratios = [], {}
     for name, preset, overrides, grid, bits, batch_size in s["models"]:
         cfg = compose_generator(preset, "mbm", [*overrides, "head.allocation=null"])
@@ -89,10 +70,8 @@ def run(ctx: BenchContext) -> dict:
                      "step_s": step["median_s"], "min_s": step["min_s"], "max_s": step["max_s"],
                      "achieved_tflops": achieved / 1e12, "peak_tflops": peak / 1e12, "mfu": achieved / peak})
         ratios[f"mfu_{preset}"] = achieved / peak
-    notes = [f"peak: best {s['matmul']}^3 matmul, fp32 {peaks['fp32'] / 1e12:.3g} TFLOP/s, bf16 "
-             + (f"{peaks['bf16'] / 1e12:.3g} TFLOP/s" if peaks["bf16"] else "not measured (no native bf16)")]
-    return {"rows": rows, "ratios": ratios, "peaks_tflops": {k: v and v / 1e12 for k, v in peaks.items()},
-            "notes": notes}
+    return {"rows": rows, "ratios": ratios, "peaks_tflops": {k: v and v / 1e12 for k, v in peaks(ctx).items()},
+            "notes": [peak_note(ctx)]}
 
 
 def plot(result: dict):

@@ -2,10 +2,17 @@
 progress bar or model summary) against a bare PyTorch loop (:class:`barlab.bench.steps.BareTrainer`)
 with the same model (same seed), optimiser, schedule, batch (one batch repeated, through the same
 kind of DataLoader) and precision. A step's time is the gap between consecutive step ends, so
-Lightning's own work between steps (hooks, logging, batch transfer) is counted in full."""
+Lightning's own work between steps (hooks, logging, batch transfer) is counted in full.
+
+The two loops run in interleaved rounds (bare, Lightning; then Lightning, bare; ...), each round on
+fresh, identically seeded modules, and the overhead is the median over rounds of each round's
+Lightning / bare ratio. One run of each in a row is not enough on a shared machine: the load drifts
+by more than the overhead (two back-to-back runs of the previous one-shot version gave +22 % and
+-12 %), and whichever loop ran first took the warmer or the busier half."""
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import lightning as L
@@ -26,6 +33,7 @@ SIZES = {
     "real": dict(grid=(8, 8), bits=16, batch=None, overrides=()),
 }
 NUM_CLASSES = 10
+ROUNDS = {"ci": 2, "real": 4}
 
 
 class StepEnds(L.Callback):
@@ -76,18 +84,29 @@ def run(ctx: BenchContext) -> dict:
     s = ctx.pick(SIZES)
     make, batch, precision = setup(ctx, s)
     steps = ctx.warmup + ctx.repeats + 1
-    rows, medians = [], {}
-    for loop, timer in (("bare", bare_step_times), ("lightning", lightning_step_times)):
-        stats = summarize(timer(make, batch, steps, ctx, precision)[ctx.warmup:])
-        medians[loop] = stats["median_s"]
-        rows.append({"loop": loop, "batch": batch["bits"].shape[0], "precision": precision,
+    timers = {"bare": bare_step_times, "lightning": lightning_step_times}
+    times: dict[str, list[float]] = {loop: [] for loop in timers}
+    overheads = []
+    for r in range(ctx.pick(ROUNDS)):
+        medians = {}
+        for loop in (("bare", "lightning") if r % 2 == 0 else ("lightning", "bare")):
+            measured = timers[loop](make, batch, steps, ctx, precision)[ctx.warmup:]
+            times[loop] += measured
+            medians[loop] = summarize(measured)["median_s"]
+        overheads.append(100.0 * (medians["lightning"] / medians["bare"] - 1.0))
+    rows = []
+    for loop, measured in times.items():
+        stats = summarize(measured)
+        rows.append({"loop": loop, "batch": batch["bits"].shape[0], "precision": precision, "steps": stats["n"],
                      "step_s": stats["median_s"], "min_s": stats["min_s"], "max_s": stats["max_s"],
                      "iqr_s": stats["iqr_s"], "samples_per_s": batch["bits"].shape[0] / stats["median_s"]})
-    overhead = 100.0 * (medians["lightning"] / medians["bare"] - 1.0)
+    overhead = statistics.median(overheads)
     return {"rows": rows, "ratios": {"lightning_overhead_pct": overhead},
-            "model_samples_per_s": rows[0]["samples_per_s"],
+            "overhead_pct_rounds": overheads, "model_samples_per_s": rows[0]["samples_per_s"],
             "notes": [f"tiny generator {' '.join(s['overrides']) or '(preset widths)'}, grid {s['grid']}, "
-                      f"{s['bits']} bits, MBM head; step = training_step + backward + clip + AdamW + LR schedule"]}
+                      f"{s['bits']} bits, MBM head; step = training_step + backward + clip + AdamW + LR schedule",
+                      f"{len(overheads)} interleaved rounds; Lightning overhead per round "
+                      + ", ".join(f"{o:+.1f}%" for o in overheads) + f" (median {overhead:+.1f}%)"]}
 
 
 def plot(result: dict):
@@ -100,6 +119,8 @@ def plot(result: dict):
     ax.bar([r["loop"] for r in rows], [r["step_s"] * 1e3 for r in rows],
            yerr=[[(r["step_s"] - r["min_s"]) * 1e3 for r in rows], [(r["max_s"] - r["step_s"]) * 1e3 for r in rows]])
     ax.set_ylabel("training step (ms)")
-    ax.set_title(f"Lightning overhead {result['ratios']['lightning_overhead_pct']:+.1f}%", fontsize=9)
+    rounds = result.get("overhead_pct_rounds", [])
+    spread = f" (rounds {min(rounds):+.1f} to {max(rounds):+.1f}%)" if rounds else ""
+    ax.set_title(f"Lightning overhead {result['ratios']['lightning_overhead_pct']:+.1f}%{spread}", fontsize=9)
     fig.tight_layout()
     return fig

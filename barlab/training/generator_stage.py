@@ -58,10 +58,14 @@ def token_shards_for(cfg: DictConfig, tokenizer, info: dict, tokens_dir: Path) -
     """The token shards of ``tokens_dir``, pretokenized first if the folder has no manifest.
 
     Rank 0 writes them (once among parallel jobs too: a file lock); the other ranks wait for the
-    manifest. A finished folder is reused as it is, also by a restarted job.
+    manifest. A finished folder is reused as it is, also by a restarted job, without taking the lock
+    (nothing is written beside it, not even the lock file).
     """
     if not is_rank_zero():
         return wait_for_manifest(tokens_dir, read_token_manifest)
+    finished = read_token_manifest(str(tokens_dir))
+    if finished is not None:
+        return finished
     with exclusive_lock(str(tokens_dir) + ".lock", str(tokens_dir)):  # one writer among parallel jobs
         manifest = read_token_manifest(str(tokens_dir))
         if manifest is None:

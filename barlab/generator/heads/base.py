@@ -104,10 +104,16 @@ class Head(nn.Module):
                temperature, generator) -> bits (N, k') float {0,1}.
     With ``uncond=None`` or guidance == 1 ``sample`` takes exactly the conditional path, drawing
     the same noise (N rows only, from ``generator``, in the same order).
+
+    ``fuse_cfg``: under CFG, one forward over the 2N stacked rows (cond, then uncond) instead of
+    two forwards of N rows. Same logits up to float rounding; larger matmuls. ``bench=sampling``
+    measures both (``False`` is the previous path, kept for that A/B): 1.05-1.2x the images per
+    second on a 2-core CPU, the most at small batches.
     """
 
     bits_per_step: int
     cond_dim: int
+    fuse_cfg: bool = True
 
     def __init__(self, cond_dim: int, bits_per_step: int):
         super().__init__()
@@ -123,12 +129,17 @@ class Head(nn.Module):
                temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
 
-    def _guided(self, logits_fn, cond: Tensor, uncond: Tensor | None, guidance: Guidance) -> Tensor:
-        """Logits under CFG: ``logits_fn(cond)`` alone when uncond is None or guidance == 1, else mixed."""
-        cond_logits = logits_fn(cond)
+    def _guided(self, logits_fn, cond: Tensor, uncond: Tensor | None, guidance: Guidance, *rows: Tensor) -> Tensor:
+        """Logits under CFG: ``logits_fn(cond, *rows)`` alone when uncond is None or guidance == 1,
+        else mixed with ``logits_fn(uncond, *rows)``. ``rows``: further per-row inputs (N, ...) shared
+        by both halves (stacked twice when ``fuse_cfg``). cond/uncond (N, cond_dim) -> (N, ...)."""
         if uncond is None or is_unit_guidance(guidance):
-            return cond_logits
-        return apply_cfg(cond_logits, logits_fn(uncond), guidance)
+            return logits_fn(cond, *rows)
+        if not self.fuse_cfg:
+            return apply_cfg(logits_fn(cond, *rows), logits_fn(uncond, *rows), guidance)
+        both = logits_fn(torch.cat([cond, uncond]), *(torch.cat([x, x]) for x in rows))
+        cond_logits, uncond_logits = both.chunk(2)
+        return apply_cfg(cond_logits, uncond_logits, guidance)
 
     def _check_inputs(self, cond: Tensor, bits: Tensor | None = None) -> None:
         """Shape checks: cond (N, cond_dim), bits (N, k')."""

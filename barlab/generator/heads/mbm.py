@@ -169,7 +169,7 @@ class MBMHead(Head):
         for s in range(num_steps):
             ratio = torch.full((n_tok,), 1 - cum[s] / k, dtype=torch.float32, device=cond.device)
             tau = temperature * (1 - s / num_steps)
-            logits = self._guided(lambda c, b=b, ratio=ratio: self(b, c, ratio), cond, uncond, guidance)
+            logits = self._guided(lambda c, bits, r: self(bits, c, r), cond, uncond, guidance, b, ratio)
             fixed = b != MASK
             if tau > 0:
                 logits_noisy = logits + tau * gumbel((n_tok, k, 2), generator, cond.device)

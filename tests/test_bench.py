@@ -82,7 +82,8 @@ def test_bench_sampling_train_loop_and_peaks_report_what_the_targets_need(bench_
     fuse = {(r["batch"], r["fuse_cfg"]) for r in sampling["rows"] if r["sweep"] == "fuse_cfg"}
     assert fuse == {(2, False), (2, True), (4, False), (4, True)}
     assert set(sampling["ratios"]) >= {"fused_cfg_speedup_b2", "fused_cfg_speedup_b4", "peak_fraction_b4",
-                                       "cache_over_recompute_L8", "cache_over_recompute_L16", "p4_over_p1"}
+                                       "cache_over_recompute_L8_b2", "cache_over_recompute_L16_b2",
+                                       "cache_over_recompute_L8_b4", "p4_over_p1"}
     # no-CFG recompute only at the shorter length
     assert {r["ar_steps"] for r in sampling["rows"] if r["sweep"] == "cache" and not r["kv_cache"] and not r["cfg"]} \
         == {8}
@@ -92,6 +93,13 @@ def test_bench_sampling_train_loop_and_peaks_report_what_the_targets_need(bench_
     assert len(rounds) == 2 and report["train_loop"]["ratios"]["lightning_overhead_pct"] == pytest.approx(
         sum(rounds) / 2)
     assert sum(r["steps"] for r in report["train_loop"]["rows"]) == 2 * 2 * 3  # rounds x loops x repeats
+    mfu = report["mfu"]
+    assert [r["precision"] for r in mfu["rows"] if r["model"] == "tokenizer"][0] == "32-true"
+    assert 0 < mfu["ratios"]["mfu_tokenizer"] < 2 and mfu["rows"][-1]["flops_counted"] > 0
+    flags = bench_run[1]["machine"]["cpu_flags"]
+    native_bf16 = flags["avx512_bf16"] or flags["amx_bf16"]
+    assert ("bf16_speedup_tokenizer" in mfu["ratios"]) == native_bf16
+    assert ("bf16_speedup_tiny" in mfu["ratios"]) == native_bf16
     # one peak per run: mfu and sampling divide by the same figure
     peak = report["mfu"]["peaks_tflops"]["fp32"]
     assert report["mfu"]["rows"][0]["peak_tflops"] == pytest.approx(peak)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -11,8 +12,10 @@ import torch
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
+@functools.cache
 def first_cpu_fields() -> dict[str, str]:
-    """The ``key: value`` fields of the first processor in /proc/cpuinfo (empty where it is unreadable)."""
+    """The ``key: value`` fields of the first processor in /proc/cpuinfo (empty where it is unreadable);
+    read once per process (the model, flags and family / model / stepping all come from here)."""
     fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:

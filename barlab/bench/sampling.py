@@ -4,8 +4,10 @@ Four sweeps on the ``tiny`` generator (MBM head, random weights):
 
 - ``cache``: the KV cache against full recompute (``use_kv_cache=False``: every AR step reruns the
   teacher-forced forward over the whole prefix; the sampler's own mode, same bits), with CFG at two
-  sequence lengths, without CFG at the shorter one. A recompute call takes seconds to minutes, so it
-  is timed with at most 1 warm-up and 3 repeats;
+  sequence lengths, without CFG at the shorter one, and at a second batch size on the shorter one
+  (the cache's gain grows with the batch: its one-row-per-image matmuls are the least efficient on
+  a CPU). A recompute call takes seconds to minutes, so it is timed with at most 1 warm-up and 3
+  repeats;
 - ``shuffle``: token shuffling p = 1, 2, 4 of one token grid (p x p tokens per AR step);
 - ``batch``: batch sizes on the default 8 x 8 grid, KV cache and CFG on, each with its FLOPs
   (``FlopCounterMode`` over one call) and their rate as a fraction of the run's fp32 matmul peak;
@@ -25,12 +27,12 @@ from barlab.bench.timing import measure, rate
 
 SIZES = {
     "ci": dict(bits=4, grids=((2, 4), (4, 4)), shuffle_grid=(4, 4), batch_grid=(2, 4), batches=(1, 4), batch=2,
-               fuse_batches=(2, 4),
+               fuse_batches=(2, 4), cache_batch=4,
                overrides=("generator.backbone.width=32", "generator.backbone.depth=1", "generator.backbone.heads=2",
                           "generator.backbone.cond_dim=32", "generator.backbone.class_repeat=2",
                           "generator.head_width=32", "generator.head_depth=1")),
     "real": dict(bits=16, grids=((8, 8), (16, 16)), shuffle_grid=(16, 16), batch_grid=(8, 8),
-                 batches=(1, 8, 32, 64, 128), batch=8, fuse_batches=(8, 64), overrides=()),
+                 batches=(1, 8, 32, 64, 128), batch=8, fuse_batches=(8, 64), cache_batch=64, overrides=()),
 }
 GUIDANCE, NUM_CLASSES = 3.0, 10
 DEFAULT_BATCH = 64  # the issue's "default sampling at batch >= 64" point
@@ -79,6 +81,9 @@ def run(ctx: BenchContext) -> dict:
             for kv in (True, False):
                 if kv or cfg or i == 0:
                     add("cache", sampler, 1, s["batch"], cfg, kv)
+        if i == 0:
+            for kv in (True, False):
+                add("cache", sampler, 1, s["cache_batch"], True, kv)
     for p in (1, 2, 4):
         add("shuffle", sampler_for(s, s["shuffle_grid"], p, ctx), p, s["batch"], True, True)
     sampler = sampler_for(s, s["batch_grid"], 1, ctx)
@@ -103,15 +108,14 @@ def pick(rows: list[dict], **where) -> float | None:
 
 
 def sampling_ratios(rows: list[dict]) -> dict:
-    """img/s of the KV cache over full recompute (CFG on, per length; the unsuffixed one is the
-    longest), of p = 4 over p = 1, fused over two-forward CFG (per batch), and the batch sweep's
-    fraction of the fp32 matmul peak at the default batch (the largest batch below it if absent)."""
+    """img/s of the KV cache over full recompute (CFG on, per length and batch), of p = 4 over p = 1,
+    fused over two-forward CFG (per batch), and the batch sweep's fraction of the fp32 matmul peak at
+    the default batch (the largest batch below it if absent)."""
     out = {}
-    lengths = sorted({r["ar_steps"] for r in rows if r["sweep"] == "cache"})
-    for n in lengths:
-        out[f"cache_over_recompute_L{n}"] = ratio(pick(rows, sweep="cache", ar_steps=n, cfg=True, kv_cache=True),
-                                                  pick(rows, sweep="cache", ar_steps=n, cfg=True, kv_cache=False))
-    out["cache_over_recompute"] = out[f"cache_over_recompute_L{lengths[-1]}"]
+    for n, b in sorted({(r["ar_steps"], r["batch"]) for r in rows if r["sweep"] == "cache" and r["cfg"]}):
+        out[f"cache_over_recompute_L{n}_b{b}"] = ratio(
+            pick(rows, sweep="cache", ar_steps=n, batch=b, cfg=True, kv_cache=True),
+            pick(rows, sweep="cache", ar_steps=n, batch=b, cfg=True, kv_cache=False))
     out["p4_over_p1"] = ratio(pick(rows, sweep="shuffle", p=4), pick(rows, sweep="shuffle", p=1))
     for b in sorted({r["batch"] for r in rows if r["sweep"] == "fuse_cfg"}):
         out[f"fused_cfg_speedup_b{b}"] = ratio(pick(rows, sweep="fuse_cfg", batch=b, fuse_cfg=True),
@@ -132,9 +136,11 @@ def plot(result: dict):
     rows = result["rows"]
     fig = Figure(figsize=(13, 4))
     axes = fig.subplots(1, 3)
+    batch = rows[0]["batch"]
     for cfg in (True, False):
         for kv in (True, False):
-            part = [r for r in rows if r["sweep"] == "cache" and r["cfg"] == cfg and r["kv_cache"] == kv]
+            part = [r for r in rows if r["sweep"] == "cache" and r["cfg"] == cfg and r["kv_cache"] == kv
+                    and r["batch"] == batch]
             axes[0].plot([r["ar_steps"] for r in part], [r["img_per_s"] for r in part], marker="o",
                          linestyle="-" if kv else "--", label=f"{'KV cache' if kv else 'recompute'}, "
                                                               f"{'CFG' if cfg else 'no CFG'}")
@@ -153,7 +159,7 @@ def plot(result: dict):
     axes[2].plot([r["batch"] for r in unfused], [r["img_per_s"] for r in unfused], "x", color="red",
                  label="CFG as two forwards (previous)")
     axes[2].legend(fontsize=7, title="% = fraction of fp32 matmul peak", title_fontsize=7)
-    axes[0].set_xlabel("AR steps")
+    axes[0].set_xlabel(f"AR steps (batch {batch})")
     axes[0].legend(fontsize=7)
     for ax in axes:
         ax.set_xscale("log", base=2)
@@ -161,7 +167,9 @@ def plot(result: dict):
         ax.set_ylabel("images / s")
         ax.grid(alpha=0.3, which="both")
     r = result["ratios"]
-    fig.suptitle(f"ARSampler: cache / recompute = {r['cache_over_recompute'] or float('nan'):.3g}, "
-                 f"p4 / p1 = {r['p4_over_p1'] or float('nan'):.3g}", fontsize=9)
+    cache = ", ".join(f"{k.removeprefix('cache_over_recompute_')} {v:.3g}" for k, v in r.items()
+                      if k.startswith("cache_over_recompute") and v is not None)
+    fig.suptitle(f"ARSampler: KV cache / recompute ({cache}), p4 / p1 = {r['p4_over_p1'] or float('nan'):.3g}",
+                 fontsize=9)
     fig.tight_layout()
     return fig

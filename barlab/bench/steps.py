@@ -1,4 +1,4 @@
-"""One generator training step without Lightning, and random batches for it.
+"""One generator training step without Lightning, and random batches for it; one tokenizer step too.
 
 The bare step runs the module's own ``training_step`` (token shuffling, label drop, RAR orders,
 backbone, head loss), then backward, the gradient-norm clip, AdamW and the LR schedule, as
@@ -87,3 +87,30 @@ def step_times(step, batches, device: torch.device) -> list[float]:
         device_sync(device)
         ends.append(time.perf_counter())
     return [b - a for a, b in zip(ends[:-1], ends[1:])]
+
+
+class BareTokenizerStep:
+    """The tokenizer stage's training step without Lightning, for the default recipe (no GAN, no
+    perceptual loss): tokenizer forward, reconstruction + quantizer loss (under the precision's
+    autocast), backward, the gradient-norm clip, the module's AdamW. ``step(images)``: images
+    (B, C, H, W) in [-1, 1]."""
+
+    def __init__(self, module, device: torch.device, precision: str):
+        self.module, self.device, self.precision = module.to(device).train(), device, precision
+        self.params = list(module.tokenizer.parameters())
+        self.optimizer = module.optimizer(self.params)
+
+    def forward_backward(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        with autocast(self.device, self.precision):
+            recon, q = self.module.tokenizer(images)
+            loss = self.module.recon_loss(recon.float(), images.float())["loss"] + q.loss
+        loss.backward()
+        return loss
+
+    def step(self, images: torch.Tensor) -> float:
+        loss = self.forward_backward(images)
+        torch.nn.utils.clip_grad_norm_(self.params, self.module.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())

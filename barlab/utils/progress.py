@@ -26,14 +26,12 @@ def bars_shown(enabled: bool = True) -> bool:
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, enabled: bool = True,
              unit: str = "it") -> Iterable[T]:
-    """``iterable`` with a tqdm bar on stderr, shown only when stderr is a terminal.
-
-    ``disable=None`` is tqdm's own rule for that (no bar when the output is not a TTY); ``enabled``
-    False (e.g. ``trainer.enable_progress_bar=false``) turns it off everywhere. The bar vanishes
-    when the loop ends (``leave=False``): the log lines stay the record of what ran.
+    """``iterable`` with a tqdm bar on stderr, shown only where :func:`bars_shown` allows it (stderr a
+    terminal; ``enabled`` False, e.g. ``trainer.enable_progress_bar=false``, turns it off everywhere).
+    The bar vanishes when the loop ends (``leave=False``): the log lines stay the record of what ran.
     """
     return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, dynamic_ncols=True,
-                disable=None if enabled else True)
+                disable=not bars_shown(enabled))
 
 
 def progress_bar(desc: str, total: int | None = None, enabled: bool = True, unit: str = "it") -> tqdm:

@@ -42,9 +42,10 @@ def peak_memory(fn: Callable[[], object], device: torch.device, calls: int = 3) 
 
     peak_mb: the largest extra memory torch allocated during a call (not counting tensors alive
     before it: weights, inputs). rss_delta_mb (CPU): growth of the process's max RSS, 0 if the calls
-    stayed below an earlier peak. On a CPU the profiler's memory events of one call can come out
-    short (the MBM head's 625 MB of gradients were missing from 3 of 6 single-call readings at
-    ``bar_b`` width), so the CPU figure is the largest over ``calls`` calls.
+    stayed below an earlier peak. On a CPU the profiler's memory events can come out short: at
+    ``bar_b`` width the MBM head's 625 MB of weight gradients are missing from the readings at some
+    k, single-call and largest-of-3 alike (not yet explained), so the CPU figure is the largest over
+    ``calls`` calls and still only a lower bound. The linear head's readings grow as its weights do.
     """
     if device.type == "cuda":
         torch.cuda.synchronize(device)

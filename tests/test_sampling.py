@@ -100,21 +100,25 @@ def reference_mbm(logits_at, alloc, k, n, temperature, noise):
 
 @pytest.mark.parametrize("temperature", [0.0, 2.0])
 @pytest.mark.parametrize("guidance", [1.0, 2.5])
-def test_mbm_sampler_keeps_the_most_confident_bits_with_decaying_temperature(monkeypatch, temperature, guidance):
+@pytest.mark.parametrize("fused", [True, False])
+def test_mbm_sampler_keeps_the_most_confident_bits_with_decaying_temperature(monkeypatch, temperature, guidance,
+                                                                            fused):
     k, n, d, alloc = 6, 5, 4, (1, 2, 3)
     head = MBMHead(d, k, width=16, depth=1, allocation=alloc)
+    head.fuse_cfg = fused  # under CFG: one forward over [cond; uncond] rows, or two forwards
     gen = torch.Generator().manual_seed(0)
     base = torch.randn(len(alloc), n, k, 2, generator=gen) * 2     # one logit table per step
     slope = torch.randn(len(alloc), n, k, 2, generator=gen)
     cond = torch.randn(n, d, generator=gen)
     uncond = torch.randn(n, d, generator=gen)
     calls = []
-    per_step = 1 if guidance == 1.0 else 2
+    per_step = 1 if guidance == 1.0 or fused else 2
+    rows = 2 if guidance != 1.0 and fused else 1  # the stacked halves of one fused call
 
     def stub(bits, c, ratio):  # logits depend on the step and (linearly) on the condition's first entry
         s = len(calls) // per_step
         calls.append((bits.clone(), c.clone(), ratio.clone()))
-        return base[s] + c[:, :1, None] * slope[s]
+        return base[s].repeat(rows, 1, 1) + c[:, :1, None] * slope[s].repeat(rows, 1, 1)
 
     monkeypatch.setattr(head, "forward", stub)
     noise = [(torch.randn(n, k, 2, generator=gen) * 3, torch.randn(n, k, generator=gen) * 3) for _ in alloc]
@@ -137,9 +141,10 @@ def test_mbm_sampler_keeps_the_most_confident_bits_with_decaying_temperature(mon
     for i, (bits, c, ratio) in enumerate(calls):
         s = i // per_step
         before = torch.full((n, k), 2) if s == 0 else torch.tensor(trace[s - 1])
-        assert torch.equal(bits, before), (s, bits, before)
-        assert torch.equal(ratio, torch.full((n,), 1 - cum[s] / k))
-        assert torch.equal(c, cond if i % per_step == 0 else uncond)
+        assert torch.equal(bits, before.repeat(rows, 1)), (s, bits, before)
+        assert torch.equal(ratio, torch.full((rows * n,), 1 - cum[s] / k))
+        seen = torch.cat([cond, uncond]) if rows == 2 else (cond if i % per_step == 0 else uncond)
+        assert torch.equal(c, seen)
     for s, b in enumerate(trace[:-1]):
         assert (torch.tensor(b) != 2).sum(-1).tolist() == [cum[s + 1]] * n
 

@@ -25,7 +25,10 @@ class BenchContext:
     peaks: dict = field(default_factory=dict)
 
     def pick(self, sizes: dict):
-        """``sizes[self.size]``: a benchmark's settings for this run's size."""
+        """``sizes[self.size]``: a benchmark's settings for this run's size; ``sizes["real_cuda"]``
+        instead of ``"real"`` on a CUDA device where the benchmark has one."""
+        if self.size == "real" and self.device.type == "cuda" and "real_cuda" in sizes:
+            return sizes["real_cuda"]
         return sizes[self.size]
 
 

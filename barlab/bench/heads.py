@@ -69,7 +69,7 @@ def measure_head(head: torch.nn.Module, k: int, tokens: int, ctx: BenchContext) 
 
 
 def run(ctx: BenchContext) -> dict:
-    s = SIZES["real_cuda"] if ctx.size == "real" and ctx.device.type == "cuda" else ctx.pick(SIZES)
+    s = ctx.pick(SIZES)
     configs = head_configs(s)
     rows = []
     for name in HEADS:

@@ -88,13 +88,18 @@ def tokenizer_rows(batch_size: int | None, precisions: list[str], ctx: BenchCont
 
 
 def run(ctx: BenchContext) -> dict:
-    s = ctx.pick(SIZES) if not (ctx.size == "real" and ctx.device.type == "cuda") else SIZES["real_cuda"]
+    s = ctx.pick(SIZES)
     precision = auto_precision() if ctx.device.type == "cuda" else "32-true"
     cpu_bf16 = ctx.device.type == "cpu" and bf16_supported(ctx.device)
+    precisions = [precision] + (["bf16-mixed"] if cpu_bf16 else [])
     rows, ratios = [], {}
+
+    def row_of(model: str, prec: str) -> dict:
+        return next(r for r in rows if r["model"] == model and r["precision"] == prec)
+
     for name, preset, overrides, grid, bits, batch_size in s["models"]:
         cfg = compose_generator(preset, "mbm", [*overrides, "head.allocation=null"])
-        for prec in [precision] + (["bf16-mixed"] if cpu_bf16 and preset == "tiny" else []):
+        for prec in precisions if preset == "tiny" else [precision]:
             module = build_module(cfg, grid, bits, 1000 if preset.startswith("bar") else 10, ctx.device, ctx.seed)
             batch = random_batch(module, batch_size, ctx.seed)
             trainer = BareTrainer(module, ctx.device, prec)
@@ -102,13 +107,13 @@ def run(ctx: BenchContext) -> dict:
             rows.append(step_row(name, trainer, batch, counted, prec, ctx, params=count_params(module),
                                  batch=batch_size, ar_steps=module.backbone.seq_len, flops_analytic=analytic,
                                  counted_over_analytic=ratio(counted, analytic)))
-        ratios[f"mfu_{preset}"] = next(r["mfu"] for r in rows if r["model"] == name and r["precision"] == precision)
-    rows += tokenizer_rows(s["tokenizer_batch"], [precision] + (["bf16-mixed"] if cpu_bf16 else []), ctx)
-    ratios["mfu_tokenizer"] = rows[-2 if cpu_bf16 else -1]["mfu"]
+        ratios[f"mfu_{preset}"] = row_of(name, precision)["mfu"]
+    rows += tokenizer_rows(s["tokenizer_batch"], precisions, ctx)
+    ratios["mfu_tokenizer"] = row_of("tokenizer", precision)["mfu"]
     if cpu_bf16:
         for model in ("tiny", "tokenizer"):
-            step = {r["precision"]: r["step_s"] for r in rows if r["model"] == model}
-            ratios[f"bf16_speedup_{model}"] = ratio(step["32-true"], step["bf16-mixed"])
+            ratios[f"bf16_speedup_{model}"] = ratio(row_of(model, "32-true")["step_s"],
+                                                    row_of(model, "bf16-mixed")["step_s"])
     return {"rows": rows, "ratios": ratios, "peaks_tflops": {k: v and v / 1e12 for k, v in peaks(ctx).items()},
             "notes": [peak_note(ctx)]}
 

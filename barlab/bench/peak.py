@@ -23,7 +23,7 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def matmul_n(ctx: BenchContext) -> int:
-    return MATMUL_N["real_cuda" if ctx.size == "real" and ctx.device.type == "cuda" else ctx.size]
+    return ctx.pick(MATMUL_N)
 
 
 def matmul_peak(n: int, dtype: torch.dtype, ctx: BenchContext) -> float:

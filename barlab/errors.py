@@ -7,6 +7,8 @@ exit non-zero instead of showing a traceback.
 
 from __future__ import annotations
 
+import re
+
 
 class BarlabError(Exception):
     """Base class: a user-fixable problem with a one-line message."""
@@ -27,6 +29,15 @@ class ConfigError(BarlabError, ValueError):
         if fix:
             text += f" (fix: {fix})"
         super().__init__(text)
+
+    def renamed(self, knob: str) -> ConfigError:
+        """This error naming ``knob`` instead of its own: how the config layer turns a module's argument
+        (``bits``) into the knob a user sets (``tokenizer.bits``). Every ``<own knob>=`` in the fix is
+        renamed too. An error about a module as a whole has the knob ``""``."""
+        fix = self.fix
+        if fix and self.knob:
+            fix = re.sub(rf"(?<![\w.]){re.escape(self.knob)}(?=[=.\[])", knob, fix)
+        return ConfigError(knob, self.message, fix=fix)
 
 
 class DataError(BarlabError):

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from barlab.cli import hydra_tool, pick_device, require
+from barlab.cli import hydra_tool, require
 from barlab.errors import ConfigError
+from barlab.utils.devices import pick_device
 from barlab.utils.io import atomic_write_json
 
 log = logging.getLogger("barlab")
@@ -31,9 +32,9 @@ def default_out(samples: Path) -> Path:
 
 
 def run(cfg: DictConfig) -> dict:
+    from barlab.metrics.evaluation import score_images
+    from barlab.metrics.metric_setup import build_feature_net, load_reference, reference_from_file
     from barlab.metrics.reference import Reference
-    from barlab.training.evaluation import score_images
-    from barlab.training.metric_setup import build_feature_net, load_reference, reference_from_file
     from barlab.utils.image_sets import iter_image_set
 
     require(cfg, "samples", "samples=/path/to/samples.npz (or a folder of images)")

@@ -22,10 +22,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from barlab.cli import hydra_tool, pick_device, require
+from barlab.cli import hydra_tool, require
+from barlab.utils.devices import pick_device
 from barlab.utils.image_sets import write_npz, write_png_folder
+from barlab.utils.integers import check_int
 from barlab.utils.io import atomic_write_json
-from barlab.validation import check_int
 
 log = logging.getLogger("barlab")
 
@@ -33,7 +34,7 @@ log = logging.getLogger("barlab")
 def run(cfg: DictConfig) -> dict:
     from barlab.generator.image_generator import load_generator
     from barlab.generator.sampler import sampling_allocation
-    from barlab.training.evaluation import sample_class_balanced
+    from barlab.metrics.evaluation import sample_class_balanced
 
     require(cfg, "ckpt", "ckpt=/path/to/run/generator.pt")
     per_class = check_int(cfg.per_class, "per_class", fix="per_class=50")
@@ -61,7 +62,7 @@ def run(cfg: DictConfig) -> dict:
                "images_per_s": round(images.shape[0] / max(elapsed, 1e-9), 2), "npz": str(npz),
                "png_dir": str(out_dir / "images") if cfg.png else None}
     if cfg.score:
-        from barlab.training.evaluation import evaluate_samples
+        from barlab.metrics.evaluation import evaluate_samples
 
         scores = {"samples": str(npz), **evaluate_samples(cfg, images, labels, device)}
         atomic_write_json(out_dir / "metrics.json", scores)

@@ -24,7 +24,7 @@ def compose_train(tmp_path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from barlab.cli import CONFIG_DIR
+    from barlab.config.paths import CONFIG_DIR
 
     def _compose(overrides=()):
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

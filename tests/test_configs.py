@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_dir
 
-from barlab.cli import CONFIG_DIR, check_group_overrides
-from barlab.config_checks import check_config
+from barlab.config.overrides import check_group_overrides
+from barlab.config.paths import CONFIG_DIR
 from barlab.errors import ConfigError
+from barlab.pipeline.preflight import check_config
 
 GROUPS = ["data", "tokenizer", "tokenizer/quantizer", "generator", "head", "trainer", "logger", "callbacks",
           "experiment", "metrics"]
@@ -68,8 +69,8 @@ def test_each_quantizer_trains_a_few_steps(tmp_path, quantizer, bits_per_token, 
 def test_fsdp_preset_shards_each_transformer_block():
     from hydra.utils import instantiate
 
-    from barlab.cli import CONFIG_DIR
-    from barlab.generator.blocks import Block
+    from barlab.config.paths import CONFIG_DIR
+    from barlab.generator.transformer_block import Block
 
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["trainer=fsdp", "generator=bar_l"])
@@ -143,7 +144,7 @@ def test_trainer_options_set_accelerator_devices_and_strategy(compose_train):
         assert (t.accelerator, t.devices, t.get("strategy"), t.precision) == (accelerator, devices, strategy,
                                                                              precision), option
     trainer = instantiate(compose_train(["trainer=cpu", "logger=none"]).trainer, logger=False,
-                          precision="32-true")  # "auto" is resolved by barlab.training.build, not Lightning
+                          precision="32-true")  # "auto" is resolved by barlab.pipeline.trainer, not Lightning
     assert type(trainer.accelerator).__name__ == "CPUAccelerator" and trainer.num_devices == 1
 
 

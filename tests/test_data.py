@@ -27,7 +27,7 @@ from barlab.data import (
     write_idx,
     write_shards,
 )
-from barlab.data.tarstream import iter_tar
+from barlab.data.tar_members import iter_tar
 from barlab.data.transforms import center_crop, resize_shorter, to_tensor
 from barlab.errors import ConfigError, DataError
 
@@ -40,7 +40,7 @@ def open_bytes(path) -> bytes:
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "barlab.data.shard", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "barlab.shard", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -292,7 +292,7 @@ def test_config_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError) as err:
         ensure_shards(str(tmp_path / "empty"), None)
-    assert err.value.knob == "data.shards_dir" and "python -m barlab.data.shard" in str(err.value)
+    assert err.value.knob == "data.shards_dir" and "python -m barlab.shard" in str(err.value)
     with pytest.raises(ConfigError, match="data.batch_size"):
         ImageShardDataModule(str(tmp_path / "empty"), batch_size=0)
 
@@ -351,7 +351,7 @@ def test_imagefolder_source(tmp_path):
 # ---- imports and CLI ----------------------------------------------------------------------------
 def test_import_does_not_pull_torchvision():
     code = ("import sys, barlab, barlab.data, webdataset; barlab.data.ImageShardDataModule; "
-            "import barlab.data.datamodule, barlab.data.shard; "
+            "import barlab.data.image_datamodule, barlab.shard; "
             "assert 'torchvision' not in sys.modules, 'torchvision imported'; print('ok')")
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
@@ -395,7 +395,7 @@ def _four_sample_shard(folder) -> str:
 @pytest.mark.parametrize("cut", [None, 2 * 5 * 512, 2 * 5 * 512 + 700, 2 * 5 * 512 + 100, 0])
 def test_both_tar_readers_give_the_same_samples_and_skips(tmp_path, cut):
     """Whole, cut at a member boundary (no end-of-archive marker), inside a member, inside a header, empty."""
-    from barlab.data.pipeline import SkipCounter
+    from barlab.data.loader_stages import SkipCounter
     from barlab.data.tar_samples import READERS, TarSamples
 
     shard = _four_sample_shard(tmp_path)
@@ -481,7 +481,7 @@ def test_skip_counter_pickles_without_its_shared_total_outside_worker_start():
     skips never reach the original's total."""
     import pickle
 
-    from barlab.data.pipeline import SkipCounter
+    from barlab.data.loader_stages import SkipCounter
 
     counter = SkipCounter()
     counter.skip("sample a", "bad png")

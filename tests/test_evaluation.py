@@ -1,4 +1,4 @@
-"""End to end: a smoke run scores itself; barlab.sample, barlab.data.export and barlab.evaluate
+"""End to end: a smoke run scores itself; barlab.sample, barlab.export and barlab.evaluate
 work from its files; bad inputs exit 2 with one line."""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def test_sample_writes_adm_npz_and_pngs_reproducibly(smoke_run):
 @pytest.mark.slow
 def test_real_images_score_near_zero_and_samples_do_not(smoke_run):
     root, run = smoke_run
-    proc = run_module("barlab.data.export", *SMOKE_DATA, "split=val", f"out_dir={root / 'real'}", cwd=root)
+    proc = run_module("barlab.export", *SMOKE_DATA, "split=val", f"out_dir={root / 'real'}", cwd=root)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list((root / "real" / "images").glob("*_class*.png"))) == 128  # the synthetic val split
     results = {}

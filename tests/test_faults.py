@@ -1,4 +1,4 @@
-"""Faults and bad input (issue 8 §5), end to end through ``python -m barlab.train`` / ``barlab.data.shard``.
+"""Faults and bad input (issue 8 §5), end to end through ``python -m barlab.train`` / ``barlab.shard``.
 
 - a NaN loss stops the run with one line (stage, step), keeps the last good checkpoint, and no
   NaN reaches ``last.ckpt``;
@@ -213,7 +213,7 @@ def corrupt_one_png(shard: Path) -> str:
 
 def test_truncated_shard_and_bad_image_are_skipped_and_counted(workdir):
     shards = workdir / "bad_shards"
-    proc = run_module("barlab.data.shard", "synthetic", "--out", str(shards), "--num-train", "256",
+    proc = run_module("barlab.shard", "synthetic", "--out", str(shards), "--num-train", "256",
                       "--num-val", "64", "--image-size", "16", "--maxcount", "128", cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     truncated = shards / "train-000000.tar"
@@ -233,7 +233,7 @@ def test_truncated_shard_and_bad_image_are_skipped_and_counted(workdir):
 
 
 def test_shard_cut_at_a_member_boundary_is_counted(tmp_path):
-    from barlab.data.pipeline import SkipCounter
+    from barlab.data.loader_stages import SkipCounter
     from barlab.data.shard_folder import SplitShards
     from barlab.data.tar_samples import TarSamples
 
@@ -266,7 +266,7 @@ def small_disk(tmp_path):
 
 def test_disk_full_while_writing_shards(workdir, small_disk):
     out = small_disk / "shards"
-    proc = run_module("barlab.data.shard", "synthetic", "--out", str(out), "--num-train", "20000",
+    proc = run_module("barlab.shard", "synthetic", "--out", str(out), "--num-train", "20000",
                       "--image-size", "32", cwd=workdir)
     line = one_error(proc)
     assert line.startswith(f"error: disk full while writing {out} ("), line

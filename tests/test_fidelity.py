@@ -21,8 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from barlab.cli import CONFIG_DIR
-from barlab.config_checks import check_config
+from barlab.config.paths import CONFIG_DIR
 from barlab.errors import ConfigError
 from barlab.generator import ARBackbone
 from barlab.generator import attention as attention_module
@@ -30,8 +29,9 @@ from barlab.generator.guidance import guidance_scale
 from barlab.generator.heads import BitwiseHead, LinearHead, MBMHead, bitwise_head_params, linear_head_memory
 from barlab.generator.heads import mbm as mbm_module
 from barlab.generator.sampler import ARSampler
-from barlab.training.distributed import split_global_batch
-from barlab.training.optim import decay_groups
+from barlab.lightning.optim import decay_groups
+from barlab.pipeline.preflight import check_config
+from barlab.runtime.distributed import split_global_batch
 from tests.helpers import error_lines, read_json, run_module
 
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from barlab.lightning.callbacks.ema import EMA
+from barlab.lightning.tokenizer_module import TokenizerModule
 from barlab.tokenizer import BinaryFSQ, ConvDecoder, ConvEncoder, PatchDiscriminator, Tokenizer
-from barlab.training.callbacks.ema import EMA
-from barlab.training.schedules import warmup_cosine_scheduler
-from barlab.training.tokenizer_module import TokenizerModule
+from barlab.utils.lr_schedules import warmup_cosine_scheduler
 
 MAX_STEPS = 20
 GAN_START = 7        # odd: a step counter that jumps by two from here on misses every 5th step

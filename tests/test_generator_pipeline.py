@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 
-from barlab.cli import CONFIG_DIR
+from barlab.config.paths import CONFIG_DIR
 from barlab.data import ImageShardDataModule, SyntheticSource
 from barlab.data.pretokenize import pretokenize
 from barlab.data.token_datamodule import TokenShardDataModule

@@ -1,7 +1,8 @@
-"""barlab's modules import each other without a cycle, counting imports inside functions too.
+"""barlab's folders are layers: imports only go down, and nothing imports in a cycle.
 
-A cycle that only closes through a function-level import still ties the modules into one knot
-(none can be read, tested or moved alone) and fails as soon as someone hoists that import.
+Imports inside functions count too: a cycle that only closes through a function-level import still
+ties the modules into one knot (none can be read, tested or moved alone) and fails as soon as someone
+hoists that import.
 """
 
 from __future__ import annotations
@@ -94,3 +95,92 @@ def test_the_generator_takes_no_helper_from_the_quantizers():
     offending = {(name, dep) for name, deps in graph.items() if name.startswith("barlab.generator")
                  for dep in deps if dep.startswith("barlab.tokenizer.quantizers")}
     assert not offending, offending
+
+
+# The layers, lowest first. A module may import its own layer and the layers below it, never above.
+LAYERS = (
+    ("barlab", "barlab.errors", "barlab.utils"),                                 # foundations
+    ("barlab.config",),                                                         # YAML paths, resolvers, instantiate
+    ("barlab.data", "barlab.tokenizer", "barlab.generator", "barlab.metrics"),  # plain modules
+    ("barlab.runtime",),                                                        # run state, checkpoints, ranks, SLURM
+    ("barlab.lightning",),                                                      # LightningModules, callbacks
+    ("barlab.pipeline",),                                                       # stages, trainer, results
+    ("barlab.analysis", "barlab.bench", "barlab.cli", "barlab.train", "barlab.sample", "barlab.evaluate",
+     "barlab.shard", "barlab.export"),                                          # entry points and readers
+)
+PLAIN = ("barlab.data", "barlab.tokenizer", "barlab.generator", "barlab.metrics")
+WIRING = ("barlab.lightning", "barlab.pipeline", "barlab.runtime", "barlab.cli", "barlab.train", "barlab.sample",
+          "barlab.evaluate", "barlab.shard", "barlab.export", "barlab.analysis", "barlab.bench")
+# Among the plain packages, the only import allowed: the generator's image generator loads its tokenizer.
+PLAIN_ALLOWED = {("barlab.generator", "barlab.tokenizer")}
+
+
+def package_of(module: str) -> str:
+    """``barlab.generator.heads.mbm`` -> ``barlab.generator``; ``barlab.train`` -> itself."""
+    return ".".join(module.split(".")[:2])
+
+
+def layer_of(module: str) -> int:
+    package = package_of(module)
+    for rank, packages in enumerate(LAYERS):
+        if package in packages:
+            return rank
+    raise KeyError(package)
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Every import of a module from a higher layer, and every import between two plain packages
+    that :data:`PLAIN_ALLOWED` does not list."""
+    bad = []
+    for name, deps in graph.items():
+        for dep in deps:
+            if layer_of(dep) > layer_of(name):
+                bad.append((name, dep))
+            elif (package_of(name) in PLAIN and package_of(dep) in PLAIN and package_of(name) != package_of(dep)
+                  and (package_of(name), package_of(dep)) not in PLAIN_ALLOWED):
+                bad.append((name, dep))
+    return sorted(bad)
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Package -> the other packages its modules import."""
+    packages: dict[str, set[str]] = {}
+    for name, deps in graph.items():
+        packages.setdefault(package_of(name), set()).update(
+            package_of(dep) for dep in deps if package_of(dep) != package_of(name))
+    for deps in list(packages.values()):
+        for dep in deps:
+            packages.setdefault(dep, set())
+    return packages
+
+
+def test_every_module_is_in_a_layer():
+    unplaced = sorted({package_of(name) for name in import_graph()} - {p for layer in LAYERS for p in layer})
+    assert not unplaced, f"add these packages to a layer in LAYERS: {unplaced}"
+
+
+def test_imports_only_go_down():
+    bad = upward_imports(import_graph())
+    assert not bad, "imports that go up a layer: " + "; ".join(f"{a} -> {b}" for a, b in bad)
+
+
+def test_plain_modules_never_import_the_wiring():
+    bad = sorted((name, dep) for name, deps in import_graph().items() if package_of(name) in PLAIN
+                 for dep in deps if package_of(dep) in WIRING)
+    assert not bad, bad
+
+
+def test_no_cycle_between_packages():
+    cycle = find_cycle(package_graph(import_graph()))
+    assert cycle is None, "package cycle: " + " -> ".join(cycle)
+
+
+def test_the_layer_rules_catch_a_violation():
+    graph = {"barlab.generator.heads.mbm": {"barlab.lightning.optim"},       # up two layers
+             "barlab.data.loaders": {"barlab.metrics.reference"},            # plain -> plain
+             "barlab.generator.image_generator": {"barlab.tokenizer.checkpoint"},  # the allowed one
+             "barlab.pipeline.run": {"barlab.runtime.run_state"}}            # down: fine
+    assert upward_imports(graph) == [("barlab.data.loaders", "barlab.metrics.reference"),
+                                     ("barlab.generator.heads.mbm", "barlab.lightning.optim")]
+    assert find_cycle(package_graph({"barlab.utils.a": {"barlab.metrics.b"}, "barlab.metrics.b": {"barlab.utils.c"},
+                                     "barlab.utils.c": set()})) == ["barlab.metrics", "barlab.utils", "barlab.metrics"]

@@ -16,8 +16,8 @@ import torch
 import yaml
 
 from barlab.errors import ConfigError
-from barlab.training.callbacks.image_log import log_image
-from barlab.training.callbacks.progress_log import ProgressLog, format_duration
+from barlab.lightning.callbacks.image_log import log_image
+from barlab.lightning.callbacks.progress_log import ProgressLog, format_duration
 from barlab.utils.log_routing import LIGHTNING_LOGGERS, route_lightning_logs
 from barlab.utils.progress import bars_shown, progress
 from tests.helpers import run_module

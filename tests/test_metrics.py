@@ -17,8 +17,8 @@ from barlab.metrics.precision_recall import precision_recall
 from barlab.metrics.random_net import RandomFeatures
 from barlab.metrics.reference import reference_from_npz, save_reference
 from barlab.metrics.tf_resize import resize_tf1_bilinear, tf1_bilinear_matrix
+from barlab.utils.image_grid import to_uint8
 from barlab.utils.image_sets import iter_image_set, write_npz, write_png_folder
-from barlab.utils.images import to_uint8
 
 
 class PixelFeatures(FeatureNet):

@@ -15,8 +15,8 @@ import lightning as L
 import pytest
 import torch
 
-from barlab.training.generator_stage import build_generator_module
-from barlab.training.tokenizer_stage import build_tokenizer_module
+from barlab.pipeline.generator_stage import build_generator_module
+from barlab.pipeline.tokenizer_stage import build_tokenizer_module
 
 # the layers whose weight matrices the generator decays (its Linear layers, by name), and the
 # sub-modules whose layers it never decays (adaLN modulations, the MBM head's mask-ratio MLP)

@@ -17,8 +17,8 @@ import pytest
 import torch
 from helpers import error_lines, read_json, run_module
 
-from barlab.training.callbacks.rng_state import collect_rng_states, restore_rng_states
-from barlab.training.run_state import checkpoint_step, stream_seed
+from barlab.lightning.callbacks.rng_state import collect_rng_states, restore_rng_states
+from barlab.runtime.run_state import checkpoint_step, stream_seed
 
 SMOKE = ("experiment=smoke", "metrics.backend=random")
 
@@ -155,7 +155,7 @@ def test_a_resumed_stream_is_a_fresh_one():
 
 KILL_DURING_SAVE = textwrap.dedent('''
     import sys, time, torch
-    from barlab.training.checkpoint_io import AtomicCheckpointIO
+    from barlab.runtime.checkpoint_io import AtomicCheckpointIO
 
     class SlowToPickle:
         def __reduce__(self):
@@ -188,7 +188,7 @@ def test_a_kill_during_a_checkpoint_save_keeps_the_previous_checkpoint(tmp_path)
     (2048, 8, 256, (256, 1)), (2048, 1, 256, (256, 8)), (96, 2, 20, (16, 3)), (64, 4, 16, (16, 1)),
 ])
 def test_global_batch_splits_into_per_rank_batch_and_accumulation(global_batch, world, per_rank, expected):
-    from barlab.training.distributed import split_global_batch
+    from barlab.runtime.distributed import split_global_batch
 
     batch, accumulation = split_global_batch(global_batch, world, per_rank, "generator.global_batch_size")
     assert (batch, accumulation) == expected and batch * accumulation * world == global_batch

@@ -24,9 +24,9 @@ import pytest
 import torch
 from helpers import REPO, error_lines, read_json, run_module
 
-from barlab.training.callbacks.preemption import PreemptionCheckpoint
-from barlab.training.checkpoint_io import AtomicCheckpointIO
-from barlab.training.run_state import checkpoint_step
+from barlab.lightning.callbacks.preemption import PreemptionCheckpoint
+from barlab.runtime.checkpoint_io import AtomicCheckpointIO
+from barlab.runtime.run_state import checkpoint_step
 
 
 def cluster_problem() -> str | None:
@@ -186,14 +186,14 @@ def launcher_request(*overrides: str) -> dict:
     """The resolved SLURM request of ``hydra/launcher=slurm`` with ``overrides`` (composed in-process)."""
     from hydra import compose, initialize_config_dir
 
-    import barlab.slurm  # noqa: F401  (the resolvers)
-    from barlab.cli import CONFIG_DIR
+    import barlab.runtime.slurm  # noqa: F401  (the resolvers)
+    from barlab.config.paths import CONFIG_DIR
 
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True)
         launcher = cfg.hydra.launcher
         keys = ("nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task", "partition", "max_num_timeout")
-        return {key: launcher[key] for key in keys} | {"callback": cfg.hydra.callbacks.slurm_failures._target_}
+        return {key: launcher[key] for key in keys} | {"callback": cfg.hydra.callbacks.failed_jobs._target_}
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -208,7 +208,7 @@ def test_launcher_request_follows_the_trainer(overrides, expected):
     request = launcher_request(*overrides)
     assert {key: request[key] for key in expected} == expected
     assert request["partition"] is None and request["max_num_timeout"] == 3
-    assert request["callback"] == "barlab.slurm.FailedJobsCallback"
+    assert request["callback"] == "barlab.analysis.failed_jobs.FailedJobsCallback"
 
 
 # --- preflight: one line, exit 2, nothing submitted --------------------------------------------
@@ -350,7 +350,7 @@ def test_failed_job_is_a_row_and_the_sweep_exits_1(tmp_path, cancel_jobs):
     assert proc.returncode == 1, proc.stderr[-3000:]
     lines = error_lines(proc.stderr)
     assert len(lines) == 1, proc.stderr[-3000:]
-    assert lines[0].startswith("error: 1 of 2 SLURM sweep job(s) failed: #0 (tokenizer.bits=0 ")
+    assert lines[0].startswith("error: 1 of 2 sweep job(s) failed: #0 (tokenizer.bits=0 ")
     assert "refused: tokenizer.bits: must be a positive integer, got 0" in lines[0]
     array = slurm_jobs(sweep_dir)[0].split("_")[0]
     assert final_states(f"{array}_1") == ["COMPLETED"] and read_json(sweep_dir / "1" / "results.json")["status"] == "ok"

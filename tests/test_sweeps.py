@@ -92,9 +92,10 @@ def test_head_sweep_keeps_refused_points_and_the_notebook_marks_them(tmp_path):
                       "head=linear,mbm", "tokenizer.bits=4,32", "metrics.backend=random",
                       f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 1  # one job refused: the sweep goes on, then says so
-    assert "1 sweep job(s) failed" in proc.stderr
+    assert "error: 1 of 4 sweep job(s) failed: #1 (head=linear tokenizer.bits=32): refused: head" in proc.stderr
     refused = read_json(sweep / "1" / "results.json")  # head=linear, bits=32
-    assert refused["status"] == "failed" and "head.max_memory_gb" in refused["error"]
+    assert refused["status"] == "failed" and refused["outcome"] == "refused"
+    assert "head.max_memory_gb" in refused["error"]
     proc = run_module("barlab.analysis", str(sweep), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = pd.read_csv(sweep / "results.csv")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import read_json, run_module
 
-from barlab.training.tokenizer_cache import TokenizerCache, attempt_token, cache_key
+from barlab.runtime.tokenizer_cache import TokenizerCache, attempt_token, cache_key
 
 SMOKE = ("experiment=smoke", "metrics.backend=random")
 

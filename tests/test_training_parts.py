@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from barlab.training.callbacks.ema import EMA
-from barlab.training.checkpoint_io import AtomicCheckpointIO
-from barlab.training.schedules import warmup_cosine, warmup_cosine_scheduler
-from barlab.utils.images import make_grid, to_uint8
+from barlab.lightning.callbacks.ema import EMA
+from barlab.runtime.checkpoint_io import AtomicCheckpointIO
+from barlab.utils.image_grid import make_grid, to_uint8
+from barlab.utils.lr_schedules import warmup_cosine, warmup_cosine_scheduler
 
 # optimizer and LR-schedule factories for modules built by hand (the stages build them from the config)
 ADAMW = partial(torch.optim.AdamW, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
@@ -97,8 +97,8 @@ def test_to_uint8_rounds_and_grid_layout():
 
 
 def test_a_few_training_steps_lower_the_loss(tmp_path):
+    from barlab.lightning.tokenizer_module import TokenizerModule
     from barlab.tokenizer import BinaryFSQ, ConvDecoder, ConvEncoder, Tokenizer
-    from barlab.training.tokenizer_module import TokenizerModule
 
     torch.manual_seed(0)
     tokenizer = Tokenizer(ConvEncoder(3, width=16, depth=1, downsample=4, out_channels=16),
@@ -147,7 +147,7 @@ class _RecordingHead(nn.Module):
 
 def _generator_module(p=1, grid=(4, 4), k=2, label_drop=0.1, classes=5):
     from barlab.generator import ARBackbone
-    from barlab.training.generator_module import GeneratorModule
+    from barlab.lightning.generator_module import GeneratorModule
 
     torch.manual_seed(0)
     steps = (grid[0] // p) * (grid[1] // p)
@@ -257,7 +257,7 @@ class _EchoTokenizer(nn.Module):
 
 
 def _validate(sign, tmp_path):
-    from barlab.training.tokenizer_module import TokenizerModule
+    from barlab.lightning.tokenizer_module import TokenizerModule
 
     images = [torch.full((2, 1, 8, 8), 0.5), torch.full((2, 1, 8, 8), -0.2)]
     on, off = torch.ones(2, 2, 3), torch.zeros(2, 2, 3)

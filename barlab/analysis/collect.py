@@ -10,7 +10,8 @@ the job's scalar results (``psnr``, ``rfid``, ``gfid``, ``class_accuracy``, ``bi
 - ``oom``: crashed out of memory; ``crashed``: any other crash; ``interrupted``: stopped (SIGTERM, Ctrl-C);
 - ``missing``: the job folder exists but has no results.json (killed hard, or still running).
 
-``reason`` says why for every outcome but ``ok``.
+``reason`` says why for every outcome but ``ok``. The outcome is the one results.json records, set from the
+type of what stopped the job (:func:`barlab.pipeline.results.outcome_of`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Any
 
 import yaml
 
-RESULTS_NAME = "results.json"
+from barlab.pipeline.results import RESULTS_NAME, parse_overrides
 
 
-def _job_dirs(root: Path) -> list[Path]:
+def job_dirs(root: Path) -> list[Path]:
     """Every folder under ``root`` that is a job: it has results.json or Hydra's .hydra/overrides.yaml."""
     jobs = set()
     for dirpath, dirnames, filenames in os.walk(root):
@@ -45,25 +46,10 @@ def _overrides_from_hydra(job: Path) -> dict[str, Any]:
     path = job / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return {}
-    from barlab.training.results import parse_overrides
-
     try:
         return parse_overrides(yaml.safe_load(path.read_text()) or [])
     except yaml.YAMLError:
         return {}
-
-
-def classify(status: str, error: str) -> str:
-    """results.json status + error → outcome (see the module docstring)."""
-    if status == "ok":
-        return "ok"
-    text = (error or "").lower()
-    if status == "failed":
-        config_check = any(word in text for word in ("max_params", "refus", "(fix:"))
-        return "refused" if config_check else "failed"
-    if status == "crashed":
-        return "oom" if "out of memory" in text or "outofmemory" in text else "crashed"
-    return status or "missing"
 
 
 PARAM_COLUMNS = ("params_head", "params_backbone")  # parameter counts of the generator's head and backbone
@@ -78,7 +64,7 @@ def job_row(job: Path) -> dict[str, Any]:
         try:
             body = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            body = {"status": "crashed", "error": f"unreadable results.json: {err}"}
+            body = {"status": "crashed", "outcome": "crashed", "error": f"unreadable results.json: {err}"}
     overrides = body.get("overrides") or _overrides_from_hydra(job)
     row.update({k: v for k, v in overrides.items() if not k.startswith("hydra")})
     for key, value in body.items():
@@ -91,7 +77,7 @@ def job_row(job: Path) -> dict[str, Any]:
             row[key] = stage[key]
     status = body.get("status", "missing")
     row["status"] = status
-    row["outcome"] = classify(status, str(body.get("error", "")))
+    row["outcome"] = body.get("outcome", status)
     row["reason"] = (body.get("error") or ("no results.json: the job was killed or is still running"
                                            if not body else "")) if status != "ok" else ""
     row["job"] = body.get("job_num", _num(job.name) if job.name.isdigit() else None)
@@ -105,7 +91,7 @@ def load_rows(folder: str | os.PathLike) -> list[dict[str, Any]]:
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
-    rows = [job_row(job) for job in _job_dirs(root)]
+    rows = [job_row(job) for job in job_dirs(root)]
     for row in rows:
         row.pop("_overrides")
     return rows
@@ -118,7 +104,7 @@ def load_sweep(folder: str | os.PathLike):
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
-    rows = [job_row(job) for job in _job_dirs(root)]
+    rows = [job_row(job) for job in job_dirs(root)]
     swept = list(dict.fromkeys(k for row in rows for k in row.pop("_overrides")))
     frame = pd.DataFrame(rows)
     frame.attrs["swept"] = swept  # the override keys of the jobs, in order of appearance

@@ -20,8 +20,9 @@ from barlab.bench import BENCHMARKS
 from barlab.bench.context import SIZES, BenchContext
 from barlab.bench.machine import machine_info
 from barlab.bench.report import write_report
-from barlab.cli import hydra_tool, pick_device
+from barlab.cli import hydra_tool
 from barlab.errors import ConfigError
+from barlab.utils.devices import pick_device
 
 log = logging.getLogger("barlab")
 TIMING = {"ci": (1, 3), "real": (3, 10)}  # (warm-up calls, timed repeats) when the config leaves them null

@@ -15,8 +15,8 @@ import numpy as np
 
 from barlab.bench.context import BenchContext, ratio
 from barlab.bench.timing import summarize
-from barlab.data.datamodule import ImageShardDataModule
-from barlab.data.shard_writer import write_shards
+from barlab.data.image_datamodule import ImageShardDataModule
+from barlab.data.image_shards import write_shards
 from barlab.data.synthetic import SyntheticSource
 from barlab.data.token_datamodule import TokenShardDataModule
 from barlab.data.token_shards import write_token_shards

@@ -23,7 +23,7 @@ from barlab.bench.models import build_module, compose_generator, count_params
 from barlab.bench.peak import bf16_supported, peak_for, peak_note, peaks
 from barlab.bench.steps import BareTokenizerStep, BareTrainer, random_batch
 from barlab.bench.timing import measure
-from barlab.training.build import auto_precision
+from barlab.pipeline.trainer import auto_precision
 
 BAR_B_CI = ("generator.backbone.depth=1", "generator.head_width=256", "generator.head_depth=1")
 BAR_B_CPU = ("generator.backbone.depth=2",)
@@ -71,7 +71,7 @@ def step_row(name: str, trainer, inputs, counted: int, precision: str, ctx: Benc
 
 def tokenizer_rows(batch_size: int | None, precisions: list[str], ctx: BenchContext) -> list[dict]:
     """The default tokenizer's training step (random images at data.image_size), per precision."""
-    from barlab.training.tokenizer_stage import build_tokenizer_module
+    from barlab.pipeline.tokenizer_stage import build_tokenizer_module
 
     cfg = compose_generator("tiny")
     batch_size = batch_size or int(cfg.data.batch_size)

@@ -1,6 +1,6 @@
 """Generators for the benchmarks, built the way training builds them: compose ``configs/train.yaml``
 with ``generator=<preset> head=<head>`` and the benchmark's overrides, then
-:func:`barlab.training.generator_stage.build_generator_module` (random weights, no tokenizer)."""
+:func:`barlab.pipeline.generator_stage.build_generator_module` (random weights, no tokenizer)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from barlab.cli import CONFIG_DIR, instantiate_checked
+from barlab.config.instantiate import instantiate_checked
+from barlab.config.paths import CONFIG_DIR
 
 
 def compose_generator(preset: str, head: str = "mbm", overrides: Sequence[str] = ()) -> DictConfig:
@@ -36,7 +37,7 @@ def build_module(cfg: DictConfig, grid: tuple[int, int], bits_per_token: int, nu
                  device: torch.device, seed: int = 0):
     """A :class:`GeneratorModule` for ``cfg`` over a (h, w) token grid of ``bits_per_token`` bits,
     seeded, on ``device``; its tokenizer is an ``nn.Identity`` (nothing is decoded)."""
-    from barlab.training.generator_stage import build_generator_module
+    from barlab.pipeline.generator_stage import build_generator_module
 
     torch.manual_seed(seed)
     info = {"grid": list(grid), "bits_per_token": int(bits_per_token)}

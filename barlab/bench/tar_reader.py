@@ -27,9 +27,9 @@ import numpy as np
 from barlab.bench.context import BenchContext, ratio
 from barlab.bench.timing import summarize
 from barlab.data import loaders
-from barlab.data.datamodule import ImageShardDataModule
-from barlab.data.pipeline import SkipCounter
-from barlab.data.shard_writer import write_shards
+from barlab.data.image_datamodule import ImageShardDataModule
+from barlab.data.image_shards import write_shards
+from barlab.data.loader_stages import SkipCounter
 from barlab.data.synthetic import SyntheticSource
 from barlab.data.tar_samples import READERS, TarSamples
 from barlab.data.token_datamodule import TokenShardDataModule

@@ -23,7 +23,7 @@ from barlab.bench.context import BenchContext
 from barlab.bench.models import build_module, compose_generator
 from barlab.bench.steps import BareTrainer, RepeatBatch, random_batch, step_times
 from barlab.bench.timing import device_sync, summarize
-from barlab.training.build import auto_precision
+from barlab.pipeline.trainer import auto_precision
 
 SIZES = {
     "ci": dict(grid=(4, 4), bits=4, batch=4, overrides=("generator.backbone.width=32", "generator.backbone.depth=1",

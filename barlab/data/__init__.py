@@ -17,12 +17,12 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "ImageSource": "base", "SPLITS": "base", "sample_key": "base",
+    "ImageSource": "source", "SPLITS": "source", "sample_key": "source",
     "read_idx": "idx", "write_idx": "idx",
     "FashionMNISTSource": "fashion_mnist", "ImageFolderSource": "imagefolder", "SyntheticSource": "synthetic",
-    "write_shards": "shard_writer", "ensure_shards": "shard_writer", "read_manifest": "shard_writer",
+    "write_shards": "image_shards", "ensure_shards": "image_shards", "read_manifest": "image_shards",
     "ImageTransform": "transforms", "to_tensor": "transforms",
-    "ImageShardDataModule": "datamodule",
+    "ImageShardDataModule": "image_datamodule",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -18,8 +18,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from barlab.data.base import check_split, sample_key
 from barlab.data.idx import read_idx, read_idx_shape
+from barlab.data.source import check_split, sample_key
 from barlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Iterator
 
 from PIL import Image
 
-from barlab.data.base import check_split, sample_key
+from barlab.data.source import check_split, sample_key
 from barlab.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import math
 
 import webdataset as wds
 
-from barlab.data.pipeline import (
+from barlab.data.loader_stages import (
     Batch,
     LimitPerShard,
     RankSlice,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from barlab.data.datamodule import ImageShardDataModule
+from barlab.data.image_datamodule import ImageShardDataModule
 from barlab.data.token_shards import write_token_shards
 from barlab.utils.progress import progress_bar
 

@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from barlab.data.base import check_split, sample_key
+from barlab.data.source import check_split, sample_key
 from barlab.errors import ConfigError
 
 PALETTE = np.array([

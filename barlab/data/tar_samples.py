@@ -4,7 +4,7 @@
 "<ext>": bytes, ...}`` samples out, members grouped by key (the file name up to its first dot) by
 ``webdataset.tariterators.group_by_keys``. The tar members come from one of two readers:
 
-- ``"tarstream"`` (the default): :func:`barlab.data.tarstream.iter_tar`;
+- ``"tarstream"`` (the default): :func:`barlab.data.tar_members.iter_tar`;
 - ``"webdataset"``: ``webdataset.tariterators.tar_file_expander``, WebDataset's own (``tarfile``).
 
 Both give the same samples and skips (``tests/test_data.py`` pins it); the default is kept as it
@@ -25,8 +25,8 @@ from typing import BinaryIO, Iterable, Iterator
 
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from barlab.data.pipeline import SkipCounter
-from barlab.data.tarstream import iter_tar
+from barlab.data.loader_stages import SkipCounter
+from barlab.data.tar_members import iter_tar
 
 READERS = ("tarstream", "webdataset")
 

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from barlab.data.loader_stages import Batch, SkipCounter
 from barlab.data.loaders import eval_pipeline, train_pipeline
-from barlab.data.pipeline import Batch, SkipCounter
 from barlab.data.token_shards import read_token_manifest, unpack_bits
 from barlab.errors import ConfigError, DataError
-from barlab.validation import check_int
+from barlab.utils.integers import check_int
 
 
 class DecodeTokens:

@@ -4,7 +4,6 @@ and the sampler. All are plain ``nn.Module``s / functions; training wrappers liv
 
 from barlab.generator.attention import Attention
 from barlab.generator.backbone import ARBackbone
-from barlab.generator.blocks import Block
 from barlab.generator.embeddings import BitEmbedding, ClassPrefix, PositionEmbedding
 from barlab.generator.guidance import guidance_scale
 from barlab.generator.heads import (
@@ -21,6 +20,7 @@ from barlab.generator.order import random_ratio, sample_orders
 from barlab.generator.rope import Rope2D, Rotation
 from barlab.generator.sampler import ARSampler
 from barlab.generator.token_shuffle import shuffle, unshuffle
+from barlab.generator.transformer_block import Block
 
 __all__ = [
     "ARBackbone",

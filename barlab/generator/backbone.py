@@ -21,12 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from barlab.errors import ConfigError
-from barlab.generator.blocks import Block
 from barlab.generator.embeddings import BitEmbedding, ClassPrefix, PositionEmbedding
 from barlab.generator.kv_cache import KVCache
 from barlab.generator.layers import RMSNorm
 from barlab.generator.rope import Rope2D
-from barlab.validation import check_int
+from barlab.generator.transformer_block import Block
+from barlab.utils.integers import check_int
 
 
 def _check(ok: bool, knob: str, message: str, fix: str) -> None:

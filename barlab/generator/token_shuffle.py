@@ -15,7 +15,7 @@ from einops import rearrange
 from torch import Tensor
 
 from barlab.errors import ConfigError
-from barlab.validation import check_int
+from barlab.utils.integers import check_int
 
 
 def check_shuffle(grid: tuple[int, int], p: int) -> tuple[int, int]:

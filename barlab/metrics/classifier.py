@@ -8,7 +8,7 @@ It serves two purposes on datasets far from ImageNet (Fashion-MNIST's 28×28 gar
   to the class they were generated for) and an Inception-Score-style score from its logits.
 
 ``SmallCNN`` is a plain module on float images in [-1, 1]; ``ClassifierFeatures`` wraps a trained
-checkpoint (written by :mod:`barlab.training.classifier_stage`) as a :class:`FeatureNet`.
+checkpoint (written by :mod:`barlab.metrics.classifier_training`) as a :class:`FeatureNet`.
 """
 
 from __future__ import annotations

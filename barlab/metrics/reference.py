@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from barlab.errors import ConfigError, DataError
+from barlab.utils.image_sets import read_npz
 from barlab.utils.io import atomic_write_bytes
 
 FORMAT = "barlab.fid_stats/1"
@@ -56,15 +56,6 @@ def save_reference(path: str | os.PathLike, ref: Reference) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except Exception as err:  # truncated / not an npz
-        raise DataError(f"cannot read {path} as .npz: {err}") from err
 
 
 def reference_from_npz(path: str | os.PathLike, feature_net_name: str,
@@ -98,10 +89,3 @@ def reference_from_npz(path: str | os.PathLike, feature_net_name: str,
     if ref.mu.shape[0] != ref.sigma.shape[0]:
         raise DataError(f"{path}: mu {ref.mu.shape} and sigma {ref.sigma.shape} do not match")
     return ref, (images if ref.features is None else None)
-
-
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 N×H×W×C (npz layout) → uint8 (N, C, H, W)."""
-    if images.ndim == 3:
-        images = images[..., None]
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)

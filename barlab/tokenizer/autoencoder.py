@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from barlab.errors import ConfigError
-from barlab.validation import check_int
+from barlab.utils.integers import check_int
 
 
 def num_groups(channels: int, max_groups: int = 32) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from barlab.cli import instantiate_checked
+from barlab.config.instantiate import instantiate_checked
 from barlab.errors import CheckpointError
 from barlab.utils.io import atomic_torch_save, describe_payload, load_torch_file
 

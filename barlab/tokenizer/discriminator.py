@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from barlab.validation import check_int
+from barlab.utils.integers import check_int
 
 
 class PatchDiscriminator(nn.Module):

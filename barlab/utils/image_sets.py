@@ -30,7 +30,7 @@ LABEL_PATTERN = re.compile(r"_class(\d+)$")
 def write_npz(path: str | os.PathLike, images: torch.Tensor, labels: torch.Tensor | None = None) -> Path:
     """images uint8 (N, C, H, W) → ``arr_0`` N×H×W×3 (and ``arr_1`` labels), written atomically."""
     if images.dtype != torch.uint8:
-        raise TypeError(f"images must be uint8 (use barlab.utils.images.to_uint8), got {images.dtype}")
+        raise TypeError(f"images must be uint8 (use barlab.utils.image_grid.to_uint8), got {images.dtype}")
     rgb = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
     arrays = {"arr_0": rearrange(rgb, "n c h w -> n h w c").contiguous().numpy()}
     if labels is not None:
@@ -93,7 +93,6 @@ def iter_image_set(path: str | os.PathLike,
         return
     if path.suffix != ".npz":
         raise DataError(f"{path}: expected an .npz file (arr_0 = N×H×W×3 uint8) or a folder of images")
-    from barlab.metrics.reference import images_to_tensor, read_npz
 
     data = read_npz(path)
     if "arr_0" not in data:
@@ -107,3 +106,20 @@ def iter_image_set(path: str | os.PathLike,
     for start in range(0, images.shape[0], batch_size):
         chunk = images_to_tensor(images[start:start + batch_size])
         yield chunk, (None if labels is None else torch.from_numpy(labels[start:start + batch_size]).long())
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception as err:  # truncated / not an npz
+        raise DataError(f"cannot read {path} as .npz: {err}") from err
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 N×H×W×C (npz layout) → uint8 (N, C, H, W)."""
+    if images.ndim == 3:
+        images = images[..., None]
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)

@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 
 from barlab.errors import ConfigError
-from barlab.validation import check_int
+from barlab.utils.integers import check_int
 
 
 def cosine_allocation(k: int, steps: int) -> tuple[int, ...]:

@@ -13,7 +13,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from barlab.validation import check_int
+from barlab.utils.integers import check_int
 
 Guidance = Tensor | float
 

@@ -8,7 +8,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from barlab.generator.heads.base import Guidance, Head, HeadOutput, fp32_region, gumbel_argmax
-from barlab.validation import check_int
+from barlab.utils.integers import check_int
 
 
 class BitwiseHead(Head):

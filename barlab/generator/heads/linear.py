@@ -16,7 +16,7 @@ from barlab.generator.heads.base import (
     fp32_region,
     gumbel_argmax,
 )
-from barlab.validation import check_int
+from barlab.utils.integers import check_int
 
 MAX_CODE_BITS = 62  # codes are built in int64
 BYTES_PER_PARAM = 16  # fp32 weight + its gradient + AdamW's two fp32 moments

@@ -19,7 +19,7 @@ from barlab.errors import ConfigError
 from barlab.generator.heads.allocation import check_allocation, cosine_allocation, cumulative
 from barlab.generator.heads.base import Guidance, Head, HeadOutput, fp32_region, gumbel, uniform
 from barlab.generator.layers import GaussianFourier, RMSNorm, SwiGLU, modulate
-from barlab.validation import check_int
+from barlab.utils.integers import check_int
 
 MASK = 2  # the [M] value of a bit
 

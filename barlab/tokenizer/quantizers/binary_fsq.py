@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from barlab.errors import ConfigError
 from barlab.tokenizer.quantizers.base import Quantizer, QuantizerOutput
-from barlab.validation import check_int
+from barlab.utils.integers import check_int
 
 
 class BinaryFSQ(Quantizer):

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from barlab.errors import ConfigError
 from barlab.tokenizer.quantizers.base import Quantizer, QuantizerOutput
-from barlab.validation import check_int
+from barlab.utils.integers import check_int
 
 _EPS = 1e-3  # widens the tanh bound a little so the extreme levels are reachable (as in the FSQ paper)
 _MAX_INDEX_BITS = 62  # encode_bits packs the token index into an int64

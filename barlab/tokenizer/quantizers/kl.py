@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from barlab.errors import ConfigError
 from barlab.tokenizer.quantizers.base import Quantizer, QuantizerOutput
-from barlab.validation import check_int
+from barlab.utils.integers import check_int
 
 _LOGVAR_MIN, _LOGVAR_MAX = -30.0, 20.0  # same clamp as the LDM/SD-VAE DiagonalGaussianDistribution
 

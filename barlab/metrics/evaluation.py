@@ -19,12 +19,13 @@ from typing import Any, Callable, Iterable
 import torch
 from omegaconf import DictConfig
 
-from barlab.cli import instantiate_checked, pick_device
+from barlab.config.instantiate import instantiate_checked
 from barlab.metrics.feature_net import FeatureNet
+from barlab.metrics.metric_setup import build_feature_net, load_reference, new_metrics, split_reference
 from barlab.metrics.reference import Reference
-from barlab.training.metric_setup import build_feature_net, load_reference, new_metrics, split_reference
+from barlab.utils.devices import pick_device
+from barlab.utils.image_grid import to_uint8
 from barlab.utils.image_sets import write_npz
-from barlab.utils.images import to_uint8
 from barlab.utils.progress import progress, show_progress
 
 log = logging.getLogger("barlab")

@@ -36,7 +36,7 @@ def warmup_cosine_scheduler(optimizer: Optimizer, total_steps: int, warmup_steps
                             min_lr_ratio: float) -> LambdaLR:
     """:func:`warmup_cosine` on every parameter group of ``optimizer``, stepped once per training step.
 
-    Config: ``{_target_: barlab.training.schedules.warmup_cosine_scheduler, _partial_: true,
+    Config: ``{_target_: barlab.utils.lr_schedules.warmup_cosine_scheduler, _partial_: true,
     warmup_steps: ..., min_lr_ratio: ...}``; ``optimizer`` and ``total_steps`` come from the module.
     """
     schedule = partial(warmup_cosine, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_lr_ratio)

@@ -25,11 +25,11 @@ from typing import Sequence
 import torch
 
 from barlab.errors import ConfigError
-from barlab.validation import check_int
+from barlab.utils.integers import check_int
 
 log = logging.getLogger("barlab")
 
-# ... and BARLAB_ATTEMPT, the attempt id the ranks share (barlab.training.tokenizer_cache.attempt_token)
+# ... and BARLAB_ATTEMPT, the attempt id the ranks share (barlab.runtime.tokenizer_cache.attempt_token)
 LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK", "BARLAB_ATTEMPT")
 
 

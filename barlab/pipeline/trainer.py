@@ -15,16 +15,16 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from barlab.cli import instantiate_checked
+from barlab.config.instantiate import instantiate_checked
 from barlab.errors import CheckpointError, ConfigError
-from barlab.training.callbacks.finite_loss import FiniteLossGuard
-from barlab.training.callbacks.preemption import PreemptionCheckpoint
-from barlab.training.callbacks.rng_state import RNGState
-from barlab.training.checkpoint_checks import check_resume_checkpoint
-from barlab.training.checkpoint_io import AtomicCheckpointIO
-from barlab.training.distributed import install_child_command, track_launcher
-from barlab.training.results import hydra_context
-from barlab.training.run_state import RunState, checkpoint_step
+from barlab.lightning.callbacks.finite_loss import FiniteLossGuard
+from barlab.lightning.callbacks.preemption import PreemptionCheckpoint
+from barlab.lightning.callbacks.rng_state import RNGState
+from barlab.pipeline.results import hydra_context
+from barlab.runtime.checkpoint_checks import check_resume_checkpoint
+from barlab.runtime.checkpoint_io import AtomicCheckpointIO
+from barlab.runtime.distributed import install_child_command, track_launcher
+from barlab.runtime.run_state import RunState, checkpoint_step
 from barlab.utils.progress import bars_shown
 
 log = logging.getLogger("barlab")

@@ -14,13 +14,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from barlab.cli import instantiate_checked
+from barlab.config.instantiate import instantiate_checked
 from barlab.errors import ConfigError
+from barlab.metrics.classifier_training import dataset_key, ensure_classifier, metrics_cache_dir
 from barlab.metrics.feature_net import FeatureNet
 from barlab.metrics.image_metrics import ImageMetrics
-from barlab.metrics.reference import Reference, images_to_tensor, reference_from_npz, save_reference
-from barlab.training.classifier_stage import dataset_key, ensure_classifier, metrics_cache_dir
-from barlab.utils.images import to_uint8
+from barlab.metrics.reference import Reference, reference_from_npz, save_reference
+from barlab.utils.image_grid import to_uint8
+from barlab.utils.image_sets import images_to_tensor
 from barlab.utils.locks import exclusive_lock
 from barlab.utils.progress import progress, show_progress
 

@@ -15,9 +15,12 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
-from barlab.cli import instantiate_checked
-from barlab.tokenizer.checkpoint import build_tokenizer, load_tokenizer, save_tokenizer
-from barlab.training.build import (
+from barlab.config.instantiate import instantiate_checked
+from barlab.lightning.callbacks.ema import EMA
+from barlab.lightning.callbacks.recon_grid import ReconstructionGrid
+from barlab.lightning.tokenizer_module import TokenizerModule
+from barlab.metrics.evaluation import evaluate_tokenizer, headline
+from barlab.pipeline.trainer import (
     build_callbacks,
     build_loggers,
     build_optimization,
@@ -26,12 +29,9 @@ from barlab.training.build import (
     log_config,
     resume_point,
 )
-from barlab.training.callbacks.ema import EMA
-from barlab.training.callbacks.recon_grid import ReconstructionGrid
-from barlab.training.distributed import apply_global_batch
-from barlab.training.evaluation import evaluate_tokenizer, headline
-from barlab.training.run_state import RunState, stream_seed
-from barlab.training.tokenizer_module import TokenizerModule
+from barlab.runtime.distributed import apply_global_batch
+from barlab.runtime.run_state import RunState, stream_seed
+from barlab.tokenizer.checkpoint import build_tokenizer, load_tokenizer, save_tokenizer
 
 log = logging.getLogger("barlab")
 

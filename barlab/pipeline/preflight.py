@@ -12,8 +12,8 @@ import os
 from omegaconf import DictConfig, OmegaConf
 
 from barlab.errors import ConfigError
-from barlab.training.distributed import check_global_batches
-from barlab.validation import check_int
+from barlab.runtime.distributed import check_global_batches
+from barlab.utils.integers import check_int
 
 STAGES = ("tokenizer", "generator", "all", "classifier")
 
@@ -144,7 +144,7 @@ def build_generator_on_meta(cfg: DictConfig, bits: int, grid: tuple[int, int], p
     """
     import torch
 
-    from barlab.cli import instantiate_checked
+    from barlab.config.instantiate import instantiate_checked
 
     if grid[0] % p or grid[1] % p:
         raise ConfigError("generator.token_shuffle", f"p={p} does not divide the token grid {list(grid)}",

@@ -27,9 +27,9 @@ from barlab.generator.image_generator import generate_images
 from barlab.generator.order import random_ratio, sample_orders
 from barlab.generator.sampler import ARSampler
 from barlab.generator.token_shuffle import shuffle
-from barlab.training.checkpoint_checks import IDENTITY_KEY, head_identity, tokenizer_identity
-from barlab.training.optim import OptimizerFactory, decay_groups
-from barlab.training.schedules import SchedulerFactory, planned_steps
+from barlab.lightning.optim import OptimizerFactory, decay_groups
+from barlab.runtime.checkpoint_checks import IDENTITY_KEY, head_identity, tokenizer_identity
+from barlab.utils.lr_schedules import SchedulerFactory, planned_steps
 
 
 class GeneratorModule(L.LightningModule):

@@ -45,8 +45,8 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from barlab.errors import BarlabError
+from barlab.runtime.run_state import RunState, is_rank_zero, resolved_nodes, wait_for_file
 from barlab.tokenizer.checkpoint import load_tokenizer
-from barlab.training.run_state import RunState, is_rank_zero, resolved_nodes, wait_for_file
 from barlab.utils.io import atomic_write_json, disk_full_as_error, link_or_copy
 from barlab.utils.locks import exclusive_lock
 
@@ -171,7 +171,7 @@ def run_cached_tokenizer_stage(cfg: DictConfig, state: RunState,
                                train: Callable[[DictConfig, RunState], dict[str, Any]]) -> dict[str, Any]:
     """The tokenizer stage through the cache: reuse the entry of this config, or ``train`` and store it.
 
-    ``train`` is the stage itself (:func:`barlab.training.tokenizer_stage.run_tokenizer_stage`).
+    ``train`` is the stage itself (:func:`barlab.pipeline.tokenizer_stage.run_tokenizer_stage`).
     Returns its result, with ``cache: {key, entry, hit, trained_in}``.
     """
     cache, run_dir = TokenizerCache(cfg), Path(state.run_dir)

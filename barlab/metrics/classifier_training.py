@@ -16,13 +16,13 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from barlab.cli import instantiate_checked
+from barlab.config.instantiate import instantiate_checked
 from barlab.metrics.classifier import FORMAT, SmallCNN
-from barlab.training.classifier_module import ClassifierModule
+from barlab.metrics.classifier_module import ClassifierModule
+from barlab.utils.integers import check_int
 from barlab.utils.io import atomic_torch_save
 from barlab.utils.locks import exclusive_lock
 from barlab.utils.progress import bars_shown
-from barlab.validation import check_int
 
 log = logging.getLogger("barlab")
 

@@ -1,8 +1,8 @@
 """CLI: write a source as WebDataset shards.
 
-    python -m barlab.data.shard fashion-mnist --out /data/fm_shards [--idx-dir DIR]
-    python -m barlab.data.shard imagefolder --root /data/imagenet/train --val-root ... --max-size 64 --out DIR
-    python -m barlab.data.shard synthetic --num-train 512 --num-val 128 --out DIR
+    python -m barlab.shard fashion-mnist --out /data/fm_shards [--idx-dir DIR]
+    python -m barlab.shard imagefolder --root /data/imagenet/train --val-root ... --max-size 64 --out DIR
+    python -m barlab.shard synthetic --num-train 512 --num-val 128 --out DIR
 
 An existing finished folder is kept unless ``--force``. Errors print one ``error: ...`` line and exit 2.
 """
@@ -18,7 +18,7 @@ from barlab.errors import BarlabError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m barlab.data.shard", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m barlab.shard", description=__doc__.split("\n\n")[0])
     p.add_argument("source", choices=["fashion-mnist", "imagefolder", "synthetic"])
     p.add_argument("--out", required=True, help="output folder (becomes data.shards_dir)")
     p.add_argument("--maxcount", type=int, default=2000, help="samples per shard")
@@ -65,7 +65,7 @@ def make_source(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from barlab.data.shard_writer import ensure_shards, read_manifest, write_shards
+    from barlab.data.image_shards import ensure_shards, read_manifest, write_shards
 
     start = time.monotonic()
     try:

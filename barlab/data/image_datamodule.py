@@ -23,12 +23,12 @@ import lightning as L
 import webdataset as wds
 from torch.utils.data import DataLoader
 
+from barlab.data.image_shards import ensure_shards
+from barlab.data.loader_stages import Batch, Decode, SkipCounter
 from barlab.data.loaders import eval_pipeline, train_pipeline
-from barlab.data.pipeline import Batch, Decode, SkipCounter
-from barlab.data.shard_writer import ensure_shards
 from barlab.data.transforms import ImageTransform
 from barlab.errors import ConfigError, DataError
-from barlab.validation import check_int
+from barlab.utils.integers import check_int
 
 
 class ImageShardDataModule(L.LightningDataModule):
@@ -109,7 +109,7 @@ class ImageShardDataModule(L.LightningDataModule):
     def _urls(self, split: str) -> tuple[list[str], list[int]]:
         entry = self.manifest["splits"].get(split)
         if entry is None:
-            raise DataError(f"{self.shards_dir}: manifest has no {split!r} split; re-run python -m barlab.data.shard")
+            raise DataError(f"{self.shards_dir}: manifest has no {split!r} split; re-run python -m barlab.shard")
         urls = [os.path.join(self.shards_dir, name) for name in entry["shards"]]
         return urls, list(entry.get("shard_sizes") or [None] * len(urls))
 

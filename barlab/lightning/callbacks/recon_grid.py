@@ -8,8 +8,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from barlab.training.callbacks.image_log import log_image
-from barlab.utils.images import make_grid, save_png, upscale
+from barlab.lightning.callbacks.image_log import log_image
+from barlab.utils.image_grid import make_grid, save_png, upscale
 
 
 class ReconstructionGrid(L.Callback):

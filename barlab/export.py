@@ -1,6 +1,6 @@
-"""``python -m barlab.data.export split=val``: real images of a split as PNGs + ADM npz.
+"""``python -m barlab.export split=val``: real images of a split as PNGs + ADM npz.
 
-    python -m barlab.data.export split=val out_dir=real_val
+    python -m barlab.export split=val out_dir=real_val
     python -m barlab.evaluate samples=real_val/images        # FID of real images: near zero
 
 Images go through the evaluation transform (the same resize as training) and are rounded to uint8,
@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from barlab.cli import hydra_tool, instantiate_checked
+from barlab.cli import hydra_tool
+from barlab.config.instantiate import instantiate_checked
+from barlab.utils.image_grid import to_uint8
 from barlab.utils.image_sets import write_npz, write_png_folder
-from barlab.utils.images import to_uint8
 
 
 def run(cfg: DictConfig) -> dict:

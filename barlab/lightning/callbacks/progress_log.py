@@ -16,7 +16,7 @@ import time
 
 import lightning as L
 
-from barlab.validation import check_int
+from barlab.utils.integers import check_int
 
 log = logging.getLogger("barlab")
 

@@ -16,14 +16,17 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from barlab.cli import instantiate_checked
+from barlab.config.instantiate import instantiate_checked
 from barlab.data.pretokenize import pretokenize
 from barlab.data.token_datamodule import TokenShardDataModule
 from barlab.data.token_shards import read_token_manifest
 from barlab.errors import ConfigError
 from barlab.generator.image_generator import save_generator
-from barlab.tokenizer.checkpoint import load_tokenizer
-from barlab.training.build import (
+from barlab.lightning.callbacks.sample_grid import SampleGrid
+from barlab.lightning.generator_module import GeneratorModule
+from barlab.lightning.optim import count_parameters
+from barlab.metrics.evaluation import evaluate_generator, headline
+from barlab.pipeline.trainer import (
     build_callbacks,
     build_loggers,
     build_optimization,
@@ -32,12 +35,9 @@ from barlab.training.build import (
     log_config,
     resume_point,
 )
-from barlab.training.callbacks.sample_grid import SampleGrid
-from barlab.training.distributed import apply_global_batch
-from barlab.training.evaluation import evaluate_generator, headline
-from barlab.training.generator_module import GeneratorModule
-from barlab.training.optim import count_parameters
-from barlab.training.run_state import RunState, is_rank_zero, stream_seed, wait_for_manifest
+from barlab.runtime.distributed import apply_global_batch
+from barlab.runtime.run_state import RunState, is_rank_zero, stream_seed, wait_for_manifest
+from barlab.tokenizer.checkpoint import load_tokenizer
 from barlab.utils.io import link_folder
 from barlab.utils.locks import exclusive_lock
 

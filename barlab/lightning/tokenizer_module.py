@@ -25,13 +25,13 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from barlab.lightning.optim import OptimizerFactory
+from barlab.runtime.checkpoint_checks import IDENTITY_KEY, tokenizer_identity
 from barlab.tokenizer.bit_stats import BitStatsAccumulator, bit_statistics, summarize
 from barlab.tokenizer.discriminator import hinge_d_loss, hinge_g_loss
 from barlab.tokenizer.losses import ReconstructionLoss
 from barlab.tokenizer.tokenizer import Tokenizer
-from barlab.training.checkpoint_checks import IDENTITY_KEY, tokenizer_identity
-from barlab.training.optim import OptimizerFactory
-from barlab.training.schedules import SchedulerFactory, planned_steps
+from barlab.utils.lr_schedules import SchedulerFactory, planned_steps
 
 
 class TokenizerModule(L.LightningModule):

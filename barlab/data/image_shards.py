@@ -16,8 +16,8 @@ import time
 from datetime import datetime, timezone
 from importlib import metadata
 
-from barlab.data.base import SPLITS, ImageSource
 from barlab.data.shard_folder import MANIFEST, SplitShards, read_shard_manifest, write_shard_folder
+from barlab.data.source import SPLITS, ImageSource
 from barlab.errors import ConfigError, DataError
 from barlab.utils.locks import exclusive_lock
 from barlab.utils.progress import progress
@@ -100,7 +100,7 @@ def ensure_shards(out_dir: str, source: ImageSource | None = None, maxcount: int
     manifest = read_manifest(out_dir)
     if manifest is None and source is None:
         raise ConfigError("data.shards_dir", f"{out_dir} holds no {MANIFEST}",
-                          fix=f"set data.source, or run python -m barlab.data.shard fashion-mnist --out {out_dir}")
+                          fix=f"set data.source, or run python -m barlab.shard fashion-mnist --out {out_dir}")
     if manifest is None:
         with exclusive_lock(out_dir + ".lock", out_dir):
             manifest = read_manifest(out_dir)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from barlab.metrics.classifier import SmallCNN
-from barlab.training.schedules import warmup_cosine_scheduler
+from barlab.utils.lr_schedules import warmup_cosine_scheduler
 
 
 class ClassifierModule(L.LightningModule):

@@ -1,60 +1,27 @@
 """SLURM support for ``hydra/launcher=slurm`` (``configs/hydra/launcher/slurm.yaml``).
 
-- The OmegaConf resolvers that tie the launcher's request to the trainer (imported by
-  ``barlab.train``, so they exist wherever the config is resolved: at submission and inside the job).
 - :func:`preflight`: before anything is submitted, check that this machine can submit to SLURM and
   that the partition exists; each failure is one line naming what is missing and how to fix it.
-- :class:`FailedJobsCallback`: once a SLURM sweep is over, name each failed job in one line and
-  exit 1 (a job runs in its own process, so the sweep cannot learn of a failure the way a local
-  sweep does).
+
+The resolvers that tie the launcher's request to the trainer are in :mod:`barlab.config.resolvers`;
+the report of failed sweep jobs (SLURM and local alike) is :mod:`barlab.analysis.failed_jobs`.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
-from pathlib import Path
-from typing import Any
 
 import yaml
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
 
+from barlab.config.paths import CONFIG_DIR
 from barlab.errors import ConfigError
 
 KNOB = "hydra/launcher=slurm"
-LAUNCHER_YAML = Path(__file__).resolve().parent.parent / "configs" / "hydra" / "launcher" / "slurm.yaml"
+LAUNCHER_YAML = CONFIG_DIR / "hydra" / "launcher" / "slurm.yaml"
 # Commands that only print the config or help: they submit nothing, so they need no cluster.
 _INSPECT_FLAGS = ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--resolve")
 SINFO_TIMEOUT_S = 30
-
-
-def gpus_per_node(accelerator: Any, devices: Any) -> int | None:
-    """GPUs to request per node: ``trainer.devices`` when the trainer runs on GPUs, else none.
-
-    ``trainer.accelerator=auto`` requests none: whether the job sees a GPU depends on the node, so
-    ask for GPUs with ``trainer=gpu`` or ``trainer=ddp``. A GPU request on a cluster without GPU
-    gres is rejected by sbatch, so CPU runs must not make one.
-    """
-    if str(accelerator) not in ("gpu", "cuda"):
-        return None
-    return int(devices)
-
-
-def cpus_per_task(*num_workers: Any) -> int:
-    """CPUs per task: one for the training loop plus the largest data loader's workers."""
-    return 1 + max([int(n or 0) for n in num_workers] + [0])
-
-
-def register_resolvers() -> None:
-    """Register ``${barlab.gpus_per_node:...}`` and ``${barlab.cpus_per_task:...}`` (idempotent)."""
-    for name, fn in (("barlab.gpus_per_node", gpus_per_node), ("barlab.cpus_per_task", cpus_per_task)):
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
-
-
-register_resolvers()
 
 
 def selects_slurm(argv: list[str]) -> bool:
@@ -110,29 +77,3 @@ def preflight(argv: list[str]) -> None:
         raise ConfigError(KNOB, f"partition {partition!r} is unknown to SLURM (sinfo lists: "
                                 f"{', '.join(partitions) or 'none'})",
                           fix=f"hydra.launcher.partition={partitions[0] if partitions else '<partition>'}")
-
-
-class FailedJobsCallback(Callback):
-    """Hydra callback of ``hydra/launcher=slurm``: a sweep with a failed job exits 1, naming it.
-
-    Each SLURM job runs in its own process, and a failed job returns NaN so that the others and
-    sweepers such as Optuna carry on; the submitting process would then exit 0. Once the sweep is
-    over, this reads every job's results.json (as ``barlab.analysis`` does) and, if any job is not
-    ok, prints one ``error:`` line naming each failed job and its reason, and exits 1.
-    """
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from barlab.analysis.collect import _job_dirs, job_row
-
-        sweep = Path(str(config.hydra.sweep.dir))
-        rows = [job_row(job) for job in _job_dirs(sweep)] if sweep.is_dir() else []
-        failed = [row for row in rows if row["outcome"] != "ok"]
-        if not failed:
-            return
-        names = "; ".join(
-            f"#{row['job']} ({' '.join(f'{k}={row.get(k)}' for k in row['_overrides'])}): {row['outcome']}: "
-            + " ".join(str(row["reason"]).split())
-            for row in failed)
-        print(f"error: {len(failed)} of {len(rows)} SLURM sweep job(s) failed: {names} "
-              f"(see python -m barlab.analysis {sweep})", file=sys.stderr, flush=True)
-        sys.exit(1)

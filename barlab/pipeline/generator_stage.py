@@ -22,6 +22,7 @@ from barlab.data.token_datamodule import TokenShardDataModule
 from barlab.data.token_shards import read_token_manifest
 from barlab.errors import ConfigError
 from barlab.generator.image_generator import save_generator
+from barlab.generator.token_shuffle import check_shuffle
 from barlab.lightning.callbacks.sample_grid import SampleGrid
 from barlab.lightning.generator_module import GeneratorModule
 from barlab.lightning.optim import count_parameters
@@ -94,24 +95,33 @@ def sampling_settings(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg.sampling, resolve=True)
 
 
+def build_backbone_and_head(cfg: DictConfig, bits_per_token: int, grid: tuple[int, int], num_classes: int,
+                            **head_kwargs):
+    """``(backbone, head)`` of ``cfg.generator.backbone`` and ``cfg.head`` over a token grid (h, w) of
+    ``bits_per_token``-bit tokens, with ``generator.token_shuffle`` applied (a p that does not divide the
+    grid is refused here, in one line). Built on the current default device: the config check builds
+    them on ``meta``."""
+    gen = cfg.generator
+    p = gen.token_shuffle
+    ar_grid = check_shuffle(grid, p)
+    bits_per_step = bits_per_token * p * p
+    backbone = instantiate_checked(gen.backbone, "generator.backbone", bits_per_step=bits_per_step, grid=ar_grid,
+                                   num_classes=num_classes)
+    head = instantiate_checked(cfg.head, "head", cond_dim=gen.backbone.cond_dim, bits_per_step=bits_per_step,
+                               **head_kwargs)
+    return backbone, head
+
+
 def build_generator_module(cfg: DictConfig, tokenizer, info: dict, num_classes: int) -> GeneratorModule:
     """The LightningModule for ``cfg.generator`` + ``cfg.head`` over ``tokenizer``'s token grid."""
     gen = cfg.generator
-    p = gen.token_shuffle
     grid = tuple(info["grid"])
-    if grid[0] % p or grid[1] % p:
-        raise ConfigError("generator.token_shuffle", f"p={p} does not divide the token grid {grid}",
-                          fix="generator.token_shuffle=1")
-    bits_per_step = info["bits_per_token"] * p * p
-    backbone = instantiate_checked(gen.backbone, "generator.backbone", bits_per_step=bits_per_step,
-                                   grid=(grid[0] // p, grid[1] // p), num_classes=num_classes)
-    head = instantiate_checked(cfg.head, "head", cond_dim=gen.backbone.cond_dim, bits_per_step=bits_per_step)
-    module = GeneratorModule(
-        backbone=backbone, head=head, tokenizer=tokenizer, grid=grid, token_shuffle=p,
+    backbone, head = build_backbone_and_head(cfg, info["bits_per_token"], grid, num_classes)
+    return GeneratorModule(
+        backbone=backbone, head=head, tokenizer=tokenizer, grid=grid, token_shuffle=gen.token_shuffle,
         label_drop=gen.label_drop, rar_start=gen.rar.start, rar_end=gen.rar.end, sampling=sampling_settings(cfg),
         **build_optimization(gen, "generator"),
     )
-    return module
 
 
 def load_generator_tokenizer(cfg: DictConfig, trained: Path | None) -> tuple[Path, Any, dict]:

@@ -9,17 +9,32 @@ from __future__ import annotations
 import math
 import os
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from barlab.errors import ConfigError
+from barlab.generator.heads import LinearHead, MBMHead
+from barlab.pipeline.generator_stage import build_backbone_and_head, tokenizer_path
 from barlab.runtime.distributed import check_global_batches
+from barlab.tokenizer.quantizers import FSQ, BinaryFSQ, KLLatent
 from barlab.utils.integers import check_int
 
-STAGES = ("tokenizer", "generator", "all", "classifier")
+
+def target_class(node: DictConfig | None, knob: str) -> type | None:
+    """The class a config node instantiates (its ``_target_``), or None for a node without one; a
+    ``_target_`` that names nothing importable is refused in one line."""
+    if not isinstance(node, DictConfig) or not node.get("_target_"):
+        return None
+    try:
+        return get_class(str(node._target_))
+    except Exception as err:
+        raise ConfigError(f"{knob}._target_", f"{node._target_!r} is not an importable class ({err})") from None
 
 
-def _target(node) -> str:
-    return str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
+def is_a(node: DictConfig | None, knob: str, cls: type) -> bool:
+    """Whether ``node`` instantiates ``cls`` or a subclass of it."""
+    target = target_class(node, knob)
+    return isinstance(target, type) and issubclass(target, cls)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -27,24 +42,21 @@ def check_config(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(missing[0], "is required but not set", fix=f"{missing[0]}=<value>")
-    if cfg.stage not in STAGES:
-        raise ConfigError("stage", f"unknown stage {cfg.stage!r}; choose one of {', '.join(STAGES)}",
-                          fix=f"stage={STAGES[0]}")
     if cfg.get("ckpt_path") not in (None, "", "last") and cfg.stage not in ("tokenizer", "generator"):
         # one checkpoint cannot start both stages; stage=all continues its own run folder instead
         raise ConfigError("ckpt_path", f"a checkpoint file starts one stage, not stage={cfg.stage}",
                           fix="stage=tokenizer or stage=generator with ckpt_path, or run_name=<run> to continue a run")
 
     tok = cfg.tokenizer
-    quantizer = _target(tok.quantizer)
-    if quantizer.endswith("BinaryFSQ"):
+    target_class(tok.quantizer, "tokenizer.quantizer")  # a _target_ that imports nothing: refused here
+    if is_a(tok.quantizer, "tokenizer.quantizer", BinaryFSQ):
         bits = check_int(tok.get("bits"), "tokenizer.bits", fix="tokenizer.bits=16")
         if bits > 4096:
             raise ConfigError("tokenizer.bits", f"{bits} bits per token is beyond any sensible tokenizer",
                               fix="tokenizer.bits=16")
-    elif quantizer.endswith("KLLatent"):
+    elif is_a(tok.quantizer, "tokenizer.quantizer", KLLatent):
         check_int(tok.quantizer.get("channels"), "tokenizer.quantizer.channels", fix="tokenizer.quantizer.channels=4")
-    elif quantizer.endswith("FSQ"):
+    elif is_a(tok.quantizer, "tokenizer.quantizer", FSQ):
         levels = tok.quantizer.get("levels")
         if not levels or any(isinstance(lv, bool) or not isinstance(lv, int) or lv < 2 for lv in levels):
             raise ConfigError("tokenizer.quantizer.levels", f"must be a list of integers >= 2, got {levels}",
@@ -62,7 +74,7 @@ def check_config(cfg: DictConfig) -> None:
     check_int(tok.get("max_steps"), "tokenizer.max_steps", fix="tokenizer.max_steps=800")
     check_int(tok.get("val_every"), "tokenizer.val_every", fix="tokenizer.val_every=200")
     if cfg.stage in ("generator", "all"):
-        check_generator(cfg, quantizer)
+        check_generator(cfg)
     check_global_batches(cfg)
 
     source = cfg.data.get("source")
@@ -74,19 +86,18 @@ def check_config(cfg: DictConfig) -> None:
                                   fix=f"data.source.{key}=/path/to/data" + (" or null" if key != "root" else ""))
 
 
-def check_generator(cfg: DictConfig, quantizer: str) -> None:
+def check_generator(cfg: DictConfig) -> None:
     """Generator knobs, and the linear head's size guard where the bit width is known up front."""
     gen = cfg.generator
     check_int(gen.get("max_steps"), "generator.max_steps", fix="generator.max_steps=1200")
     check_int(gen.get("val_every"), "generator.val_every", fix="generator.val_every=500")
     p = check_int(gen.get("token_shuffle"), "generator.token_shuffle", fix="generator.token_shuffle=1")
     check_int(gen.data.get("batch_size"), "generator.data.batch_size", fix="generator.data.batch_size=64")
-    if quantizer.endswith("KLLatent") and cfg.stage == "all":
+    if is_a(cfg.tokenizer.quantizer, "tokenizer.quantizer", KLLatent) and cfg.stage == "all":
         raise ConfigError("tokenizer/quantizer", "the generator needs a discrete tokenizer, not a KL latent",
                           fix="tokenizer/quantizer=binary_fsq, or stage=tokenizer")
-    if cfg.stage == "generator" and not cfg.get("tokenizer_ckpt"):
-        raise ConfigError("tokenizer_ckpt", "stage=generator needs a trained tokenizer",
-                          fix="tokenizer_ckpt=/path/to/run/tokenizer.pt, or stage=all")
+    if cfg.stage == "generator":
+        tokenizer_path(cfg, trained=None)  # refuses stage=generator without tokenizer_ckpt
     sampling = cfg.sampling
     if not isinstance(sampling.guidance, (int, float)) or isinstance(sampling.guidance, bool) or sampling.guidance < 0:
         raise ConfigError("sampling.guidance", f"must be a number >= 0 (1 = no guidance), got {sampling.guidance!r}",
@@ -99,10 +110,11 @@ def check_generator(cfg: DictConfig, quantizer: str) -> None:
                           fix="sampling.temperature=1.0")
     check_int(sampling.get("per_class"), "sampling.per_class", fix="sampling.per_class=10")
     allocation = sampling.get("allocation")
-    if allocation is not None and not _target(cfg.head).endswith("MBMHead"):
+    if allocation is not None and not is_a(cfg.head, "head", MBMHead):
+        head = target_class(cfg.head, "head")
         raise ConfigError("sampling.allocation", f"only the MBM head unmasks bits in steps, not head "
-                          f"{_target(cfg.head).rsplit('.', 1)[-1] or cfg.head}", fix="sampling.allocation=null")
-    facts = token_facts(cfg, quantizer)
+                          f"{head.__name__ if head is not None else cfg.head}", fix="sampling.allocation=null")
+    facts = token_facts(cfg)
     if facts is not None:
         if allocation is not None:
             from barlab.generator.heads import check_allocation
@@ -111,7 +123,7 @@ def check_generator(cfg: DictConfig, quantizer: str) -> None:
         build_generator_on_meta(cfg, *facts, p)
 
 
-def token_facts(cfg: DictConfig, quantizer: str) -> tuple[int, tuple[int, int]] | None:
+def token_facts(cfg: DictConfig) -> tuple[int, tuple[int, int]] | None:
     """``(bits per token, token grid)`` the generator will see, known before anything trains, else None.
 
     stage=all: from the tokenizer config (binary FSQ: ``tokenizer.bits``; FSQ:
@@ -126,9 +138,9 @@ def token_facts(cfg: DictConfig, quantizer: str) -> tuple[int, tuple[int, int]] 
             return None  # refused with its own message by the generator stage
         return int(info["bits_per_token"]), tuple(int(g) for g in info["grid"])
     side = cfg.data.image_size // cfg.tokenizer.encoder.downsample  # both checked in check_config
-    if quantizer.endswith("BinaryFSQ"):
+    if is_a(cfg.tokenizer.quantizer, "tokenizer.quantizer", BinaryFSQ):
         return int(cfg.tokenizer.bits), (side, side)
-    if quantizer.endswith("FSQ"):
+    if is_a(cfg.tokenizer.quantizer, "tokenizer.quantizer", FSQ):
         return (math.prod(int(level) for level in cfg.tokenizer.quantizer.levels) - 1).bit_length(), (side, side)
     return None
 
@@ -144,19 +156,10 @@ def build_generator_on_meta(cfg: DictConfig, bits: int, grid: tuple[int, int], p
     """
     import torch
 
-    from barlab.config.instantiate import instantiate_checked
-
-    if grid[0] % p or grid[1] % p:
-        raise ConfigError("generator.token_shuffle", f"p={p} does not divide the token grid {list(grid)}",
-                          fix="generator.token_shuffle=1")
-    bits_per_step = bits * p * p
     source = cfg.data.get("source")
     num_classes = source.get("num_classes") if isinstance(source, DictConfig) else None
+    extra = {}
+    if is_a(cfg.head, "head", LinearHead) and cfg.head.get("batch_tokens") is None:
+        extra["batch_tokens"] = int(cfg.generator.data.batch_size) * (grid[0] // p) * (grid[1] // p)
     with torch.device("meta"):
-        instantiate_checked(cfg.generator.backbone, "generator.backbone", bits_per_step=bits_per_step,
-                            grid=(grid[0] // p, grid[1] // p), num_classes=int(num_classes or 10))
-        extra = {}
-        if _target(cfg.head).endswith("LinearHead") and cfg.head.get("batch_tokens") is None:
-            extra["batch_tokens"] = int(cfg.generator.data.batch_size) * (grid[0] // p) * (grid[1] // p)
-        instantiate_checked(cfg.head, "head", cond_dim=cfg.generator.backbone.cond_dim, bits_per_step=bits_per_step,
-                            **extra)
+        build_backbone_and_head(cfg, bits, grid, int(num_classes or 10), **extra)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from barlab.errors import BarlabError
+from barlab.errors import BarlabError, ConfigError
 from barlab.generator.image_generator import load_generator
 from barlab.metrics.classifier_training import run_classifier_stage
 from barlab.pipeline.generator_stage import run_generator_stage
@@ -91,7 +91,14 @@ STAGES: dict[str, Callable[[DictConfig, RunState], dict[str, Any]]] = {
     "all": run_all,
     "classifier": lambda cfg, state: run_classifier_stage(cfg),
 }
-"""``stage=`` -> what runs; the one list of stage names (the config check reads it too)."""
+"""``stage=`` -> what runs: the one list of stage names."""
+
+
+def check_stage(stage: str) -> None:
+    """``stage=`` names one of :data:`STAGES`."""
+    if stage not in STAGES:
+        raise ConfigError("stage", f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}",
+                          fix=f"stage={next(iter(STAGES))}")
 
 
 def quiet_known_warnings() -> None:
@@ -116,6 +123,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     state: RunState | None = None
     try:
+        check_stage(cfg.stage)
         check_config(cfg)
         state = RunState.open(cfg)
         with JobProcesses():

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from barlab.cli import hydra_tool
 from barlab.config.instantiate import instantiate_checked
-from barlab.utils.image_grid import to_uint8
+from barlab.utils.image_grid import float_to_uint8
 from barlab.utils.image_sets import write_npz, write_png_folder
 
 
@@ -27,7 +27,7 @@ def run(cfg: DictConfig) -> dict:
         f"{Path(str(cfg.data.shards_dir)).name}_{cfg.split}"
     images, labels, index = [], [], 0
     for batch in datamodule.eval_dataset(str(cfg.split), cfg.max_samples, batch_size=500):
-        chunk, chunk_labels = to_uint8(batch["image"]), batch["label"]
+        chunk, chunk_labels = float_to_uint8(batch["image"]), batch["label"]
         if cfg.png:
             write_png_folder(out_dir / "images", chunk, chunk_labels, start=index)
         images.append(chunk)

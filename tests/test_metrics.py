@@ -17,7 +17,7 @@ from barlab.metrics.precision_recall import precision_recall
 from barlab.metrics.random_net import RandomFeatures
 from barlab.metrics.reference import reference_from_npz, save_reference
 from barlab.metrics.tf_resize import resize_tf1_bilinear, tf1_bilinear_matrix
-from barlab.utils.image_grid import to_uint8
+from barlab.utils.image_grid import float_to_uint8
 from barlab.utils.image_sets import iter_image_set, write_npz, write_png_folder
 
 
@@ -178,7 +178,7 @@ def test_standard_inception_is_found_and_gives_pool3_features():
 
 def test_adm_npz_rounds_pixels_and_png_folders_round_trip(tmp_path):
     x = torch.tensor([-1.0, 1.0, (100.6 / 127.5) - 1.0, (100.4 / 127.5) - 1.0]).view(1, 1, 2, 2)
-    u8 = to_uint8(x)
+    u8 = float_to_uint8(x)
     assert u8.flatten().tolist() == [0, 255, 101, 100]  # rounded, not truncated
     images = torch.randint(0, 256, (5, 1, 6, 6), dtype=torch.uint8)
     labels = torch.tensor([0, 1, 2, 3, 4])

@@ -14,7 +14,7 @@ from torch import nn
 
 from barlab.lightning.callbacks.ema import EMA
 from barlab.runtime.checkpoint_io import AtomicCheckpointIO
-from barlab.utils.image_grid import make_grid, to_uint8
+from barlab.utils.image_grid import float_to_uint8, make_grid
 from barlab.utils.lr_schedules import warmup_cosine, warmup_cosine_scheduler
 
 # optimizer and LR-schedule factories for modules built by hand (the stages build them from the config)
@@ -89,9 +89,9 @@ def test_warmup_cosine_schedule_values():
     assert warmup_cosine(500, 10, 110, 0.1) == pytest.approx(0.1)
 
 
-def test_to_uint8_rounds_and_grid_layout():
+def test_float_to_uint8_rounds_and_grid_layout():
     x = torch.tensor([-1.0, 1.7 / 127.5 - 1, 0.0, 1.0]).view(1, 1, 2, 2)  # 1.7 rounds to 2, truncates to 1
-    assert to_uint8(x).flatten().tolist() == [0, 2, 128, 255]
+    assert float_to_uint8(x).flatten().tolist() == [0, 2, 128, 255]
     grid = make_grid(torch.zeros(5, 1, 4, 4), nrow=3, padding=1)
     assert grid.shape == (2 * 5 + 1, 3 * 5 + 1, 3) and grid.dtype == np.uint8
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from barlab.bench.context import BenchContext, ratio
-from barlab.bench.timing import summarize
+from barlab.bench.timing import timing_summary
 from barlab.data.image_datamodule import ImageShardDataModule
 from barlab.data.image_shards import write_shards
 from barlab.data.synthetic import SyntheticSource
@@ -86,7 +86,7 @@ def run(ctx: BenchContext) -> dict:
                    ("token", token_loader(Path(tmp) / "tokens", s["tokens"], ctx.seed), s["tokens"]))
         for name, module, spec in loaders:
             timed = max(4 * ctx.repeats, 8)
-            stats = summarize(batch_times(module.train_dataloader(), ctx.warmup + 1 + timed)[ctx.warmup + 1:])
+            stats = timing_summary(batch_times(module.train_dataloader(), ctx.warmup + 1 + timed)[ctx.warmup + 1:])
             rows.append({"loader": name, "batch": spec["batch"], "workers": spec["workers"],
                          "batch_s": stats["median_s"], "min_s": stats["min_s"], "max_s": stats["max_s"],
                          "iqr_s": stats["iqr_s"], "samples_per_s": spec["batch"] / stats["median_s"],

@@ -52,7 +52,7 @@ def analytic_flops(module, batch_size: int) -> int:
     return 6 * matmuls + 12 * b.depth * batch_size * slots**2 * b.width
 
 
-def counted_flops(trainer, batch) -> int:
+def train_step_flops(trainer, batch) -> int:
     """FLOPs of one forward + backward as FlopCounterMode counts them (matmuls, convolutions, SDPA)."""
     with FlopCounterMode(display=False) as counter:
         trainer.forward_backward(batch)
@@ -81,7 +81,7 @@ def tokenizer_rows(batch_size: int | None, precisions: list[str], ctx: BenchCont
     for precision in precisions:
         torch.manual_seed(ctx.seed)
         step = BareTokenizerStep(build_tokenizer_module(cfg), ctx.device, precision)
-        counted = counted_flops(step, images)
+        counted = train_step_flops(step, images)
         rows.append(step_row("tokenizer", step, images, counted, precision, ctx, params=count_params(step.module),
                              batch=batch_size))
     return rows
@@ -103,7 +103,7 @@ def run(ctx: BenchContext) -> dict:
             module = build_module(cfg, grid, bits, 1000 if preset.startswith("bar") else 10, ctx.device, ctx.seed)
             batch = random_batch(module, batch_size, ctx.seed)
             trainer = BareTrainer(module, ctx.device, prec)
-            counted, analytic = counted_flops(trainer, batch), analytic_flops(module, batch_size)
+            counted, analytic = train_step_flops(trainer, batch), analytic_flops(module, batch_size)
             rows.append(step_row(name, trainer, batch, counted, prec, ctx, params=count_params(module),
                                  batch=batch_size, ar_steps=module.backbone.seq_len, flops_analytic=analytic,
                                  counted_over_analytic=ratio(counted, analytic)))

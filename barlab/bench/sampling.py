@@ -58,7 +58,7 @@ def images_per_s(sampler, batch: int, cfg: bool, kv_cache: bool, ctx: BenchConte
             "img_per_s_min": r["rate_min"], "img_per_s_max": r["rate_max"], "repeats": stats["n"]}
 
 
-def counted_flops(sampler, batch: int, ctx: BenchContext) -> int:
+def sampling_flops(sampler, batch: int, ctx: BenchContext) -> int:
     """FLOPs of one CFG sampling call of ``batch`` images (matmuls and SDPA, as FlopCounterMode counts)."""
     with FlopCounterMode(display=False) as counter:
         sample_fn(sampler, batch, True, True, ctx)()
@@ -89,7 +89,7 @@ def run(ctx: BenchContext) -> dict:
     sampler = sampler_for(s, s["batch_grid"], 1, ctx)
     peak = peak_for(ctx, "32-true")
     for batch in s["batches"]:
-        flops = counted_flops(sampler, batch, ctx)
+        flops = sampling_flops(sampler, batch, ctx)
         row = add("batch", sampler, 1, batch, True, True, flops=flops)
         row["peak_fraction"] = flops / row["s_per_batch"] / peak
     for batch in s["fuse_batches"]:

@@ -25,7 +25,7 @@ from unittest import mock
 import numpy as np
 
 from barlab.bench.context import BenchContext, ratio
-from barlab.bench.timing import summarize
+from barlab.bench.timing import timing_summary
 from barlab.data import loaders
 from barlab.data.image_datamodule import ImageShardDataModule
 from barlab.data.image_shards import write_shards
@@ -93,7 +93,7 @@ def run(ctx: BenchContext) -> dict:
                     times[reader].append(time.perf_counter() - start)
             if len(set(seen.values())) != 1:
                 raise RuntimeError(f"tar readers disagree on {name}: {seen} samples")
-            stats = {reader: summarize(t) for reader, t in times.items()}
+            stats = {reader: timing_summary(t) for reader, t in times.items()}
             for reader in READERS:
                 rows.append({"case": name, "reader": reader, "samples": seen[reader], **stats[reader],
                              "samples_per_s": seen[reader] / stats[reader]["median_s"]})

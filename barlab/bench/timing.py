@@ -15,7 +15,7 @@ def device_sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def summarize(seconds: list[float]) -> dict[str, float]:
+def timing_summary(seconds: list[float]) -> dict[str, float]:
     """Durations (n,) -> ``{median_s, min_s, max_s, q1_s, q3_s, iqr_s, n}``."""
     values = sorted(float(s) for s in seconds)
     if len(values) >= 2:
@@ -28,7 +28,7 @@ def summarize(seconds: list[float]) -> dict[str, float]:
 
 def measure(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
     """Call ``fn`` ``warmup`` times untimed, then ``repeats`` times timed (device synchronised around
-    each call); returns :func:`summarize` of the timed calls."""
+    each call); returns :func:`timing_summary` of the timed calls."""
     for _ in range(warmup):
         fn()
     device_sync(device)
@@ -38,16 +38,16 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int, repeats
         fn()
         device_sync(device)
         seconds.append(time.perf_counter() - start)
-    return summarize(seconds)
+    return timing_summary(seconds)
 
 
 def per_item(stats: dict[str, float], items: int) -> dict[str, float]:
-    """A :func:`summarize` dict divided by ``items`` (seconds per token, per image...)."""
+    """A :func:`timing_summary` dict divided by ``items`` (seconds per token, per image...)."""
     return {k: (v / items if k.endswith("_s") else v) for k, v in stats.items()}
 
 
 def rate(stats: dict[str, float], items: int) -> dict[str, float]:
-    """Items per second from a :func:`summarize` dict: the median, and the rates of the slowest and
+    """Items per second from a :func:`timing_summary` dict: the median, and the rates of the slowest and
     fastest repeats (``rate_min``, ``rate_max``)."""
     return {"rate": items / stats["median_s"], "rate_min": items / stats["max_s"],
             "rate_max": items / stats["min_s"]}

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from barlab.bench.context import BenchContext
 from barlab.bench.models import build_module, compose_generator
 from barlab.bench.steps import BareTrainer, RepeatBatch, random_batch, step_times
-from barlab.bench.timing import device_sync, summarize
+from barlab.bench.timing import device_sync, timing_summary
 from barlab.pipeline.trainer import auto_precision
 
 SIZES = {
@@ -74,10 +74,10 @@ def lightning_step_times(make, batch: dict, steps: int, ctx: BenchContext, preci
 
 
 def measure_bare(ctx: BenchContext) -> dict:
-    """The bare loop alone: ``{"step": summarize(...), "batch": B, "samples_per_s": ...}`` (``data`` and
+    """The bare loop alone: ``{"step": timing_summary(...), "batch": B, "samples_per_s": ...}`` (``data`` and
     ``mfu`` use it when ``train_loop`` has not run)."""
     make, batch, precision = setup(ctx, ctx.pick(SIZES))
-    stats = summarize(bare_step_times(make, batch, ctx.warmup + ctx.repeats + 1, ctx, precision)[ctx.warmup:])
+    stats = timing_summary(bare_step_times(make, batch, ctx.warmup + ctx.repeats + 1, ctx, precision)[ctx.warmup:])
     return {"step": stats, "batch": batch["bits"].shape[0], "samples_per_s": batch["bits"].shape[0] / stats["median_s"]}
 
 
@@ -93,11 +93,11 @@ def run(ctx: BenchContext) -> dict:
         for loop in (("bare", "lightning") if r % 2 == 0 else ("lightning", "bare")):
             measured = timers[loop](make, batch, steps, ctx, precision)[ctx.warmup:]
             times[loop] += measured
-            medians[loop] = summarize(measured)["median_s"]
+            medians[loop] = timing_summary(measured)["median_s"]
         overheads.append(100.0 * (medians["lightning"] / medians["bare"] - 1.0))
     rows = []
     for loop, measured in times.items():
-        stats = summarize(measured)
+        stats = timing_summary(measured)
         rows.append({"loop": loop, "batch": batch["bits"].shape[0], "precision": precision, "steps": stats["n"],
                      "step_s": stats["median_s"], "min_s": stats["min_s"], "max_s": stats["max_s"],
                      "iqr_s": stats["iqr_s"], "samples_per_s": batch["bits"].shape[0] / stats["median_s"]})

@@ -46,7 +46,7 @@ def hflip(img: Image.Image) -> Image.Image:
     return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
 
 
-def to_uint8(img: Image.Image, channels: int) -> np.ndarray:
+def pil_to_uint8(img: Image.Image, channels: int) -> np.ndarray:
     """PIL image -> uint8 array (channels, H, W). Gray is repeated to RGB; RGB is converted to "L"."""
     if channels == 1:
         img = img if img.mode == "L" else img.convert("L")
@@ -71,7 +71,7 @@ def uint8_to_float(arr: np.ndarray) -> torch.Tensor:
 
 def to_tensor(img: Image.Image, channels: int) -> torch.Tensor:
     """PIL image -> float32 (channels, H, W) in [-1, 1]. Gray is repeated to RGB; RGB is converted to "L"."""
-    return uint8_to_float(to_uint8(img, channels))
+    return uint8_to_float(pil_to_uint8(img, channels))
 
 
 class ImageTransform:
@@ -98,7 +98,7 @@ class ImageTransform:
             img = random_crop(img, self.image_size, rng)
         else:
             img = center_crop(img, self.image_size)
-        arr = to_uint8(img, self.channels)
+        arr = pil_to_uint8(img, self.channels)
         if self.train and self.flip and rng.random() < 0.5:
             arr = arr[:, :, ::-1]
         return arr

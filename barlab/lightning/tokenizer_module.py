@@ -27,7 +27,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from barlab.lightning.optim import OptimizerFactory
 from barlab.runtime.checkpoint_checks import IDENTITY_KEY, tokenizer_identity
-from barlab.tokenizer.bit_stats import BitStatsAccumulator, bit_statistics, summarize
+from barlab.tokenizer.bit_stats import BitStatsAccumulator, bit_statistics, usage_summary
 from barlab.tokenizer.discriminator import hinge_d_loss, hinge_g_loss
 from barlab.tokenizer.losses import ReconstructionLoss
 from barlab.tokenizer.tokenizer import Tokenizer
@@ -205,7 +205,7 @@ class TokenizerModule(L.LightningModule):
         if self.trainer.world_size > 1:  # per-bit counts are additive across ranks
             ones = self.all_gather(ones).reshape(-1, ones.shape[-1]).sum(0)
             tokens = self.all_gather(tokens).sum()
-        stats = summarize(ones.double() / tokens.double(), 0.0, int(tokens))
+        stats = usage_summary(ones.double() / tokens.double(), 0.0, int(tokens))
         self.last_bit_stats = {"usage": stats["usage"].tolist(), "entropy": stats["entropy"].tolist()}
         self.log("val/bits_mean_entropy", float(stats["mean_entropy"]))
         self.log("val/bits_min_entropy", float(stats["min_entropy"]))

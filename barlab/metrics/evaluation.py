@@ -24,7 +24,7 @@ from barlab.metrics.feature_net import FeatureNet
 from barlab.metrics.metric_setup import build_feature_net, load_reference, new_metrics, split_reference
 from barlab.metrics.reference import Reference
 from barlab.utils.devices import pick_device
-from barlab.utils.image_grid import to_uint8
+from barlab.utils.image_grid import float_to_uint8
 from barlab.utils.image_sets import write_npz
 from barlab.utils.progress import progress, show_progress
 
@@ -65,7 +65,7 @@ def evaluate_tokenizer(cfg: DictConfig, tokenizer: torch.nn.Module) -> dict[str,
     batches = datamodule.eval_dataset("val", limit, batch_size=cfg.metrics.batch_size)
     for batch in progress(batches, "rFID", unit="batch", enabled=show_progress(cfg)):
         recon, _ = tokenizer(batch["image"].to(device))
-        metrics.add_fake(to_uint8(recon.float().cpu()))
+        metrics.add_fake(float_to_uint8(recon.float().cpu()))
     result = metrics.compute()
     result["split"] = "val"
     result["wall_time_s"] = round(time.time() - start, 1)
@@ -86,7 +86,7 @@ def sample_class_balanced(generate: Callable[..., torch.Tensor], num_classes: in
     generator = torch.Generator(device="cpu").manual_seed(seed)
     images = []
     for chunk in progress(labels.split(batch_size), "sampling", unit="batch", enabled=show_bar):
-        images.append(to_uint8(generate(chunk, generator=generator, **sampling).cpu()))
+        images.append(float_to_uint8(generate(chunk, generator=generator, **sampling).cpu()))
     return torch.cat(images), labels
 
 

@@ -20,7 +20,7 @@ from barlab.metrics.classifier_training import dataset_key, ensure_classifier, m
 from barlab.metrics.feature_net import FeatureNet
 from barlab.metrics.image_metrics import ImageMetrics
 from barlab.metrics.reference import Reference, reference_from_npz, save_reference
-from barlab.utils.image_grid import to_uint8
+from barlab.utils.image_grid import float_to_uint8
 from barlab.utils.image_sets import images_to_tensor
 from barlab.utils.locks import exclusive_lock
 from barlab.utils.progress import progress, show_progress
@@ -68,7 +68,7 @@ def compute_split_reference(cfg: DictConfig, net: FeatureNet, split: str, max_sa
     metrics = new_metrics(cfg, net)
     batches = datamodule.eval_dataset(split, max_samples, batch_size=cfg.metrics.batch_size)
     for batch in progress(batches, f"reference statistics ({split})", unit="batch", enabled=show_progress(cfg)):
-        metrics.add_real(to_uint8(batch["image"]))
+        metrics.add_real(float_to_uint8(batch["image"]))
     ref = metrics.real_statistics()
     ref.meta.update({"dataset": dataset_key(cfg), "split": split, "source": f"{dataset_key(cfg)}/{split}"})
     return ref

@@ -50,10 +50,10 @@ def bit_statistics(bits: Tensor) -> dict[str, Tensor | int]:
     if n == 0:
         raise ValueError("bit_statistics needs at least one token")
     usage = (flat > 0.5).sum(dim=0, dtype=torch.float64) / n
-    return summarize(usage, unique_count(flat) / n, n)
+    return usage_summary(usage, unique_count(flat) / n, n)
 
 
-def summarize(usage: Tensor, unique_fraction: float, num_tokens: int) -> dict[str, Tensor | int]:
+def usage_summary(usage: Tensor, unique_fraction: float, num_tokens: int) -> dict[str, Tensor | int]:
     """The statistics dict from per-bit usage (k,) float64 (see ``bit_statistics``)."""
     entropy = binary_entropy(usage)
     return {
@@ -105,4 +105,4 @@ class BitStatsAccumulator:
         """Statistics over every token since the last ``reset`` (see ``bit_statistics``)."""
         if self.ones is None:
             raise RuntimeError("BitStatsAccumulator.compute() called before any update()")
-        return summarize(self.ones.double() / self.num_tokens, self._unique_sum / self._batches, self.num_tokens)
+        return usage_summary(self.ones.double() / self.num_tokens, self._unique_sum / self._batches, self.num_tokens)

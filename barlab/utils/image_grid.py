@@ -13,7 +13,7 @@ from PIL import Image
 from barlab.utils.io import atomic_write_bytes
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
+def float_to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Map float images in [-1, 1] to uint8 in [0, 255], rounding (never truncating).
 
     images: (..., C, H, W) float. Returns the same shape, dtype uint8.
@@ -29,7 +29,7 @@ def make_grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: int 
     nrow: images per row. Returns an (rows*(H+p)+p, nrow*(W+p)+p, 3) uint8 array.
     """
     if images.dtype != torch.uint8:
-        images = to_uint8(images)
+        images = float_to_uint8(images)
     images = images.cpu()
     n, c, h, w = images.shape
     if c == 1:

@@ -30,7 +30,7 @@ LABEL_PATTERN = re.compile(r"_class(\d+)$")
 def write_npz(path: str | os.PathLike, images: torch.Tensor, labels: torch.Tensor | None = None) -> Path:
     """images uint8 (N, C, H, W) → ``arr_0`` N×H×W×3 (and ``arr_1`` labels), written atomically."""
     if images.dtype != torch.uint8:
-        raise TypeError(f"images must be uint8 (use barlab.utils.image_grid.to_uint8), got {images.dtype}")
+        raise TypeError(f"images must be uint8 (use barlab.utils.image_grid.float_to_uint8), got {images.dtype}")
     rgb = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
     arrays = {"arr_0": rearrange(rgb, "n c h w -> n h w c").contiguous().numpy()}
     if labels is not None:

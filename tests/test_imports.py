@@ -184,3 +184,26 @@ def test_the_layer_rules_catch_a_violation():
                                      ("barlab.generator.heads.mbm", "barlab.lightning.optim")]
     assert find_cycle(package_graph({"barlab.utils.a": {"barlab.metrics.b"}, "barlab.metrics.b": {"barlab.utils.c"},
                                      "barlab.utils.c": set()})) == ["barlab.metrics", "barlab.utils", "barlab.metrics"]
+
+
+PROTOCOL_NAMES = {"main", "run", "plot"}  # each entry point / benchmark module provides its own
+
+
+def test_no_two_public_functions_or_classes_share_a_name():
+    seen: dict[str, list[str]] = {}
+    for name, path in module_files().items():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_") \
+                    and node.name not in PROTOCOL_NAMES:
+                seen.setdefault(node.name, []).append(name)
+    shared = {symbol: modules for symbol, modules in seen.items() if len(modules) > 1}
+    assert not shared, shared
+
+
+def test_every_package_has_a_docstring():
+    missing = [name for name, path in module_files().items()
+               if path.name == "__init__.py" and not ast.get_docstring(ast.parse(path.read_text()))]
+    folders = {p.parent for p in PACKAGE.rglob("*.py")}
+    no_init = sorted(str(folder.relative_to(PACKAGE.parent)) for folder in folders
+                     if not (folder / "__init__.py").is_file())
+    assert not missing and not no_init, (missing, no_init)

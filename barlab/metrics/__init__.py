@@ -3,7 +3,10 @@
 - :class:`FeatureNet` and its three backends: :class:`TFInception` (the standard FID network),
   :class:`ClassifierFeatures` (barlab's domain classifier) and :class:`RandomFeatures` (tests only);
 - :class:`ImageMetrics`: one pass of the network per image, every metric from it;
-- :class:`Reference`: statistics to compare against (barlab files, ADM reference batches, image sets).
+- :class:`Reference`: statistics to compare against (barlab files, ADM reference batches, image sets);
+- ``evaluation``: rFID of a tokenizer and gFID & co. of a generator's class-balanced samples;
+- ``metric_setup``: the ``metrics`` config to a feature network and reference statistics;
+- ``classifier_training``: barlab's evaluation classifier, trained once per dataset on first use.
 """
 
 from barlab.metrics.classifier import ClassifierFeatures, SmallCNN

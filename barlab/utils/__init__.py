@@ -1,1 +1,2 @@
-"""Small shared helpers: atomic file writes and image grids."""
+"""Foundations every layer may use: atomic file I/O, file locks, progress, log routing, image grids and
+image sets (PNG folders, ADM npz), integer knob checks, LR schedules, the ``device=`` knob."""

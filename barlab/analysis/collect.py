@@ -98,7 +98,8 @@ def load_rows(folder: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def load_sweep(folder: str | os.PathLike):
-    """The sweep as a pandas DataFrame (one row per job), with a ``family`` column for tokenizers."""
+    """The sweep as a pandas DataFrame (one row per job), with the tokenizers' ``family`` column
+    (discrete or continuous)."""
     import pandas as pd
 
     root = Path(folder)
@@ -108,9 +109,9 @@ def load_sweep(folder: str | os.PathLike):
     swept = list(dict.fromkeys(k for row in rows for k in row.pop("_overrides")))
     frame = pd.DataFrame(rows)
     frame.attrs["swept"] = swept  # the override keys of the jobs, in order of appearance
-    if "quantizer" in frame:
+    if "quantizer" in frame and "family" not in frame:  # results.json files written before the family key
         frame["family"] = frame["quantizer"].map(
-            lambda q: None if not isinstance(q, str) else ("continuous" if "KL" in q else "discrete"))
+            lambda q: None if not isinstance(q, str) else ("continuous" if q == "KLLatent" else "discrete"))
     return frame
 
 

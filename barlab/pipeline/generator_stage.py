@@ -27,6 +27,7 @@ from barlab.lightning.callbacks.sample_grid import SampleGrid
 from barlab.lightning.generator_module import GeneratorModule
 from barlab.lightning.optim import count_parameters
 from barlab.metrics.evaluation import evaluate_generator, headline
+from barlab.pipeline.results import GeneratorResult
 from barlab.pipeline.trainer import (
     build_callbacks,
     build_loggers,
@@ -203,7 +204,7 @@ def export_and_score(cfg: DictConfig, trainer: L.Trainer, module: GeneratorModul
 
 
 def run_generator_stage(cfg: DictConfig, state: RunState, trained_tokenizer: Path | None = None,
-                        shared_tokens: Path | None = None) -> dict[str, Any]:
+                        shared_tokens: Path | None = None) -> GeneratorResult:
     """Pretokenize (if needed), train, validate, export and score a generator. Returns the results.json body."""
     L.seed_everything(cfg.seed, workers=True)
     tokenizer_file, tokenizer, info = load_generator_tokenizer(cfg, trained_tokenizer)

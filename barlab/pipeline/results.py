@@ -48,6 +48,7 @@ class TokenizerResult(TypedDict, total=False):
 
     stage: str
     quantizer: str                 # class name of the quantizer: BinaryFSQ, FSQ, KLLatent
+    family: str                    # discrete | continuous (the study-1 axis)
     bits_per_token: int
     grid: list[int]                # token grid (h, w)
     bits_per_image: int
@@ -90,7 +91,8 @@ class GeneratorResult(TypedDict, total=False):
     reused: bool
 
 
-TOKENIZER_SUMMARY = ("quantizer", "bits_per_token", "grid", "bits_per_image", "psnr", "ssim", "val_loss", "rfid",
+TOKENIZER_SUMMARY = ("quantizer", "family", "bits_per_token", "grid", "bits_per_image", "psnr", "ssim", "val_loss",
+                     "rfid",
                      "metrics_backend", "metrics_label", "skipped_samples")
 """The tokenizer's keys that ``stage=all`` shows at the top level (its kid, precision and recall would
 collide with the generator's: they stay under ``tokenizer``)."""

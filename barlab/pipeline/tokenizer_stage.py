@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 from omegaconf import DictConfig
@@ -20,6 +19,7 @@ from barlab.lightning.callbacks.ema import EMA
 from barlab.lightning.callbacks.recon_grid import ReconstructionGrid
 from barlab.lightning.tokenizer_module import TokenizerModule
 from barlab.metrics.evaluation import evaluate_tokenizer, headline
+from barlab.pipeline.results import TokenizerResult
 from barlab.pipeline.trainer import (
     build_callbacks,
     build_loggers,
@@ -62,7 +62,7 @@ def build_tokenizer_module(cfg: DictConfig) -> TokenizerModule:
     )
 
 
-def run_tokenizer_stage(cfg: DictConfig, state: RunState) -> dict[str, Any]:
+def run_tokenizer_stage(cfg: DictConfig, state: RunState) -> TokenizerResult:
     """Train (or continue training), evaluate and export a tokenizer. Returns the results.json body."""
     run_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
@@ -105,6 +105,7 @@ def run_tokenizer_stage(cfg: DictConfig, state: RunState) -> dict[str, Any]:
     return {
         "stage": "tokenizer",
         "quantizer": type(quantizer).__name__,
+        "family": "discrete" if quantizer.is_discrete else "continuous",
         "bits_per_token": quantizer.bits_per_token,
         "grid": list(grid),
         "bits_per_image": module.bits_per_image,

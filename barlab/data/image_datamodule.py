@@ -1,4 +1,4 @@
-"""``ImageShardDataModule``: Lightning loaders over the tar shards written by ``shard_writer``.
+"""``ImageShardDataModule``: Lightning loaders over the tar shards written by ``image_shards``.
 
 Batches are dicts::
 

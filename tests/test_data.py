@@ -381,7 +381,7 @@ def test_stale_shards_are_reused_with_a_warning(tmp_path, caplog):
     assert again == first and "delete the folder or change data.shards_dir" in caplog.text
 
 
-# ---- the shared shard folder and the readers (issue 11) -------------------------------------------
+# ---- the shared shard folder and the readers -----------------------------------------------------
 def _four_sample_shard(folder) -> str:
     from barlab.data.shard_folder import SplitShards
 

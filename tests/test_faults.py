@@ -1,4 +1,4 @@
-"""Faults and bad input (issue 8 §5), end to end through ``python -m barlab.train`` / ``barlab.shard``.
+"""Faults and bad input, end to end through ``python -m barlab.train`` / ``barlab.shard``.
 
 - a NaN loss stops the run with one line (stage, step), keeps the last good checkpoint, and no
   NaN reaches ``last.ckpt``;

@@ -1,4 +1,4 @@
-"""Fidelity to the official BAR code (noctrog/BAR @ faf903f), issue 9.
+"""Fidelity to the official BAR code (noctrog/BAR, the version docs/results.md names).
 
 Presets' sampling settings, the sampling-time MBM allocation, BAR-L's dropout sites, the linear
 head's memory guard, the bitwise head's capacity match, the head study's parameter column, the
@@ -331,7 +331,7 @@ def test_paper_presets_train_with_a_global_batch_of_2048_on_8_gpus(preset, per_r
 
 
 # ----------------------------------------------------------------------------------------------------
-# The MBM head, the weight-decay groups and the prefix slots as in the official code (faf903f)
+# The MBM head, the weight-decay groups and the prefix slots as in the official code
 
 def modulation_linear(module):
     return module[-1] if isinstance(module, nn.Sequential) else module

@@ -35,7 +35,7 @@ SIZES = {
                  batches=(1, 8, 32, 64, 128), batch=8, fuse_batches=(8, 64), cache_batch=64, overrides=()),
 }
 GUIDANCE, NUM_CLASSES = 3.0, 10
-DEFAULT_BATCH = 64  # the issue's "default sampling at batch >= 64" point
+DEFAULT_BATCH = 64  # the target's "default sampling at batch >= 64" point (docs/benchmarks.md)
 
 
 def sampler_for(s: dict, grid: tuple[int, int], p: int, ctx: BenchContext):
@@ -110,7 +110,7 @@ def pick(rows: list[dict], **where) -> float | None:
 def sampling_ratios(rows: list[dict]) -> dict:
     """img/s of the KV cache over full recompute (CFG on, per length and batch), of p = 4 over p = 1,
     fused over two-forward CFG (per batch), and the batch sweep's fraction of the fp32 matmul peak at
-    every batch >= 64 (the issue's "default sampling at batch >= 64"; the largest batch if none is)."""
+    every batch >= 64 (the target's "default sampling at batch >= 64"; the largest batch if none is)."""
     out = {}
     for n, b in sorted({(r["ar_steps"], r["batch"]) for r in rows if r["sweep"] == "cache" and r["cfg"]}):
         out[f"cache_over_recompute_L{n}_b{b}"] = ratio(

@@ -8,7 +8,7 @@ decode, batch; no loader workers), and reading the token shards alone. The ratio
 ``<case>_webdataset_over_tarstream`` is the time of WebDataset's reader over barlab's.
 
 This benchmark is why ``tarstream`` exists: the data layer keeps a hand-written reader only while
-it is at least 2x faster end to end (issue 11). Measured on 2 busy cores (webdataset 1.0.2): token
+it is at least 2x faster end to end. Measured on 2 busy cores (webdataset 1.0.2): token
 loader 2.9x and 3.4x, image loader 1.6-1.8x, token reading alone 4.2-4.6x, as ``tarfile``'s
 per-member cost dominates the small token samples; for large images PNG decoding dominates and the
 image ratio tends to 1.
@@ -37,7 +37,7 @@ from barlab.data.token_shards import write_token_shards
 
 SIZES = {
     "ci": dict(images=64, image_size=8, sequences=128, grid=4, bits=8, epoch=128),
-    # the sizes the README's ratios come from: smoke-sized samples, many of them
+    # the sizes the ratios in docs/benchmarks.md come from: smoke-sized samples, many of them
     "real": dict(images=512, image_size=16, sequences=1024, grid=4, bits=16, epoch=8192),
 }
 

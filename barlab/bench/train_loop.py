@@ -7,9 +7,8 @@ Lightning's own work between steps (hooks, logging, batch transfer) is counted i
 The two loops run in interleaved rounds (bare, Lightning; then Lightning, bare; ...), each round on
 fresh, identically seeded modules, and the overhead is the median over rounds of each round's
 Lightning / bare ratio. One run of each in a row is not enough on a shared machine: the load drifts
-by more than the overhead (the previous one-shot version gave +22 % in one session and -4 % and
--12 % in two back-to-back runs in the next), and whichever loop ran first took the warmer or the
-busier half."""
+by more than the overhead (two back-to-back one-shot runs gave -4 % and -12 %), and whichever loop
+ran first took the warmer or the busier half."""
 
 from __future__ import annotations
 

@@ -38,7 +38,8 @@ class BinaryFSQ(Quantizer):
       The same function shifted by 3.80 (and scaled by 1/1.001), so the threshold and the steepest
       gradient sit at u = 0, where a freshly initialised projection puts its outputs. With a learnt
       bias in front the two can represent the same quantizer; they differ in where training starts.
-      Kept as the default after an A/B at default sizes (docs/results.md, "BAR-FSQ: the official bound against barlab's").
+      Kept as the default after an A/B at default sizes (docs/results.md, "BAR-FSQ: the official bound
+      against barlab's").
 
     A pre-activation exactly on the threshold maps to +1 in both.
 

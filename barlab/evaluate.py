@@ -32,6 +32,7 @@ def default_out(samples: Path) -> Path:
 
 
 def run(cfg: DictConfig) -> dict:
+    from barlab.config.instantiate import knob_names
     from barlab.metrics.evaluation import score_images
     from barlab.metrics.metric_setup import build_feature_net, load_reference, reference_from_file
     from barlab.metrics.reference import Reference
@@ -47,7 +48,8 @@ def run(cfg: DictConfig) -> dict:
     if cfg.ref is None:
         reference: Reference = load_reference(cfg, net)
     else:
-        reference = reference_from_file(cfg, net, Path(str(cfg.ref)), knob="ref")
+        with knob_names(path="ref", backend="metrics.backend"):
+            reference = reference_from_file(cfg, net, Path(str(cfg.ref)))
     chunks = iter_image_set(samples, batch_size=int(cfg.metrics.batch_size))
     result = {"samples": str(samples), **score_images(cfg, net, reference, chunks)}
     result["wall_time_s"] = round(time.time() - start, 1)

@@ -23,12 +23,15 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from barlab.cli import hydra_tool, require
+from barlab.config.instantiate import knob_names
 from barlab.utils.devices import pick_device
 from barlab.utils.image_sets import write_npz, write_png_folder
 from barlab.utils.integers import check_int
 from barlab.utils.io import atomic_write_json
 
 log = logging.getLogger("barlab")
+# the sampler's arguments a user sets as sampling.* (an error naming one names the knob)
+SAMPLING_KNOBS = {name: f"sampling.{name}" for name in ("allocation", "schedule", "guidance", "temperature", "power")}
 
 
 def run(cfg: DictConfig) -> dict:
@@ -43,14 +46,16 @@ def run(cfg: DictConfig) -> dict:
     model, info = load_generator(str(cfg.ckpt))
     sampling = {**model.sampling, **{k: v for k, v in OmegaConf.to_container(cfg.sampling).items() if v is not None}}
     if sampling.get("allocation") is not None:  # refused here, in one line, before any sampling
-        sampling["allocation"] = list(sampling_allocation(model.head, sampling["allocation"]))
+        with knob_names(SAMPLING_KNOBS):
+            sampling["allocation"] = list(sampling_allocation(model.head, sampling["allocation"]))
     model = model.to(device)
     out_dir = Path(str(cfg.out_dir)) if cfg.out_dir else default_out_dir(Path(info["path"]).parent,
                                                                          per_class * model.num_classes)
     start = time.time()
     log.info("sampling %d x %d classes with %s", per_class, model.num_classes, sampling)
-    images, labels = sample_class_balanced(model.generate, model.num_classes, per_class, batch_size,
-                                           seed=int(cfg.seed), **sampling)
+    with knob_names(SAMPLING_KNOBS):
+        images, labels = sample_class_balanced(model.generate, model.num_classes, per_class, batch_size,
+                                               seed=int(cfg.seed), **sampling)
     elapsed = time.time() - start
     npz = write_npz(out_dir / "samples.npz", images, labels)
     if cfg.png:

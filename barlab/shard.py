@@ -16,6 +16,11 @@ import time
 
 from barlab.errors import BarlabError
 
+# a source's arguments, named in errors as the knobs of the config's data.source node
+SOURCE_KNOBS = {name: f"data.source.{name}" for name in ("idx_dir", "root", "val_root", "val_fraction", "max_size",
+                                                          "num_train", "num_val", "image_size", "num_classes",
+                                                          "channels")}
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m barlab.shard", description=__doc__.split("\n\n")[0])
@@ -65,14 +70,17 @@ def make_source(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from barlab.config.instantiate import knob_names
     from barlab.data.image_shards import ensure_shards, read_manifest, write_shards
 
     start = time.monotonic()
     try:
-        source = make_source(args)
+        with knob_names(SOURCE_KNOBS):
+            source = make_source(args)
         if args.force or read_manifest(args.out) is None:
-            manifest = write_shards(source, args.out, maxcount=args.maxcount) if args.force \
-                else ensure_shards(args.out, source, maxcount=args.maxcount)
+            with knob_names(out_dir="data.shards_dir"):
+                manifest = write_shards(source, args.out, maxcount=args.maxcount) if args.force \
+                    else ensure_shards(args.out, source, maxcount=args.maxcount)
         else:
             manifest = read_manifest(args.out)
             print(f"{args.out} already holds a finished dataset (use --force to rewrite)")

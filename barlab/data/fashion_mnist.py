@@ -111,7 +111,7 @@ class FashionMNISTSource:
             if self._paths is None:
                 expected = ", ".join(n + "[.gz]" for n in _ALL_NAMES)
                 raise ConfigError(
-                    "data.source.idx_dir",
+                    "idx_dir",
                     f"{idx_dir!r} does not hold the 4 Fashion-MNIST IDX files ({expected})",
                     fix="point it at the folder with those files, or unset it to use /usr/share/datasets/fashion-mnist",
                 )

@@ -46,29 +46,27 @@ class ImageShardDataModule(L.LightningDataModule):
                  pin_memory: bool = False, shard_size: int = 2000):
         super().__init__()
         if not shards_dir:
-            raise ConfigError("data.shards_dir", "is empty", fix="data.shards_dir=/path/to/shards")
+            raise ConfigError("shards_dir", "is empty", fix="shards_dir=/path/to/shards")
         if isinstance(source, Mapping) and "_target_" in source:
             from hydra.utils import instantiate  # a config node passed without recursive instantiation
 
             source = instantiate(source)
         if channels not in (None, 1, 3):
-            raise ConfigError("data.channels", f"must be 1, 3 or null, got {channels!r}", fix="data.channels=null")
+            raise ConfigError("channels", f"must be 1, 3 or null, got {channels!r}", fix="channels=null")
         self.shards_dir = os.path.abspath(os.path.expanduser(str(shards_dir)))
         self.source = source
-        self.image_size = check_int(image_size, "data.image_size", fix="data.image_size=32")
+        self.image_size = check_int(image_size, "image_size", fix="image_size=32")
         self._channels = channels
-        self.batch_size = check_int(batch_size, "data.batch_size", fix="data.batch_size=64")
-        self.val_batch_size = check_int(val_batch_size, "data.val_batch_size", allow_none=True,
-                                        fix="data.val_batch_size=null")
-        self.num_workers = check_int(num_workers, "data.num_workers", minimum=0, fix="data.num_workers=1")
-        self.epoch_length = check_int(epoch_length, "data.epoch_length", fix="data.epoch_length=60000")
-        self.shuffle_buffer = check_int(shuffle_buffer, "data.shuffle_buffer", minimum=0,
-                                        fix="data.shuffle_buffer=2000")
-        self.max_val_samples = check_int(max_val_samples, "data.max_val_samples", allow_none=True,
-                                         fix="data.max_val_samples=null")
+        self.batch_size = check_int(batch_size, "batch_size", fix="batch_size=64")
+        self.val_batch_size = check_int(val_batch_size, "val_batch_size", allow_none=True, fix="val_batch_size=null")
+        self.num_workers = check_int(num_workers, "num_workers", minimum=0, fix="num_workers=1")
+        self.epoch_length = check_int(epoch_length, "epoch_length", fix="epoch_length=60000")
+        self.shuffle_buffer = check_int(shuffle_buffer, "shuffle_buffer", minimum=0, fix="shuffle_buffer=2000")
+        self.max_val_samples = check_int(max_val_samples, "max_val_samples", allow_none=True,
+                                         fix="max_val_samples=null")
         self.flip, self.random_crop = bool(flip), bool(random_crop)
         self.seed, self.pin_memory = int(seed), bool(pin_memory)
-        self.shard_size = check_int(shard_size, "data.shard_size", fix="data.shard_size=2000")
+        self.shard_size = check_int(shard_size, "shard_size", fix="shard_size=2000")
         self._manifest: dict | None = None
         self._counters: list[SkipCounter] = []
 
@@ -77,7 +75,7 @@ class ImageShardDataModule(L.LightningDataModule):
     def manifest(self) -> dict:
         """The shards' manifest.json (prepares the shards from ``source`` if missing)."""
         if self._manifest is None:
-            self._manifest = ensure_shards(self.shards_dir, self.source, maxcount=self.shard_size)
+            self._manifest = self._ensure_shards()
         return self._manifest
 
     @property
@@ -98,12 +96,19 @@ class ImageShardDataModule(L.LightningDataModule):
         """Corrupt samples / shard tails skipped so far by this process and its loader workers."""
         return sum(c.total for c in self._counters)
 
+    def _ensure_shards(self) -> dict:
+        """:func:`ensure_shards` of ``shards_dir``; its errors on ``out_dir`` name ``shards_dir``."""
+        try:
+            return ensure_shards(self.shards_dir, self.source, maxcount=self.shard_size)
+        except ConfigError as err:
+            raise (err.renamed("shards_dir") if err.knob == "out_dir" else err) from None
+
     def prepare_data(self) -> None:
-        ensure_shards(self.shards_dir, self.source, maxcount=self.shard_size)
+        self._ensure_shards()
 
     def setup(self, stage: str | None = None) -> None:
         # a no-op if prepare_data made them
-        self._manifest = ensure_shards(self.shards_dir, self.source, maxcount=self.shard_size)
+        self._manifest = self._ensure_shards()
 
     # ---- loaders --------------------------------------------------------------------------
     def _urls(self, split: str) -> tuple[list[str], list[int]]:

@@ -81,7 +81,7 @@ def write_shards(source: ImageSource, out_dir: str, maxcount: int = 2000, splits
             "barlab_version": _version(),
         }
 
-    return write_shard_folder(out_dir, fill, knob="data.shards_dir")
+    return write_shard_folder(out_dir, fill)
 
 
 def read_manifest(out_dir: str) -> dict | None:
@@ -99,8 +99,8 @@ def ensure_shards(out_dir: str, source: ImageSource | None = None, maxcount: int
     out_dir = os.path.abspath(os.path.expanduser(str(out_dir)))
     manifest = read_manifest(out_dir)
     if manifest is None and source is None:
-        raise ConfigError("data.shards_dir", f"{out_dir} holds no {MANIFEST}",
-                          fix=f"set data.source, or run python -m barlab.shard fashion-mnist --out {out_dir}")
+        raise ConfigError("out_dir", f"{out_dir} holds no {MANIFEST}",
+                          fix=f"set source=..., or run python -m barlab.shard fashion-mnist --out {out_dir}")
     if manifest is None:
         with exclusive_lock(out_dir + ".lock", out_dir):
             manifest = read_manifest(out_dir)

@@ -64,25 +64,23 @@ class ImageFolderSource:
         self.root = os.path.expanduser(str(root))
         self.val_root = os.path.expanduser(str(val_root)) if val_root is not None else None
         if not os.path.isdir(self.root):
-            raise ConfigError("data.source.root", f"{root!r} is not a folder", fix="data.source.root=/path/to/train")
+            raise ConfigError("root", f"{root!r} is not a folder", fix="root=/path/to/train")
         self.class_names = _class_dirs(self.root)
         if not self.class_names:
-            raise ConfigError("data.source.root", f"{root!r} has no class sub-folders (expected root/<class>/<image>)",
+            raise ConfigError("root", f"{root!r} has no class sub-folders (expected root/<class>/<image>)",
                               fix="point it at the folder that holds one sub-folder per class")
         if self.val_root is not None:
             if not os.path.isdir(self.val_root):
-                raise ConfigError("data.source.val_root", f"{val_root!r} is not a folder",
-                                  fix="data.source.val_root=null to hold out data.source.val_fraction of root")
+                raise ConfigError("val_root", f"{val_root!r} is not a folder",
+                                  fix="val_root=null to hold out val_fraction of root")
             missing = sorted(set(_class_dirs(self.val_root)) - set(self.class_names))
             if missing:
-                raise ConfigError("data.source.val_root", f"class folders {missing[:5]} are not in root",
+                raise ConfigError("val_root", f"class folders {missing[:5]} are not in root",
                                   fix="use the same class folder names in root and val_root")
         if not 0.0 <= float(val_fraction) < 1.0:
-            raise ConfigError("data.source.val_fraction", f"must be in [0, 1), got {val_fraction}",
-                              fix="data.source.val_fraction=0.02")
+            raise ConfigError("val_fraction", f"must be in [0, 1), got {val_fraction}", fix="val_fraction=0.02")
         if max_size is not None and int(max_size) < 1:
-            raise ConfigError("data.source.max_size", f"must be a positive integer or null, got {max_size}",
-                              fix="data.source.max_size=null")
+            raise ConfigError("max_size", f"must be a positive integer or null, got {max_size}", fix="max_size=null")
         self.num_classes = len(self.class_names)
         self.val_fraction = float(val_fraction)
         self.max_size = None if max_size is None else int(max_size)

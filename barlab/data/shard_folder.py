@@ -87,17 +87,17 @@ def _replace(tmp: str, out_dir: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_shard_folder(out_dir: str, fill: Callable[[str], dict], knob: str) -> dict:
+def write_shard_folder(out_dir: str, fill: Callable[[str], dict]) -> dict:
     """Build a shard folder at ``out_dir`` atomically; returns its manifest.
 
     ``fill(tmp)`` writes the shards into the temporary folder ``tmp`` and returns the manifest,
     which is then written as ``manifest.json``. An existing ``out_dir`` is replaced if it is empty
     or holds a previous shard folder (has a manifest); any other non-empty folder raises
-    ConfigError naming ``knob`` (foreign files are never deleted).
+    ConfigError naming ``out_dir`` (foreign files are never deleted).
     """
     out_dir = os.path.abspath(os.path.expanduser(str(out_dir)))
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, MANIFEST)):
-        raise ConfigError(knob, f"{out_dir} is not empty and holds no {MANIFEST}; refusing to overwrite it",
+        raise ConfigError("out_dir", f"{out_dir} is not empty and holds no {MANIFEST}; refusing to overwrite it",
                           fix="choose a new or empty folder")
     with disk_full_as_error(out_dir):
         parent, base = os.path.split(out_dir)

@@ -47,13 +47,12 @@ class SyntheticSource:
 
     def __init__(self, num_train: int = 512, num_val: int = 128, image_size: int = 16, num_classes: int = 4,
                  channels: int = 3, seed: int = 0):
-        for knob, value, low in (("num_train", num_train, 0), ("num_val", num_val, 0),
+        for name, value, low in (("num_train", num_train, 0), ("num_val", num_val, 0),
                                  ("image_size", image_size, 4), ("num_classes", num_classes, 1)):
             if int(value) < low:
-                raise ConfigError(f"data.source.{knob}", f"must be >= {low}, got {value}",
-                                  fix=f"data.source.{knob}={max(low, 4)}")
+                raise ConfigError(name, f"must be >= {low}, got {value}", fix=f"{name}={max(low, 4)}")
         if channels not in (1, 3):
-            raise ConfigError("data.source.channels", f"must be 1 or 3, got {channels}", fix="data.source.channels=3")
+            raise ConfigError("channels", f"must be 1 or 3, got {channels}", fix="channels=3")
         self.counts = {"train": int(num_train), "val": int(num_val)}
         self.image_size = int(image_size)
         self.num_classes = int(num_classes)

@@ -65,11 +65,11 @@ class TokenShardDataModule(L.LightningDataModule):
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size or batch_size)
         self.num_workers, self.epoch_length = int(num_workers), int(epoch_length)
         self.shuffle_buffer, self.seed = int(shuffle_buffer), int(seed)
-        self.max_val_samples = check_int(max_val_samples, "generator.data.max_val_samples", allow_none=True,
-                                         fix="generator.data.max_val_samples=null")
+        self.max_val_samples = check_int(max_val_samples, "max_val_samples", allow_none=True,
+                                         fix="max_val_samples=null")
         manifest = read_token_manifest(self.shards_dir)
         if manifest is None:
-            raise ConfigError("generator.data.shards_dir", f"{self.shards_dir} holds no token shards",
+            raise ConfigError("shards_dir", f"{self.shards_dir} holds no token shards",
                               fix="run with stage=all, or pretokenize with a trained tokenizer first")
         self.manifest = manifest
         self.seq_len, self.bits = int(manifest["seq_len"]), int(manifest["bits"])

@@ -47,7 +47,7 @@ def write_token_shards(splits: dict[str, Iterable[tuple[str, np.ndarray, int]]],
                 manifest["splits"][split] = writer.close()
         return manifest
 
-    return write_shard_folder(out_dir, fill, knob="generator.data.shards_dir")
+    return write_shard_folder(out_dir, fill)
 
 
 def read_token_manifest(out_dir: str) -> dict | None:

@@ -43,24 +43,23 @@ class ARBackbone(nn.Module):
                  attn_dropout: float = 0.0, rope: bool = True, target_aware_rope: bool = True,
                  target_aware_pos: bool = True):
         super().__init__()
-        knob = "generator.backbone."
-        bits_per_step = check_int(bits_per_step, "tokenizer.bits", fix="tokenizer.bits=16")
+        bits_per_step = check_int(bits_per_step, "bits_per_step", fix="bits_per_step=16")
         _check(len(grid) == 2 and min(grid) >= 1, "grid", f"must be (h, w) >= 1, got {grid!r}", "grid=[16,16]")
-        num_classes = check_int(num_classes, "data.num_classes", fix="data.num_classes=1000")
-        width = check_int(width, knob + "width", fix=knob + "width=768")
-        heads = check_int(heads, knob + "heads", fix=knob + "heads=12")
-        depth = check_int(depth, knob + "depth", fix=knob + "depth=24")
-        cond_dim = check_int(cond_dim, knob + "cond_dim", fix=knob + "cond_dim=2048")
-        class_repeat = check_int(class_repeat, knob + "class_repeat", minimum=0, fix=knob + "class_repeat=32")
-        _check(width % heads == 0, knob + "heads", f"must divide width {width}, got {heads}",
-               f"{knob}heads={max(h for h in range(1, heads + 1) if width % h == 0)}")
-        _check(not rope or (width // heads) % 4 == 0, knob + "heads",
-               f"2D RoPE needs head_dim = width/heads divisible by 4, got {width}/{heads}", knob + "rope=false")
+        num_classes = check_int(num_classes, "num_classes", fix="num_classes=1000")
+        width = check_int(width, "width", fix="width=768")
+        heads = check_int(heads, "heads", fix="heads=12")
+        depth = check_int(depth, "depth", fix="depth=24")
+        cond_dim = check_int(cond_dim, "cond_dim", fix="cond_dim=2048")
+        class_repeat = check_int(class_repeat, "class_repeat", minimum=0, fix="class_repeat=32")
+        _check(width % heads == 0, "heads", f"must divide width {width}, got {heads}",
+               f"heads={max(h for h in range(1, heads + 1) if width % h == 0)}")
+        _check(not rope or (width // heads) % 4 == 0, "heads",
+               f"2D RoPE needs head_dim = width/heads divisible by 4, got {width}/{heads}", "rope=false")
         _check(isinstance(mlp_ratio, (int, float)) and not isinstance(mlp_ratio, bool) and mlp_ratio > 0,
-               knob + "mlp_ratio", f"must be a positive number, got {mlp_ratio!r}", knob + "mlp_ratio=4.0")
+               "mlp_ratio", f"must be a positive number, got {mlp_ratio!r}", "mlp_ratio=4.0")
         for name, p in (("dropout", dropout), ("attn_dropout", attn_dropout)):
-            _check(isinstance(p, (int, float)) and 0.0 <= p < 1.0, knob + name, f"must be in [0, 1), got {p!r}",
-                   f"{knob}{name}=0.0")
+            _check(isinstance(p, (int, float)) and 0.0 <= p < 1.0, name, f"must be in [0, 1), got {p!r}",
+                   f"{name}=0.0")
         self.bits_per_step = bits_per_step
         self.grid = (int(grid[0]), int(grid[1]))
         self.seq_len = self.grid[0] * self.grid[1]

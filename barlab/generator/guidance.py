@@ -24,5 +24,5 @@ def guidance_scale(t: int, total: int, g: float, schedule: str, power: float = 1
         return 1.0 + (g - 1.0) * frac
     if schedule == "power-cosine":
         return 1.0 + (g - 1.0) * (1.0 - math.cos(math.pi * frac**power)) / 2.0
-    raise ConfigError("sampling.cfg_schedule", f"unknown schedule {schedule!r}, expected one of {', '.join(SCHEDULES)}",
-                      fix="sampling.cfg_schedule=linear")
+    raise ConfigError("schedule", f"unknown schedule {schedule!r}, expected one of {', '.join(SCHEDULES)}",
+                      fix="schedule=linear")

@@ -28,14 +28,14 @@ from barlab.generator.heads import Head, MBMHead, check_allocation
 
 
 def sampling_allocation(head: Head, allocation: Sequence[int] | None) -> tuple[int, ...] | None:
-    """``sampling.allocation`` checked against ``head``: None stays None (the head's own); otherwise the
-    head must be the MBM head and the list must sum to its bits per AR step."""
+    """A sampling-time ``allocation`` checked against ``head``: None stays None (the head's own); otherwise
+    the head must be the MBM head and the list must sum to its bits per AR step. Errors name ``allocation``."""
     if allocation is None:
         return None
     if not isinstance(head, MBMHead):
-        raise ConfigError("sampling.allocation", f"only the MBM head unmasks bits in steps; this generator's head "
-                          f"is {type(head).__name__}", fix="sampling.allocation=null")
-    return check_allocation(allocation, head.bits_per_step, "sampling.allocation")
+        raise ConfigError("allocation", f"only the MBM head unmasks bits in steps; this generator's head "
+                          f"is {type(head).__name__}", fix="allocation=null")
+    return check_allocation(allocation, head.bits_per_step)
 
 
 class ARSampler:

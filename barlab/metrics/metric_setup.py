@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from barlab.config.instantiate import instantiate_checked
+from barlab.config.instantiate import instantiate_checked, knob_names
 from barlab.errors import ConfigError
 from barlab.metrics.classifier_training import dataset_key, ensure_classifier, metrics_cache_dir
 from barlab.metrics.feature_net import FeatureNet
@@ -28,26 +28,29 @@ from barlab.utils.progress import progress, show_progress
 log = logging.getLogger("barlab")
 
 BACKENDS = ("classifier", "inception", "random")
+# What the feature networks' errors name -> the knob: "" is a network as a whole (the backend chosen)
+FEATURE_NET_KNOBS = {"": "metrics.backend", "backend": "metrics.backend", "path": "metrics.inception.path"}
 
 
 def build_feature_net(cfg: DictConfig, device: torch.device | str = "cpu") -> FeatureNet:
     """The feature network named by ``metrics.backend``, in eval mode on ``device``."""
     backend = cfg.metrics.backend
-    if backend == "classifier":
-        from barlab.metrics.classifier import ClassifierFeatures
+    with knob_names(FEATURE_NET_KNOBS):
+        if backend == "classifier":
+            from barlab.metrics.classifier import ClassifierFeatures
 
-        net = ClassifierFeatures(ensure_classifier(cfg))
-    elif backend == "inception":
-        from barlab.metrics.inception import TFInception
+            net = ClassifierFeatures(ensure_classifier(cfg))
+        elif backend == "inception":
+            from barlab.metrics.inception import TFInception
 
-        net = TFInception(cfg.metrics.inception.get("path"))
-    elif backend == "random":
-        from barlab.metrics.random_net import RandomFeatures
+            net = TFInception(cfg.metrics.inception.get("path"))
+        elif backend == "random":
+            from barlab.metrics.random_net import RandomFeatures
 
-        net = RandomFeatures()
-    else:
-        raise ConfigError("metrics.backend", f"unknown feature network {backend!r}; choose one of "
-                          f"{', '.join(BACKENDS[:2])}", fix="metrics.backend=classifier")
+            net = RandomFeatures()
+        else:
+            raise ConfigError("backend", f"unknown feature network {backend!r}; choose one of "
+                              f"{', '.join(BACKENDS[:2])}", fix="backend=classifier")
     return net.eval().to(device)
 
 
@@ -77,9 +80,10 @@ def compute_split_reference(cfg: DictConfig, net: FeatureNet, split: str, max_sa
 def load_reference(cfg: DictConfig, net: FeatureNet) -> Reference:
     """``metrics.reference.path`` (statistics, ADM batch or image npz), else cached split statistics."""
     ref_cfg = cfg.metrics.reference
-    if ref_cfg.get("path"):
-        return reference_from_file(cfg, net, Path(str(ref_cfg.path)))
-    return split_reference(cfg, net, ref_cfg.split, ref_cfg.get("max_samples"))
+    with knob_names(path="metrics.reference.path", backend="metrics.backend"):
+        if ref_cfg.get("path"):
+            return reference_from_file(cfg, net, Path(str(ref_cfg.path)))
+        return split_reference(cfg, net, ref_cfg.split, ref_cfg.get("max_samples"))
 
 
 def split_reference(cfg: DictConfig, net: FeatureNet, split: str, max_samples: int | None) -> Reference:
@@ -95,12 +99,12 @@ def split_reference(cfg: DictConfig, net: FeatureNet, split: str, max_samples: i
         return ref
 
 
-def reference_from_file(cfg: DictConfig, net: FeatureNet, path: Path,
-                        knob: str = "metrics.reference.path") -> Reference:
+def reference_from_file(cfg: DictConfig, net: FeatureNet, path: Path) -> Reference:
     """Statistics from an npz (barlab statistics, ADM batch, or images) or a folder of images.
 
     Features of the file's images (if any) are computed: all statistics when it holds images only,
-    else just the features for precision/recall (an ADM batch's ``arr_0``)."""
+    else just the features for precision/recall (an ADM batch's ``arr_0``). Errors name ``path`` (and
+    ``backend`` for statistics of another network): the caller names the knob (:func:`knob_names`)."""
     from barlab.utils.image_sets import iter_image_set
 
     if path.is_dir():
@@ -112,8 +116,8 @@ def reference_from_file(cfg: DictConfig, net: FeatureNet, path: Path,
         ref.meta["source"] = str(path)
         return ref
     if not path.is_file():
-        raise ConfigError(knob, f"{path} does not exist",
-                          fix=f"{knob}=null (the dataset's cached statistics), or an existing npz / folder")
+        raise ConfigError("path", f"{path} does not exist",
+                          fix="path=null (the dataset's cached statistics), or an existing npz / folder")
     ref, images = reference_from_npz(path, net.name, net.backend)
     if images is None:
         return ref

@@ -28,8 +28,7 @@ class RandomFeatures(FeatureNet):
     def __init__(self, num_features: int = 32, num_classes: int = 10, seed: int = 0):
         super().__init__()
         if os.environ.get(ENV_FLAG) != "1":
-            raise ConfigError("metrics.backend", "random features are for tests only",
-                              fix="metrics.backend=classifier (or inception)")
+            raise ConfigError("", "random features are for tests only", fix="backend=classifier (or inception)")
         generator = torch.Generator().manual_seed(seed)
         self.conv = nn.Conv2d(3, num_features, 3, stride=2, padding=1)
         self.fc = nn.Linear(num_features, num_classes)

@@ -76,10 +76,10 @@ def reference_from_npz(path: str | os.PathLike, feature_net_name: str,
         return None, images
     made_by = str(data["meta_feature_net"]) if "meta_feature_net" in data else None
     if made_by is None and backend != "inception":  # ADM files hold Inception pool3 statistics
-        raise ConfigError("metrics.backend", f"{path} holds Inception pool3 statistics (an ADM reference batch), "
-                          f"but the feature network is {backend}", fix="metrics.backend=inception")
+        raise ConfigError("backend", f"{path} holds Inception pool3 statistics (an ADM reference batch), "
+                          f"but the feature network is {backend}", fix="backend=inception")
     if made_by is not None and made_by != feature_net_name:
-        raise ConfigError("metrics.backend", f"{path} was computed with feature network {made_by}, "
+        raise ConfigError("backend", f"{path} was computed with feature network {made_by}, "
                           f"not {feature_net_name}", fix="use statistics of the same network, or delete the file")
     meta = {k[len("meta_"):]: str(v) for k, v in data.items() if k.startswith("meta_")}
     meta.setdefault("source", str(path))

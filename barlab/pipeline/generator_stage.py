@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from barlab.config.instantiate import instantiate_checked
+from barlab.config.instantiate import instantiate_checked, knob_names
 from barlab.data.pretokenize import pretokenize
 from barlab.data.token_datamodule import TokenShardDataModule
 from barlab.data.token_shards import read_token_manifest
@@ -39,7 +39,7 @@ from barlab.pipeline.trainer import (
 )
 from barlab.runtime.distributed import apply_global_batch
 from barlab.runtime.run_state import RunState, is_rank_zero, stream_seed, wait_for_manifest
-from barlab.tokenizer.checkpoint import load_tokenizer
+from barlab.tokenizer.checkpoint import TOKENIZER_KNOBS, load_tokenizer
 from barlab.utils.io import link_folder
 from barlab.utils.locks import exclusive_lock
 
@@ -73,8 +73,10 @@ def token_shards_for(cfg: DictConfig, tokenizer, info: dict, tokens_dir: Path) -
         if manifest is None:
             images = instantiate_checked(cfg.data, "data")
             log.info("pretokenizing %s into %s", images.shards_dir, tokens_dir)
-            manifest = pretokenize(tokenizer, images, str(tokens_dir), meta={"tokenizer": str(info.get("path", ""))},
-                                   shard_size=cfg.generator.data.shard_size)
+            with knob_names(TOKENIZER_KNOBS, out_dir="generator.data.shards_dir", shards_dir="data.shards_dir"):
+                manifest = pretokenize(tokenizer, images, str(tokens_dir),
+                                       meta={"tokenizer": str(info.get("path", ""))},
+                                       shard_size=cfg.generator.data.shard_size)
     return manifest
 
 
@@ -96,6 +98,12 @@ def sampling_settings(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg.sampling, resolve=True)
 
 
+# The knobs behind the values the wiring hands the backbone and the head (not set in their config nodes):
+# an error naming one of these arguments names the knob instead.
+GIVEN_KNOBS = {"p": "generator.token_shuffle", "bits_per_step": "tokenizer.bits", "num_classes": "data.num_classes",
+               "cond_dim": "generator.backbone.cond_dim", "batch_tokens": "head.batch_tokens"}
+
+
 def build_backbone_and_head(cfg: DictConfig, bits_per_token: int, grid: tuple[int, int], num_classes: int,
                             **head_kwargs):
     """``(backbone, head)`` of ``cfg.generator.backbone`` and ``cfg.head`` over a token grid (h, w) of
@@ -104,12 +112,13 @@ def build_backbone_and_head(cfg: DictConfig, bits_per_token: int, grid: tuple[in
     them on ``meta``."""
     gen = cfg.generator
     p = gen.token_shuffle
-    ar_grid = check_shuffle(grid, p)
-    bits_per_step = bits_per_token * p * p
-    backbone = instantiate_checked(gen.backbone, "generator.backbone", bits_per_step=bits_per_step, grid=ar_grid,
-                                   num_classes=num_classes)
-    head = instantiate_checked(cfg.head, "head", cond_dim=gen.backbone.cond_dim, bits_per_step=bits_per_step,
-                               **head_kwargs)
+    with knob_names(GIVEN_KNOBS):
+        ar_grid = check_shuffle(grid, p)
+        bits_per_step = bits_per_token * p * p
+        backbone = instantiate_checked(gen.backbone, "generator.backbone", bits_per_step=bits_per_step,
+                                       grid=ar_grid, num_classes=num_classes)
+        head = instantiate_checked(cfg.head, "head", cond_dim=gen.backbone.cond_dim, bits_per_step=bits_per_step,
+                                   **head_kwargs)
     return backbone, head
 
 
@@ -148,10 +157,11 @@ def token_data(cfg: DictConfig, tokenizer, info: dict,
     if manifest["bits"] != info["bits_per_token"] or list(manifest["grid"]) != list(info["grid"]):
         raise ConfigError("generator.data.shards_dir", f"token shards in {tokens_dir} were made by another tokenizer "
                           f"({manifest['bits']} bits, grid {manifest['grid']})", fix="point it to a new folder")
-    datamodule = TokenShardDataModule(str(shared or tokens_dir), batch_size=cfg.generator.data.batch_size,
-                                      num_workers=cfg.generator.data.num_workers,
-                                      epoch_length=cfg.generator.data.epoch_length,
-                                      max_val_samples=cfg.generator.data.max_val_samples, seed=cfg.seed)
+    with knob_names({name: f"generator.data.{name}" for name in ("shards_dir", "max_val_samples")}):
+        datamodule = TokenShardDataModule(str(shared or tokens_dir), batch_size=cfg.generator.data.batch_size,
+                                          num_workers=cfg.generator.data.num_workers,
+                                          epoch_length=cfg.generator.data.epoch_length,
+                                          max_val_samples=cfg.generator.data.max_val_samples, seed=cfg.seed)
     return datamodule, manifest, tokens_dir
 
 

@@ -12,6 +12,7 @@ import os
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from barlab.config.instantiate import knob_names
 from barlab.errors import ConfigError
 from barlab.generator.heads import LinearHead, MBMHead
 from barlab.pipeline.generator_stage import build_backbone_and_head, tokenizer_path
@@ -119,7 +120,8 @@ def check_generator(cfg: DictConfig) -> None:
         if allocation is not None:
             from barlab.generator.heads import check_allocation
 
-            check_allocation(allocation, facts[0] * p * p, "sampling.allocation")
+            with knob_names(allocation="sampling.allocation"):
+                check_allocation(allocation, facts[0] * p * p)
         build_generator_on_meta(cfg, *facts, p)
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
+from barlab.config.instantiate import knob_names
 from barlab.errors import BarlabError, ConfigError
 from barlab.generator.image_generator import load_generator
 from barlab.metrics.classifier_training import run_classifier_stage
@@ -126,7 +127,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         check_stage(cfg.stage)
         check_config(cfg)
         state = RunState.open(cfg)
-        with JobProcesses():
+        with JobProcesses(), knob_names(shards_dir="data.shards_dir"):  # the image data, read lazily by the stages
             body = STAGES[cfg.stage](cfg, state)
     except BaseException as err:
         refused_before_start = isinstance(err, BarlabError) and state is None and (run_dir / RUN_FILE).is_file()

@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig
 
-from barlab.config.instantiate import instantiate_checked
+from barlab.config.instantiate import instantiate_checked, knob_names
 from barlab.lightning.callbacks.ema import EMA
 from barlab.lightning.callbacks.recon_grid import ReconstructionGrid
 from barlab.lightning.tokenizer_module import TokenizerModule
@@ -31,7 +31,7 @@ from barlab.pipeline.trainer import (
 )
 from barlab.runtime.distributed import apply_global_batch
 from barlab.runtime.run_state import RunState, stream_seed
-from barlab.tokenizer.checkpoint import build_tokenizer, load_tokenizer, save_tokenizer
+from barlab.tokenizer.checkpoint import TOKENIZER_KNOBS, build_tokenizer, load_tokenizer, save_tokenizer
 
 log = logging.getLogger("barlab")
 
@@ -47,19 +47,21 @@ def build_tokenizer_module(cfg: DictConfig) -> TokenizerModule:
     if perceptual.weight > 0:
         from barlab.tokenizer.perceptual import VGGPerceptualLoss
 
-        perceptual_net = VGGPerceptualLoss(perceptual.weights_path)
-    return TokenizerModule(
-        tokenizer=tokenizer,
-        image_size=cfg.data.image_size,
-        l1_weight=tok.loss.l1_weight,
-        l2_weight=tok.loss.l2_weight,
-        perceptual=perceptual_net,
-        perceptual_weight=perceptual.weight,
-        discriminator=discriminator,
-        gan_weight=gan.weight,
-        gan_start_step=gan.start_step,
-        **build_optimization(tok, "tokenizer"),
-    )
+        with knob_names({name: f"tokenizer.loss.perceptual.{name}" for name in ("weights_path", "weight")}):
+            perceptual_net = VGGPerceptualLoss(perceptual.weights_path)
+    with knob_names(TOKENIZER_KNOBS, l1_weight="tokenizer.loss.l1_weight", l2_weight="tokenizer.loss.l2_weight"):
+        return TokenizerModule(
+            tokenizer=tokenizer,
+            image_size=cfg.data.image_size,
+            l1_weight=tok.loss.l1_weight,
+            l2_weight=tok.loss.l2_weight,
+            perceptual=perceptual_net,
+            perceptual_weight=perceptual.weight,
+            discriminator=discriminator,
+            gan_weight=gan.weight,
+            gan_start_step=gan.start_step,
+            **build_optimization(tok, "tokenizer"),
+        )
 
 
 def run_tokenizer_stage(cfg: DictConfig, state: RunState) -> TokenizerResult:
@@ -88,7 +90,8 @@ def run_tokenizer_stage(cfg: DictConfig, state: RunState) -> TokenizerResult:
     ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
     state = ema.averaged_state_dict(module) if ema is not None else module.tokenizer.state_dict()
     quantizer = module.tokenizer.quantizer
-    grid = module.tokenizer.grid_size(cfg.data.image_size)
+    with knob_names(TOKENIZER_KNOBS):
+        grid = module.tokenizer.grid_size(cfg.data.image_size)
     tokenizer_path = run_dir / "tokenizer.pt"
     if trainer.is_global_zero:  # one writer; the other ranks wait for the file at the barrier
         save_tokenizer(tokenizer_path, cfg.tokenizer, state, image_size=cfg.data.image_size,

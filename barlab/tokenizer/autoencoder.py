@@ -40,7 +40,7 @@ def num_groups(channels: int, max_groups: int = 32) -> int:
 
 
 def num_levels(factor: object, knob: str) -> int:
-    """log2 of a power-of-two resampling factor >= 1, else ConfigError on ``knob``."""
+    """log2 of a power-of-two resampling factor >= 1, else ConfigError on ``knob`` (the caller's argument)."""
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1 or factor & (factor - 1):
         raise ConfigError(knob, f"must be a power of two >= 1 (1, 2, 4, 8, 16, ...), got {factor!r}", fix=f"{knob}=4")
     return int(math.log2(factor))
@@ -105,12 +105,12 @@ class ConvEncoder(nn.Module):
     def __init__(self, in_channels: int, width: int = 64, depth: int = 1, downsample: int = 4, out_channels: int = 64,
                  max_mult: int = 4):
         super().__init__()
-        self.in_channels = check_int(in_channels, "data.channels", fix="data.channels=1")
-        width = check_int(width, "tokenizer.encoder.width", fix="tokenizer.encoder.width=64")
-        depth = check_int(depth, "tokenizer.encoder.depth", minimum=0, fix="tokenizer.encoder.depth=1")
-        max_mult = check_int(max_mult, "tokenizer.encoder.max_mult", fix="tokenizer.encoder.max_mult=4")
-        self.out_channels = check_int(out_channels, "tokenizer.latent_channels", fix="tokenizer.latent_channels=64")
-        levels = num_levels(downsample, "tokenizer.encoder.downsample")
+        self.in_channels = check_int(in_channels, "in_channels", fix="in_channels=1")
+        width = check_int(width, "width", fix="width=64")
+        depth = check_int(depth, "depth", minimum=0, fix="depth=1")
+        max_mult = check_int(max_mult, "max_mult", fix="max_mult=4")
+        self.out_channels = check_int(out_channels, "out_channels", fix="out_channels=64")
+        levels = num_levels(downsample, "downsample")
         self.downsample = downsample
         chans = level_channels(width, levels, max_mult)
 
@@ -144,12 +144,12 @@ class ConvDecoder(nn.Module):
     def __init__(self, out_channels: int, width: int = 64, depth: int = 1, upsample: int = 4, in_channels: int = 64,
                  max_mult: int = 4):
         super().__init__()
-        self.out_channels = check_int(out_channels, "data.channels", fix="data.channels=1")
-        width = check_int(width, "tokenizer.decoder.width", fix="tokenizer.decoder.width=64")
-        depth = check_int(depth, "tokenizer.decoder.depth", minimum=0, fix="tokenizer.decoder.depth=1")
-        max_mult = check_int(max_mult, "tokenizer.decoder.max_mult", fix="tokenizer.decoder.max_mult=4")
-        self.in_channels = check_int(in_channels, "tokenizer.latent_channels", fix="tokenizer.latent_channels=64")
-        levels = num_levels(upsample, "tokenizer.decoder.upsample")
+        self.out_channels = check_int(out_channels, "out_channels", fix="out_channels=1")
+        width = check_int(width, "width", fix="width=64")
+        depth = check_int(depth, "depth", minimum=0, fix="depth=1")
+        max_mult = check_int(max_mult, "max_mult", fix="max_mult=4")
+        self.in_channels = check_int(in_channels, "in_channels", fix="in_channels=64")
+        levels = num_levels(upsample, "upsample")
         self.upsample = upsample
         chans = level_channels(width, levels, max_mult)
 

@@ -12,12 +12,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from barlab.config.instantiate import instantiate_checked
+from barlab.config.instantiate import instantiate_checked, knob_names
 from barlab.errors import CheckpointError
 from barlab.utils.io import atomic_torch_save, describe_payload, load_torch_file
 
 FORMAT = "barlab.tokenizer/1"
 FIX = "tokenizer_ckpt=<run>/tokenizer.pt, the file a finished stage=tokenizer or stage=all run exports"
+# What a Tokenizer's errors name (its arguments, and the widths and factors it checks across them) -> the knob.
+TOKENIZER_KNOBS = {"latent_channels": "tokenizer.latent_channels", "upsample": "tokenizer.decoder.upsample",
+                   "quantizer": "tokenizer.quantizer", "levels": "tokenizer.quantizer.levels",
+                   "bits": "tokenizer.bits", "image_size": "data.image_size"}
 
 
 def build_tokenizer(cfg: DictConfig | dict) -> "Tokenizer":  # noqa: F821
@@ -25,11 +29,11 @@ def build_tokenizer(cfg: DictConfig | dict) -> "Tokenizer":  # noqa: F821
     from barlab.tokenizer.tokenizer import Tokenizer
 
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
-    return Tokenizer(
-        encoder=instantiate_checked(cfg.encoder, "tokenizer.encoder"),
-        quantizer=instantiate_checked(cfg.quantizer, "tokenizer.quantizer"),
-        decoder=instantiate_checked(cfg.decoder, "tokenizer.decoder"),
-    )
+    encoder = instantiate_checked(cfg.encoder, "tokenizer.encoder")
+    quantizer = instantiate_checked(cfg.quantizer, "tokenizer.quantizer")
+    decoder = instantiate_checked(cfg.decoder, "tokenizer.decoder")
+    with knob_names(TOKENIZER_KNOBS):
+        return Tokenizer(encoder=encoder, quantizer=quantizer, decoder=decoder)
 
 
 def save_tokenizer(path: str | Path, tokenizer_cfg: DictConfig, state_dict: dict[str, torch.Tensor],

@@ -30,9 +30,9 @@ class PatchDiscriminator(nn.Module):
 
     def __init__(self, in_channels: int, width: int = 64, n_layers: int = 3, spectral_norm: bool = False):
         super().__init__()
-        in_channels = check_int(in_channels, "data.channels", fix="data.channels=1")
-        width = check_int(width, "tokenizer.discriminator.width", fix="tokenizer.discriminator.width=64")
-        n_layers = check_int(n_layers, "tokenizer.discriminator.n_layers", fix="tokenizer.discriminator.n_layers=3")
+        in_channels = check_int(in_channels, "in_channels", fix="in_channels=1")
+        width = check_int(width, "width", fix="width=64")
+        n_layers = check_int(n_layers, "n_layers", fix="n_layers=3")
         sn = _spectral_norm if spectral_norm else (lambda m: m)
 
         def norm(c: int) -> nn.Module:

@@ -25,8 +25,8 @@ class ReconstructionLoss(nn.Module):
 
     def __init__(self, l1_weight: float = 0.1, l2_weight: float = 1.0):
         super().__init__()
-        self.l1_weight = _weight(l1_weight, "tokenizer.loss.l1_weight", 0.1)
-        self.l2_weight = _weight(l2_weight, "tokenizer.loss.l2_weight", 1.0)
+        self.l1_weight = _weight(l1_weight, "l1_weight", 0.1)
+        self.l2_weight = _weight(l2_weight, "l2_weight", 1.0)
 
     def forward(self, recon: Tensor, target: Tensor) -> dict[str, Tensor]:
         """recon, target (B, C, H, W) -> dict of scalars l1, l2, loss."""

@@ -14,8 +14,9 @@ from torch import Tensor, nn
 
 from barlab.errors import ConfigError
 
-_KNOB = "tokenizer.loss.perceptual.weights_path"
-_FIX = "tokenizer.loss.perceptual.weight=0 or a path"
+_KNOB = "weights_path"
+# ``weight``: the perceptual loss's weight, applied by the caller (0 turns the loss off)
+_FIX = "weight=0 or a path"
 # torchvision VGG16 "D" configuration; "M" is a 2x2 max-pool.
 _VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
                                      512, 512, 512, "M", 512, 512, 512, "M")
@@ -42,7 +43,7 @@ def load_vgg16_features_state(weights_path: str | os.PathLike | None) -> dict[st
     """Read a VGG16 state dict and return it with features-only keys (``"0.weight"``, ...).
 
     Accepts a full torchvision vgg16 state dict (``features.N.*``; ``classifier.*`` is ignored) or a
-    features-only one (``N.*``). A missing path raises ConfigError on ``tokenizer.loss.perceptual.weights_path``.
+    features-only one (``N.*``). A missing path raises ConfigError on ``weights_path``.
     """
     if weights_path is None or not os.path.isfile(os.fspath(weights_path)):
         raise ConfigError(
@@ -86,9 +87,9 @@ class VGGPerceptualLoss(nn.Module):
         unknown = [name for name in layers if name not in VGG16_LAYERS]
         if not layers or unknown:
             raise ConfigError(
-                "tokenizer.loss.perceptual.layers",
+                "layers",
                 f"unknown or empty layer list {list(layers)!r}; choose from {list(VGG16_LAYERS)}",
-                fix="tokenizer.loss.perceptual.layers=[relu1_2,relu2_2,relu3_3,relu4_3,relu5_3]",
+                fix="layers=[relu1_2,relu2_2,relu3_3,relu4_3,relu5_3]",
             )
         state = load_vgg16_features_state(weights_path)
         features = vgg16_features()

@@ -15,7 +15,7 @@ def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     is_pair = isinstance(size, (tuple, list)) and len(size) == 2
     if is_pair and all(isinstance(s, int) and not isinstance(s, bool) for s in size):
         return int(size[0]), int(size[1])
-    raise ConfigError("data.image_size", f"must be an int or a pair of ints, got {size!r}", fix="data.image_size=32")
+    raise ConfigError("image_size", f"must be an int or a pair of ints, got {size!r}", fix="image_size=32")
 
 
 class Tokenizer(nn.Module):
@@ -28,6 +28,9 @@ class Tokenizer(nn.Module):
         encoder: (B, C, H, W) -> (B, D, h, w); must expose ``downsample`` (f).
         quantizer: a ``Quantizer`` with ``latent_channels == D``.
         decoder: (B, D, h, w) -> (B, C, H, W).
+
+    Errors name the argument: ``latent_channels`` (the width encoder, quantizer and decoder must
+    share), ``upsample`` (the decoder's factor), ``image_size``, ``grid``, ``quantizer``.
     """
 
     def __init__(self, encoder: nn.Module, quantizer: Quantizer, decoder: nn.Module):
@@ -38,17 +41,17 @@ class Tokenizer(nn.Module):
         dec_d = getattr(decoder, "in_channels", quantizer.latent_channels)
         if not enc_d == quantizer.latent_channels == dec_d:
             raise ConfigError(
-                "tokenizer.latent_channels",
+                "latent_channels",
                 f"encoder out ({enc_d}), quantizer ({quantizer.latent_channels}) and decoder in ({dec_d}) "
                 "widths differ",
-                fix="set them all from tokenizer.latent_channels",
+                fix="latent_channels=<one width for all three>",
             )
         dec_f = getattr(decoder, "upsample", encoder.downsample)
         if dec_f != encoder.downsample:
             raise ConfigError(
-                "tokenizer.decoder.upsample",
-                f"is {dec_f} but tokenizer.encoder.downsample is {encoder.downsample}",
-                fix=f"tokenizer.decoder.upsample={encoder.downsample}",
+                "upsample",
+                f"is {dec_f} but the encoder's downsample is {encoder.downsample}",
+                fix=f"upsample={encoder.downsample}",
             )
         self.encoder = encoder
         self.quantizer = quantizer
@@ -75,9 +78,9 @@ class Tokenizer(nn.Module):
         f = self.downsample
         if height < 1 or width < 1 or height % f or width % f:
             raise ConfigError(
-                "data.image_size",
+                "image_size",
                 f"{height}x{width} is not a positive multiple of the tokenizer downsample factor {f}",
-                fix=f"data.image_size={max(f, height // f * f)} or another tokenizer.encoder.downsample",
+                fix=f"image_size={max(f, height // f * f)} or another downsample factor",
             )
         return height // f, width // f
 
@@ -101,18 +104,23 @@ class Tokenizer(nn.Module):
 
     def encode_bits(self, x: Tensor) -> Tensor:
         """x (B, C, H, W) -> token bits (B, L, k) in {0, 1}, L = h * w in raster order (row by row)."""
+        self._check_discrete()
         self.grid_size(tuple(x.shape[-2:]))
         bits = self.quantizer.encode_bits(self.encoder(x))
         return rearrange(bits, "b h w k -> b (h w) k")
 
+    def _check_discrete(self) -> None:
+        if not self.is_discrete:
+            raise ConfigError("quantizer", f"{type(self.quantizer).__name__} is a continuous latent and has no token "
+                              "bits", fix="quantizer=binary_fsq (or fsq) for a bit-level generator")
+
     def decode_bits(self, bits: Tensor, grid: tuple[int, int]) -> Tensor:
         """bits (B, L, k) in {0, 1}, raster order, L = h * w -> images (B, C, h*f, w*f)."""
-        if not self.is_discrete:
-            raise self.quantizer._no_bits()
+        self._check_discrete()
         h, w = int(grid[0]), int(grid[1])
         if bits.ndim != 3 or bits.shape[1] != h * w:
             raise ConfigError(
-                "data.image_size",
+                "grid",
                 f"decode_bits got bits of shape {tuple(bits.shape)}, expected (B, {h * w}, k) for a {h}x{w} grid",
                 fix="generate with the grid of the tokenizer's image size",
             )

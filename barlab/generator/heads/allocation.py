@@ -19,11 +19,11 @@ def cosine_allocation(k: int, steps: int) -> tuple[int, ...]:
     The masked count is clamped so that every step fixes at least one bit; the result sums to k.
     ``cosine_allocation(16, 4) == (2, 3, 5, 6)``.
     """
-    k = check_int(k, "tokenizer.bits")
-    steps = check_int(steps, "head.steps")
+    k = check_int(k, "k")
+    steps = check_int(steps, "steps")
     if steps > k:
-        raise ConfigError("head.steps", f"{steps} unmasking steps cannot each fix a bit of a {k}-bit token",
-                          fix=f"head.steps={k} or fewer")
+        raise ConfigError("steps", f"{steps} unmasking steps cannot each fix a bit of a {k}-bit token",
+                          fix=f"steps={k} or fewer")
     remaining = [k]
     for s in range(1, steps + 1):
         cos_left = math.floor(k * math.cos(math.pi / 2 * s / steps) + 1e-9)
@@ -32,19 +32,19 @@ def cosine_allocation(k: int, steps: int) -> tuple[int, ...]:
     return tuple(a - b for a, b in zip(remaining[:-1], remaining[1:]))
 
 
-def check_allocation(allocation: Sequence[int], k: int, knob: str = "head.allocation") -> tuple[int, ...]:
+def check_allocation(allocation: Sequence[int], k: int,
+                     fix: str = "allocation=null (the head's own allocation)") -> tuple[int, ...]:
     """Return ``allocation`` as a tuple if it is a non-empty list of positive ints summing to k.
 
-    ``knob`` names the setting in the error: ``head.allocation`` (stored with the head) or
-    ``sampling.allocation`` (a sampling-time override).
+    Errors name ``allocation``; ``fix`` says what to set instead (the head's constructor: a cosine
+    schedule; a sampling-time override: the head's own allocation).
     """
-    fix = ("sampling.allocation=null (the head's own allocation)" if knob.startswith("sampling")
-           else "head.allocation=null (cosine schedule from head.steps)")
     if isinstance(allocation, (str, bytes)) or not isinstance(allocation, Sequence) or len(allocation) == 0:
-        raise ConfigError(knob, f"must be a non-empty list of positive ints, got {allocation!r}", fix=fix)
-    alloc = tuple(check_int(a, knob, fix=f"{knob}=null") for a in allocation)
+        raise ConfigError("allocation", f"must be a non-empty list of positive ints, got {allocation!r}", fix=fix)
+    alloc = tuple(check_int(a, "allocation", fix="allocation=null") for a in allocation)
     if sum(alloc) != k:
-        raise ConfigError(knob, f"{list(alloc)} sums to {sum(alloc)}, must sum to the {k} bits per step", fix=fix)
+        raise ConfigError("allocation", f"{list(alloc)} sums to {sum(alloc)}, must sum to the {k} bits per step",
+                          fix=fix)
     return alloc
 
 

@@ -117,9 +117,8 @@ class Head(nn.Module):
 
     def __init__(self, cond_dim: int, bits_per_step: int):
         super().__init__()
-        self.bits_per_step = check_int(bits_per_step, "tokenizer.bits", fix="tokenizer.bits=16")
-        self.cond_dim = check_int(cond_dim, "generator.backbone.cond_dim",
-                                  fix="generator.backbone.cond_dim=2048")
+        self.bits_per_step = check_int(bits_per_step, "bits_per_step", fix="bits_per_step=16")
+        self.cond_dim = check_int(cond_dim, "cond_dim", fix="cond_dim=2048")
 
     def loss(self, cond: Tensor, bits: Tensor) -> HeadOutput:
         raise NotImplementedError

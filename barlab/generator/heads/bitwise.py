@@ -23,11 +23,11 @@ class BitwiseHead(Head):
     def __init__(self, cond_dim: int, bits_per_step: int, hidden: int | None = None, depth: int = 1):
         super().__init__(cond_dim, bits_per_step)
         k = self.bits_per_step
-        depth = check_int(depth, "head.depth", fix="head.depth=1")
+        depth = check_int(depth, "depth", fix="depth=1")
         if hidden is None:
             self.net = nn.Linear(self.cond_dim, 2 * k)
         else:
-            hidden = check_int(hidden, "head.hidden", fix="head.hidden=null")
+            hidden = check_int(hidden, "hidden", fix="hidden=null")
             layers: list[nn.Module] = [nn.Linear(self.cond_dim, hidden), nn.SiLU()]
             for _ in range(depth - 1):
                 layers += [nn.Linear(hidden, hidden), nn.SiLU()]

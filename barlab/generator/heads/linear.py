@@ -65,19 +65,18 @@ class LinearHead(Head):
         super().__init__(cond_dim, bits_per_step)
         k = self.bits_per_step
         if isinstance(max_memory_gb, bool) or not isinstance(max_memory_gb, (int, float)) or not max_memory_gb > 0:
-            raise ConfigError("head.max_memory_gb", f"must be a positive number of GB, got {max_memory_gb!r}",
-                              fix="head.max_memory_gb=16")
-        tokens = 0 if batch_tokens is None else check_int(batch_tokens, "head.batch_tokens",
-                                                          fix="head.batch_tokens=null")
+            raise ConfigError("max_memory_gb", f"must be a positive number of GB, got {max_memory_gb!r}",
+                              fix="max_memory_gb=16")
+        tokens = 0 if batch_tokens is None else check_int(batch_tokens, "batch_tokens", fix="batch_tokens=null")
         if k > MAX_CODE_BITS:
-            raise ConfigError("head", f"linear softmax over 2^{k} codes: codes above 2^{MAX_CODE_BITS} do not fit "
+            raise ConfigError("", f"linear softmax over 2^{k} codes: codes above 2^{MAX_CODE_BITS} do not fit "
                               "an int64", fix="head=mbm (or head=bitwise)")
         n = linear_head_params(self.cond_dim, k)
         states, logits = linear_head_memory(self.cond_dim, k, tokens)
         if states + logits > max_memory_gb * GB:
             batch = (f" + {logits / GB:,.1f} GB for {LOGIT_COPIES} fp32 copies (logits, log-softmax, gradient) of "
                      f"{tokens:,} tokens x 2^{k} codes" if tokens else "")
-            raise ConfigError("head", f"linear softmax over 2^{k} codes needs {(states + logits) / GB:,.1f} GB to "
+            raise ConfigError("", f"linear softmax over 2^{k} codes needs {(states + logits) / GB:,.1f} GB to "
                               f"train: {n:,} parameters x {BYTES_PER_PARAM} bytes (fp32 weights, gradients, Adam "
                               f"moments) = "
                               f"{states / GB:,.1f} GB{batch}; above head.max_memory_gb={max_memory_gb:g}",

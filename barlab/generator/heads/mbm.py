@@ -57,19 +57,17 @@ class MBMHead(Head):
                  mask_ratio_std: float = 0.8, unmasked_weight: float = 0.1, fourier_dim: int = 256):
         super().__init__(cond_dim, bits_per_step)
         k = self.bits_per_step
-        width = check_int(width, "head.width")
-        depth = check_int(depth, "head.depth")
-        fourier_dim = check_int(fourier_dim, "head.fourier_dim")
+        width = check_int(width, "width")
+        depth = check_int(depth, "depth")
+        fourier_dim = check_int(fourier_dim, "fourier_dim")
         if not mlp_ratio > 0:
-            raise ConfigError("head.mlp_ratio", f"must be positive, got {mlp_ratio!r}", fix="head.mlp_ratio=2.6667")
+            raise ConfigError("mlp_ratio", f"must be positive, got {mlp_ratio!r}", fix="mlp_ratio=2.6667")
         if not mask_ratio_std > 0:
-            raise ConfigError("head.mask_ratio_std", f"must be positive, got {mask_ratio_std!r}",
-                              fix="head.mask_ratio_std=0.8")
+            raise ConfigError("mask_ratio_std", f"must be positive, got {mask_ratio_std!r}", fix="mask_ratio_std=0.8")
         if not unmasked_weight >= 0:
-            raise ConfigError("head.unmasked_weight", f"must be >= 0, got {unmasked_weight!r}",
-                              fix="head.unmasked_weight=0.1")
-        self.allocation = (check_allocation(allocation, k) if allocation is not None
-                           else cosine_allocation(k, check_int(steps, "head.steps")))
+            raise ConfigError("unmasked_weight", f"must be >= 0, got {unmasked_weight!r}", fix="unmasked_weight=0.1")
+        self.allocation = (check_allocation(allocation, k, fix="allocation=null (a cosine schedule over steps)")
+                           if allocation is not None else cosine_allocation(k, check_int(steps, "steps")))
         self.width = width
         self.mask_ratio_std = float(mask_ratio_std)
         self.unmasked_weight = float(unmasked_weight)
@@ -162,7 +160,7 @@ class MBMHead(Head):
         """
         self._check_inputs(cond)
         n_tok, k = cond.shape[0], self.bits_per_step
-        alloc = self.allocation if allocation is None else check_allocation(allocation, k, "sampling.allocation")
+        alloc = self.allocation if allocation is None else check_allocation(allocation, k)
         num_steps = len(alloc)
         cum = cumulative(alloc)
         b = torch.full((n_tok, k), MASK, dtype=torch.long, device=cond.device)

@@ -79,7 +79,7 @@ class Quantizer(nn.Module):
 
     def _no_bits(self) -> ConfigError:
         return ConfigError(
-            "tokenizer.quantizer",
+            "",
             f"{type(self).__name__} is a continuous latent and has no token bits",
-            fix="tokenizer.quantizer=binary_fsq (or fsq) for a bit-level generator",
+            fix="a discrete quantizer (binary_fsq or fsq) for a bit-level generator",
         )

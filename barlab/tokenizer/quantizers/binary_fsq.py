@@ -58,12 +58,10 @@ class BinaryFSQ(Quantizer):
     def __init__(self, latent_channels: int, bits: int, bound: str = "centred"):
         super().__init__()
         if bound not in self.BOUNDS:
-            raise ConfigError("tokenizer.quantizer.bound", f"must be one of {', '.join(self.BOUNDS)}, got {bound!r}",
-                              fix="tokenizer.quantizer.bound=centred")
+            raise ConfigError("bound", f"must be one of {', '.join(self.BOUNDS)}, got {bound!r}", fix="bound=centred")
         self.bound = bound
-        self.latent_channels = check_int(latent_channels, "tokenizer.latent_channels",
-                                         fix="tokenizer.latent_channels=64")
-        self.k = check_int(bits, "tokenizer.bits", fix="tokenizer.bits=16")
+        self.latent_channels = check_int(latent_channels, "latent_channels", fix="latent_channels=64")
+        self.k = check_int(bits, "bits", fix="bits=16")
         self.bits_per_token = self.k
         self.proj_in = nn.Conv2d(self.latent_channels, self.k, kernel_size=1)
         self.proj_out = nn.Conv2d(self.k, self.latent_channels, kernel_size=1)
@@ -111,9 +109,9 @@ class BinaryFSQ(Quantizer):
         """
         if bits.ndim != 4 or bits.shape[-1] != self.k:
             raise ConfigError(
-                "tokenizer.bits",
+                "bits",
                 f"decode_bits expects bits of shape (B, h, w, {self.k}), got {tuple(bits.shape)}",
-                fix="use the same tokenizer.bits for the tokenizer and the generator",
+                fix="use the same bits for the tokenizer and the generator",
             )
         q = torch.where(bits.float() > 0.5, 1.0, -1.0)
         q = rearrange(q, "b h w k -> b k h w").contiguous()

@@ -44,18 +44,14 @@ class FSQ(Quantizer):
 
     def __init__(self, latent_channels: int, levels: Sequence[int]):
         super().__init__()
-        self.latent_channels = check_int(latent_channels, "tokenizer.latent_channels",
-                                         fix="tokenizer.latent_channels=64")
+        self.latent_channels = check_int(latent_channels, "latent_channels", fix="latent_channels=64")
         if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence) or len(levels) == 0:
             raise ConfigError(
-                "tokenizer.quantizer.levels",
+                "levels",
                 f"must be a non-empty list of integers >= 2, got {levels!r}",
-                fix="tokenizer.quantizer.levels=[8,8,8,5,5,5]",
+                fix="levels=[8,8,8,5,5,5]",
             )
-        self.levels = [
-            check_int(lv, "tokenizer.quantizer.levels", minimum=2, fix="tokenizer.quantizer.levels=[8,8,8,5,5,5]")
-            for lv in levels
-        ]
+        self.levels = [check_int(lv, "levels", minimum=2, fix="levels=[8,8,8,5,5,5]") for lv in levels]
         self.codebook_size = math.prod(self.levels)  # exact Python int, may be huge
         self.bits_per_token = (self.codebook_size - 1).bit_length()  # == ceil(log2 C), exact
         n = len(self.levels)
@@ -101,7 +97,7 @@ class FSQ(Quantizer):
     def _check_index_bits(self) -> None:
         if self.bits_per_token > _MAX_INDEX_BITS:
             raise ConfigError(
-                "tokenizer.quantizer.levels",
+                "levels",
                 f"FSQ token bits are limited to {_MAX_INDEX_BITS} (int64 index), "
                 f"these levels need {self.bits_per_token}",
                 fix="use fewer/smaller levels, or tokenizer.quantizer=binary_fsq for large codebooks",
@@ -126,7 +122,7 @@ class FSQ(Quantizer):
         self._check_index_bits()
         if bits.ndim != 4 or bits.shape[-1] != self.bits_per_token:
             raise ConfigError(
-                "tokenizer.quantizer.levels",
+                "levels",
                 f"decode_bits expects bits of shape (B, h, w, {self.bits_per_token}), got {tuple(bits.shape)}",
                 fix="use the same quantizer levels for the tokenizer and the generator",
             )

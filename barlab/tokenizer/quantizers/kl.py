@@ -43,17 +43,11 @@ class KLLatent(Quantizer):
 
     def __init__(self, latent_channels: int, channels: int, kl_weight: float = 1e-6, bits_per_channel: int = 16):
         super().__init__()
-        self.latent_channels = check_int(latent_channels, "tokenizer.latent_channels",
-                                         fix="tokenizer.latent_channels=64")
-        self.channels = check_int(channels, "tokenizer.quantizer.channels", fix="tokenizer.quantizer.channels=16")
-        bpc = check_int(bits_per_channel, "tokenizer.quantizer.bits_per_channel",
-                        fix="tokenizer.quantizer.bits_per_channel=16")
+        self.latent_channels = check_int(latent_channels, "latent_channels", fix="latent_channels=64")
+        self.channels = check_int(channels, "channels", fix="channels=16")
+        bpc = check_int(bits_per_channel, "bits_per_channel", fix="bits_per_channel=16")
         if isinstance(kl_weight, bool) or not isinstance(kl_weight, numbers.Real) or not kl_weight >= 0:
-            raise ConfigError(
-                "tokenizer.quantizer.kl_weight",
-                f"must be a non-negative number, got {kl_weight!r}",
-                fix="tokenizer.quantizer.kl_weight=1e-6",
-            )
+            raise ConfigError("kl_weight", f"must be a non-negative number, got {kl_weight!r}", fix="kl_weight=1e-6")
         self.kl_weight = float(kl_weight)
         self.bits_per_channel = bpc
         self.bits_per_token = self.channels * bpc

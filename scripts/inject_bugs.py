@@ -1,85 +1,522 @@
-"""Check that the tests can fail: inject one known bug at a time into barlab, run the test meant to
-catch it, restore the file, and print ``caught`` or ``MISSED`` per bug.
+"""Check that the tests can fail: inject one known bug at a time into a copy of barlab, run the tests meant to
+catch it, and print ``caught`` or ``MISSED`` per bug.
 
-    .venv/bin/python scripts/inject_bugs.py      # about 1 min; leaves the tree as it found it
+    .venv/bin/python scripts/inject_bugs.py             # every bug, 2 at a time; a few minutes on 2 cores
+    .venv/bin/python scripts/inject_bugs.py --list      # the bugs and their tests, nothing run
+    .venv/bin/python scripts/inject_bugs.py --only rope --jobs 1
 
-Each entry: what the bug is, the file, the exact line replaced, its buggy version, the tests to run.
-Run it on a clean tree (it rewrites files in place while a test runs).
+A bug is located by symbol, not by line: ``(file, qualified name, old, new)`` replaces ``old`` by ``new``
+where ``old`` occurs exactly once inside that symbol's source (its ``ast`` line range: a function, method,
+class, nested function or module-level assignment such as ``KEY_NODES``). Edits elsewhere in the file do not
+move it; a pattern found 0 or 2+ times inside its symbol is an error, not a skip.
+
+The working tree is never written. Each bug gets its own temporary copy of ``barlab/``, ``configs/``,
+``tests/``, ``scripts/``, ``sweeps/`` and ``pyproject.toml``; pytest runs there with ``PYTHONPATH=<copy>``
+and first asserts that the ``barlab`` it imports is the copy's (not the editable install). A baseline run of
+every named test on an unmodified copy must pass, or the verdicts mean nothing.
+
+A bug is ``caught`` when its tests fail (pytest exit status 1); ``MISSED`` when they pass; ``ERROR`` for any
+other status (no such test, collection error). Output: one line per bug, then ``N of M injected bugs caught``;
+the exit status is 0 only when every bug is caught and every pattern was found exactly once.
 """
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MUTANTS = [
-    ("binary FSQ STE gradient doubled", "barlab/tokenizer/quantizers/binary_fsq.py",
-     "return hard + (soft - soft.detach())", "return hard + 2 * (soft - soft.detach())",
-     ["tests/test_quantizers.py::test_binary_fsq_ste_gradient_is_tanh_derivative"]),
-    ("FSQ STE gradient halved", "barlab/tokenizer/quantizers/fsq.py",
-     "rounded = torch.round(bounded).detach() + (bounded - bounded.detach())",
-     "rounded = torch.round(bounded).detach() + 0.5 * (bounded - bounded.detach())",
-     ["tests/test_quantizers.py::test_fsq_ste_gradient_is_the_bound_derivative_over_the_half_width"]),
-    ("CFG sign flipped", "barlab/generator/heads/base.py",
-     "mixed = uncond_logits + g * (cond_logits - uncond_logits)",
-     "mixed = uncond_logits - g * (cond_logits - uncond_logits)",
-     ["tests/test_sampling.py"]),
-    ("linear CFG schedule off by a factor", "barlab/generator/guidance.py",
-     "return 1.0 + (g - 1.0) * frac", "return 1.0 + (g - 1.0) * frac * 0.5",
-     ["tests/test_sampling.py::test_sampler_hands_the_head_the_scheduled_guidance_and_null_class_rows"]),
-    ("MBM temperature not annealed", "barlab/generator/heads/mbm.py",
-     "tau = temperature * (1 - s / num_steps)", "tau = temperature",
-     ["tests/test_sampling.py::test_mbm_sampler_keeps_the_most_confident_bits_with_decaying_temperature"]),
-    ("flipped copy flips vertically", "barlab/data/pretokenize.py",
-     "views = [x, x.flip(-1)] if flip else [x]", "views = [x, x.flip(-2)] if flip else [x]",
-     ["tests/test_generator_pipeline.py::test_pretokenization_stores_original_and_flip_and_reads_back"]),
-    ("PSNR data range 2", "barlab/lightning/tokenizer_module.py",
-     "PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))", "PeakSignalNoiseRatio(data_range=2.0, dim=(1, 2, 3))",
-     ["tests/test_training_parts.py::test_tokenizer_validation_ssim_psnr_and_bit_usage_by_hand"]),
-    ("label drop at twice p", "barlab/lightning/generator_module.py",
-     'self.backbone.drop_labels(batch["label"], self.label_drop)',
-     'self.backbone.drop_labels(batch["label"], 2 * self.label_drop)',
-     ["tests/test_training_parts.py::test_training_step_drops_labels_at_rate_p_and_uses_random_orders_early"]),
-    ("targets in raster order", "barlab/lightning/generator_module.py",
-     "targets = bits if order is None else bits.gather(1, order[..., None].expand_as(bits))", "targets = bits",
-     ["tests/test_training_parts.py::test_generator_targets_are_the_bits_in_the_sampled_order"]),
-    ("perceptual distance summed over pixels, not averaged", "barlab/tokenizer/perceptual.py",
-     "dist = sum((a - b).pow(2).sum(dim=1).mean(dim=(1, 2)) for a, b in zip(fx, fy))",
-     "dist = sum((a - b).pow(2).sum(dim=1).sum(dim=(1, 2)) for a, b in zip(fx, fy))",
-     ["tests/test_tokenizer_components.py::test_vgg_perceptual_loss_exact_value_with_hand_built_weights"]),
-    ("skip counted twice across workers", "barlab/data/loader_stages.py",
-     "self._shared.value += 1", "self._shared.value += 2",
-     ["tests/test_data.py::test_skip_count_is_exact_with_two_loader_workers"]),
-    ("bit statistics never reset", "barlab/lightning/tokenizer_module.py",
-     "            self.val_bits.reset()", "            pass",
-     ["tests/test_training_parts.py::test_tokenizer_bit_statistics_cover_only_the_latest_validation"]),
-    ("skip counter pickled with its shared Value", "barlab/data/loader_stages.py",
-     '            state["_shared"] = None', "            pass",
-     ["tests/test_data.py::test_skip_counter_pickles_without_its_shared_total_outside_worker_start"]),
-    ("grid best point across allocations", "barlab/analysis/grid.py",
-     "return [k for k in GENERATOR_KEYS + PLAN_KEYS if k in frame]", "return [k for k in GENERATOR_KEYS if k in frame]",
-     ["tests/test_grid_table.py::test_allocation_overrides_never_join_the_default_grid"]),
-    ("progress line every step", "barlab/lightning/callbacks/progress_log.py",
-     "if not self.active or step == self.start_step or step % self.every_n_steps:", "if not self.active:",
-     ["tests/test_logging.py::test_progress_log_writes_a_line_every_n_steps_when_no_bar_is_drawn"]),
+COPIED = ("barlab", "configs", "tests", "scripts", "sweeps", "pyproject.toml")
+RUN_TIMEOUT_S = 900
+
+
+@dataclass(frozen=True)
+class Bug:
+    """``old`` -> ``new`` inside ``symbol`` of ``path`` (relative to the repository root); ``tests`` catch it."""
+
+    name: str
+    path: str
+    symbol: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+def bug(name: str, path: str, symbol: str, old: str, new: str, *tests: str) -> Bug:
+    return Bug(name, path, symbol, old, new, tuple(tests))
+
+
+T = "tests/"
+RELOAD = T + ("test_token_shuffle_export.py::"
+              "test_generator_file_with_token_shuffle_reloads_and_samples_the_same_token_grid")
+COMPOSITION = T + ("test_tokenizer_loss_composition.py::"
+                   "test_generator_loss_is_the_weighted_sum_and_the_gan_term_joins_at_its_start_step")
+DETACHED = T + ("test_tokenizer_loss_composition.py::"
+                "test_discriminator_step_is_fed_the_real_images_and_a_detached_reconstruction")
+BUGS = [
+    # ------------------------------------------------------------------ the first fifteen
+    bug("binary FSQ STE gradient doubled", "barlab/tokenizer/quantizers/binary_fsq.py", "BinaryFSQ.quantize",
+        "return hard + (soft - soft.detach())", "return hard + 2 * (soft - soft.detach())",
+        T + "test_quantizers.py::test_binary_fsq_ste_gradient_is_tanh_derivative"),
+    bug("FSQ STE gradient halved", "barlab/tokenizer/quantizers/fsq.py", "FSQ.quantize",
+        "torch.round(bounded).detach() + (bounded - bounded.detach())",
+        "torch.round(bounded).detach() + 0.5 * (bounded - bounded.detach())",
+        T + "test_quantizers.py::test_fsq_ste_gradient_is_the_bound_derivative_over_the_half_width"),
+    bug("CFG sign flipped", "barlab/generator/heads/base.py", "apply_cfg",
+        "uncond_logits + g * (cond_logits - uncond_logits)", "uncond_logits - g * (cond_logits - uncond_logits)",
+        T + "test_heads.py::test_apply_cfg_scalar_and_per_row_by_hand"),
+    bug("linear CFG schedule off by a factor", "barlab/generator/guidance.py", "guidance_scale",
+        "return 1.0 + (g - 1.0) * frac", "return 1.0 + (g - 1.0) * frac * 0.5",
+        T + "test_sampling.py::test_sampler_hands_the_head_the_scheduled_guidance_and_null_class_rows"),
+    bug("MBM temperature not annealed", "barlab/generator/heads/mbm.py", "MBMHead.sample",
+        "tau = temperature * (1 - s / num_steps)", "tau = temperature",
+        T + "test_sampling.py::test_mbm_sampler_keeps_the_most_confident_bits_with_decaying_temperature"),
+    bug("flipped copy flips vertically", "barlab/data/pretokenize.py", "_encode_split",
+        "x.flip(-1)", "x.flip(-2)",
+        T + "test_generator_pipeline.py::test_pretokenization_stores_original_and_flip_and_reads_back"),
+    bug("PSNR data range 2", "barlab/lightning/tokenizer_module.py", "TokenizerModule.__init__",
+        "PeakSignalNoiseRatio(data_range=1.0", "PeakSignalNoiseRatio(data_range=2.0",
+        T + "test_training_parts.py::test_tokenizer_validation_ssim_psnr_and_bit_usage_by_hand"),
+    bug("label drop at twice p", "barlab/lightning/generator_module.py", "GeneratorModule.training_step",
+        "self.backbone.drop_labels(batch[\"label\"], self.label_drop)",
+        "self.backbone.drop_labels(batch[\"label\"], 2 * self.label_drop)",
+        T + "test_rar_orders.py::test_training_step_drops_labels_to_the_null_class_at_rate_p"),
+    bug("targets in raster order", "barlab/lightning/generator_module.py", "GeneratorModule._loss",
+        "targets = bits if order is None else bits.gather(1, order[..., None].expand_as(bits))", "targets = bits",
+        T + "test_training_parts.py::test_generator_targets_are_the_bits_in_the_sampled_order"),
+    bug("perceptual distance summed over pixels, not averaged", "barlab/tokenizer/perceptual.py",
+        "VGGPerceptualLoss.forward", ".sum(dim=1).mean(dim=(1, 2))", ".sum(dim=1).sum(dim=(1, 2))",
+        T + "test_tokenizer_components.py::test_vgg_perceptual_loss_exact_value_with_hand_built_weights"),
+    bug("skip counted twice across workers", "barlab/data/loader_stages.py", "SkipCounter.skip",
+        "self._shared.value += 1", "self._shared.value += 2",
+        T + "test_data.py::test_skip_count_is_exact_with_two_loader_workers"),
+    bug("bit statistics never reset", "barlab/lightning/tokenizer_module.py",
+        "TokenizerModule.on_validation_epoch_start", "self.val_bits.reset()", "pass",
+        T + "test_training_parts.py::test_tokenizer_bit_statistics_cover_only_the_latest_validation"),
+    bug("skip counter pickled with its shared Value", "barlab/data/loader_stages.py", "SkipCounter.__getstate__",
+        "state[\"_shared\"] = None", "pass",
+        T + "test_data.py::test_skip_counter_pickles_without_its_shared_total_outside_worker_start"),
+    bug("grid best point across allocations", "barlab/analysis/grid.py", "surface_keys",
+        "GENERATOR_KEYS + PLAN_KEYS", "GENERATOR_KEYS",
+        T + "test_grid_table.py::test_allocation_overrides_never_join_the_default_grid"),
+    bug("progress line every step", "barlab/lightning/callbacks/progress_log.py", "ProgressLog.on_train_batch_end",
+        "if not self.active or step == self.start_step or step % self.every_n_steps:", "if not self.active:",
+        T + "test_logging.py::test_progress_log_writes_a_line_every_n_steps_when_no_bar_is_drawn"),
+    # ------------------------------------------------------------------ RoPE
+    bug("RoPE rows and columns swapped", "barlab/generator/rope.py", "Rope2D.__init__",
+        "[rows[:, None] * freqs, cols[:, None] * freqs]", "[cols[:, None] * freqs, rows[:, None] * freqs]",
+        T + "test_rope.py"),
+    bug("RoPE frequencies over the half head dim", "barlab/generator/rope.py", "Rope2D.__init__",
+        "dtype=torch.float64) / quarter)", "dtype=torch.float64) / (2 * quarter))",
+        T + "test_rope.py::test_table_is_cos_and_sin_of_row_then_column_angles"),
+    bug("RoPE pairs (2i, 2i+1) instead of (i, i + D/2)", "barlab/generator/rope.py", "rotate",
+        "x1, x2 = x.chunk(2, dim=-1)", "x1, x2 = x[..., 0::2], x[..., 1::2]",
+        T + "test_rope.py::test_rotate_turns_each_pair_i_and_i_plus_half_by_its_angle"),
+    bug("RoPE target-aware queries on a quarter of the heads", "barlab/generator/rope.py", "Rope2D.__init__",
+        "heads // 2 if target_aware", "heads // 4 if target_aware",
+        T + "test_rope.py::test_target_aware_queries_turn_the_last_half_of_the_heads_by_the_target"),
+    # ------------------------------------------------------------------ attention mask, KV cache
+    bug("chunk mask hides each slot from itself", "barlab/generator/attention.py", "Attention.forward",
+        "keys[None, :] <= (offset", "keys[None, :] < (offset",
+        T + "test_attention_masks.py"),
+    bug("chunk mask ignores the cached slots", "barlab/generator/attention.py", "Attention.forward",
+        "(offset + torch.arange(n, device=x.device))", "(torch.arange(n, device=x.device))",
+        T + "test_attention_masks.py"),
+    bug("KV cache stores keys as values", "barlab/generator/kv_cache.py", "KVCache.append",
+        "self.values[layer][:, :, self.length:end] = v", "self.values[layer][:, :, self.length:end] = k",
+        T + "test_attention_masks.py"),
+    bug("KV cache advances one slot per call", "barlab/generator/kv_cache.py", "KVCache.advance",
+        "self.length += n", "self.length += 1",
+        T + "test_attention_masks.py"),
+    # ------------------------------------------------------------------ token shuffling
+    bug("unshuffle reads sub-tokens column-major", "barlab/generator/token_shuffle.py", "unshuffle",
+        "(sh sw k) -> b (h sh w sw) k", "(sw sh k) -> b (h sh w sw) k",
+        T + "test_token_shuffle_export.py"),
+    bug("decoding unshuffles on the transposed grid", "barlab/generator/image_generator.py", "generate_images",
+        "unshuffle(steps, grid, token_shuffle)", "unshuffle(steps, grid[::-1], token_shuffle)",
+        RELOAD),
+    bug("generator.pt reloads a transposed AR grid", "barlab/generator/image_generator.py", "load_generator",
+        "grid=(grid[0] // p, grid[1] // p)", "grid=(grid[1] // p, grid[0] // p)",
+        RELOAD),
+    # ------------------------------------------------------------------ MBM masking
+    bug("MBM mask ratio without the 1/k floor", "barlab/generator/heads/mbm.py", "MBMHead.mask_tokens",
+        "clamp(min=1 / k, max=1.0)", "clamp(min=0.0, max=1.0)",
+        T + "test_mbm_masking.py::test_extreme_draws_clamp_the_ratio_and_the_mask_count"),
+    bug("MBM mask count floored", "barlab/generator/heads/mbm.py", "MBMHead.mask_tokens",
+        "torch.round(k * ratio)", "torch.floor(k * ratio)",
+        T + "test_mbm_masking.py"),
+    bug("MBM loss weights swapped", "barlab/generator/heads/mbm.py", "MBMHead.loss",
+        "torch.where(mask, 1.0, self.unmasked_weight)", "torch.where(mask, self.unmasked_weight, 1.0)",
+        T + "test_heads.py::test_mbm_loss_weight_values_exact"),
+    # ------------------------------------------------------------------ RAR orders
+    bug("RAR ratio rises instead of falling", "barlab/generator/order.py", "random_ratio",
+        "return 1.0 - (step - begin) / (finish - begin)", "return (step - begin) / (finish - begin)",
+        T + "test_rar_orders.py::test_random_ratio_is_one_then_linear_then_zero"),
+    bug("RAR start and end swapped in the training step", "barlab/lightning/generator_module.py",
+        "GeneratorModule.training_step", "self.rar_start, self.rar_end)", "self.rar_end, self.rar_start)",
+        T + "test_rar_orders.py::test_training_step_draws_orders_with_the_ratio_of_its_step"),
+    bug("RAR keeps raster order where it should permute", "barlab/generator/order.py", "sample_orders",
+        "torch.where(pick[:, None], perms, raster)", "torch.where(pick[:, None], raster, perms)",
+        T + "test_rar_orders.py"),
+    # ------------------------------------------------------------------ EMA
+    bug("EMA weights the new value by the decay", "barlab/lightning/callbacks/ema.py", "EMA.on_train_batch_end",
+        "1.0 - decay)", "decay)",
+        T + "test_ema_callback.py::test_average_follows_the_formula_every_n_steps"),
+    bug("EMA update period off by one", "barlab/lightning/callbacks/ema.py", "EMA.on_train_batch_end",
+        "trainer.global_step % self.every_n_steps", "(trainer.global_step + 1) % self.every_n_steps",
+        T + "test_ema_callback.py::test_average_follows_the_formula_every_n_steps"),
+    bug("EMA not swapped in for validation", "barlab/lightning/callbacks/ema.py", "EMA.on_validation_start",
+        "self.swap_in(pl_module)", "pass",
+        T + "test_ema_callback.py::test_validation_runs_on_the_average_and_training_resumes_on_the_raw_weights"),
+    bug("EMA warm-up decay (1 + n) / (11 + n)", "barlab/lightning/callbacks/ema.py", "EMA.current_decay",
+        "(10.0 + self.num_updates)", "(11.0 + self.num_updates)",
+        T + "test_ema_callback.py::test_warmup_decay_values"),
+    # ------------------------------------------------------------------ LR schedule
+    bug("LR warm-up starts at 0", "barlab/utils/lr_schedules.py", "warmup_cosine",
+        "return (step + 1) / (warmup_steps + 1)", "return step / warmup_steps",
+        T + "test_lr_schedule_steps.py::test_schedule_values_at_chosen_steps"),
+    bug("LR cosine decays to 0, not min_ratio", "barlab/utils/lr_schedules.py", "warmup_cosine",
+        "return min_ratio + (1.0 - min_ratio)", "return (1.0 - min_ratio)",
+        T + "test_lr_schedule_steps.py::test_schedule_values_at_chosen_steps"),
+    bug("generator LR schedule stepped per epoch", "barlab/lightning/generator_module.py",
+        "GeneratorModule.configure_optimizers", "\"interval\": \"step\"", "\"interval\": \"epoch\"",
+        T + "test_lr_schedule_steps.py::test_generator_uses_the_scheduled_rate_at_every_step"),
+    bug("discriminator step advances the autoencoder's schedule", "barlab/lightning/tokenizer_module.py",
+        "TokenizerModule.training_step", "schedulers[1].step()", "schedulers[0].step()",
+        T + "test_lr_schedule_steps.py::test_tokenizer_and_discriminator_each_follow_their_own_schedule"),
+    # ------------------------------------------------------------------ tokenizer cache key
+    bug("cache key ignores the rFID settings", "barlab/runtime/tokenizer_cache.py", "cache_key",
+        "if k != \"gfid\"", "if k not in (\"gfid\", \"rfid\")",
+        T + "test_tokenizer_cache_key_fast.py"),
+    bug("cache key without the seed", "barlab/runtime/tokenizer_cache.py", "KEY_NODES",
+        "\"seed\", ", "",
+        T + "test_tokenizer_cache_key_fast.py"),
+    bug("cache key keeps the run folder's paths", "barlab/runtime/tokenizer_cache.py", "cache_key.without_run_paths",
+        "v.startswith(run_dir)", "v == run_dir",
+        T + "test_tokenizer_cache_key_fast.py"),
+    # ------------------------------------------------------------------ DDP / worker sharding, accumulation
+    bug("ranks read overlapping shard windows", "barlab/data/loader_stages.py", "rank_shards",
+        "list(urls[rank::world])", "list(urls[rank:rank + world])",
+        T + "test_shard_sharding.py::test_training_shards_are_split_between_ranks"),
+    bug("worker seeds collide across ranks", "barlab/data/loader_stages.py", "worker_seed",
+        "rank_and_world()[0] * 1000 + worker_and_count()[0]", "rank_and_world()[0] + worker_and_count()[0]",
+        T + "test_shard_sharding.py::test_every_rank_and_worker_draws_its_own_seed"),
+    bug("every rank validates rank 0's share", "barlab/data/loader_stages.py", "RankSlice.__call__",
+        "index % world == rank", "index % world == 0",
+        T + "test_shard_sharding.py::test_each_sample_is_read_once_across_ranks_and_workers"),
+    bug("global batch applied without accumulation", "barlab/runtime/distributed.py", "apply_global_batch",
+        "= per_rank, accumulation", "= per_rank, 1",
+        T + "test_generator_accumulation_clipping.py"),
+    bug("generator gradient clipped by value", "barlab/lightning/generator_module.py",
+        "GeneratorModule.configure_gradient_clipping", "gradient_clip_algorithm=\"norm\"",
+        "gradient_clip_algorithm=\"value\"",
+        T + "test_generator_accumulation_clipping.py::test_the_update_is_clipped_to_the_gradient_norm_limit"),
+    # ------------------------------------------------------------------ the tokenizer's training step
+    bug("tokenizer loss drops the quantizer loss", "barlab/lightning/tokenizer_module.py",
+        "TokenizerModule.training_step", "loss = terms[\"loss\"] + q.loss", "loss = terms[\"loss\"]",
+        COMPOSITION),
+    bug("perceptual loss unweighted", "barlab/lightning/tokenizer_module.py", "TokenizerModule.training_step",
+        "loss + self.perceptual_weight * perceptual", "loss + perceptual",
+        COMPOSITION),
+    bug("GAN term unweighted", "barlab/lightning/tokenizer_module.py", "TokenizerModule.training_step",
+        "loss + self.gan_weight * g_loss", "loss + g_loss",
+        COMPOSITION),
+    bug("GAN starts one step late", "barlab/lightning/tokenizer_module.py", "TokenizerModule.gan_active",
+        "self.global_step >= self.gan_start_step", "self.global_step > self.gan_start_step",
+        COMPOSITION),
+    bug("discriminator fed the live reconstruction", "barlab/lightning/tokenizer_module.py",
+        "TokenizerModule.training_step", "self.discriminator(recon.detach())", "self.discriminator(recon)",
+        DETACHED),
+    bug("tokenizer gradient clipped by value", "barlab/lightning/tokenizer_module.py", "TokenizerModule.training_step",
+        "self.clip_gradients(opt_g, gradient_clip_val=self.grad_clip, gradient_clip_algorithm=\"norm\")",
+        "self.clip_gradients(opt_g, gradient_clip_val=self.grad_clip, gradient_clip_algorithm=\"value\")",
+        T + "test_tokenizer_loss_composition.py::test_gradient_norm_clipping_is_applied_to_both_optimisers"),
+    bug("L2 term weighted by the L1 weight", "barlab/tokenizer/losses.py", "ReconstructionLoss.forward",
+        "self.l2_weight * l2", "self.l1_weight * l2",
+        COMPOSITION),
+    # ------------------------------------------------------------------ FID, KID, IS, precision/recall
+    bug("FID reference covariance scaled by n", "barlab/metrics/image_metrics.py", "ImageMetrics.set_reference",
+        "sigma * (n - 1)", "sigma * n",
+        T + "test_metric_math.py::test_fid_of_non_commuting_covariances_matches_scipy_sqrtm"),
+    bug("real statistics with the biased covariance", "barlab/metrics/image_metrics.py",
+        "ImageMetrics.real_statistics", "/ (n - 1)", "/ n",
+        T + "test_metric_math.py::test_fid_of_non_commuting_covariances_matches_scipy_sqrtm"),
+    bug("KID on random subsets one short of the sets", "barlab/metrics/image_metrics.py", "ImageMetrics.compute",
+        "subset = min(self.kid_subset_size, real.shape[0], fake.shape[0])",
+        "subset = min(self.kid_subset_size, real.shape[0], fake.shape[0]) - 1",
+        T + "test_metric_math.py::test_kid_is_the_unbiased_polynomial_mmd_over_the_whole_sets"),
+    bug("IS on the softmax of the softmax", "barlab/metrics/image_metrics.py", "ImageMetrics.compute",
+        "score.update(logits)", "score.update(logits.softmax(dim=1))",
+        T + "test_metric_math.py::test_inception_score_is_the_mean_over_splits_of_exp_mean_kl"),
+    bug("IS in one split", "barlab/metrics/image_metrics.py", "ImageMetrics.compute",
+        "max(1, min(self.is_splits, logits.shape[0] // 2))", "1",
+        T + "test_metric_math.py::test_inception_score_is_the_mean_over_splits_of_exp_mean_kl"),
+    bug("precision/recall radius counts the point itself", "barlab/metrics/precision_recall.py", "knn_radii",
+        "dist.kthvalue(k + 1, dim=1)", "dist.kthvalue(k, dim=1)",
+        T + "test_metric_math.py::test_precision_recall_by_hand_with_points_on_the_ball_surfaces"),
+    bug("precision/recall balls open", "barlab/metrics/precision_recall.py", "coverage_share",
+        "dist <= radii[None, :]", "dist < radii[None, :]",
+        T + "test_metric_math.py::test_precision_recall_by_hand_with_points_on_the_ball_surfaces"),
 ]
-out = []
-for name, rel, old, new, tests in MUTANTS:
-    path = ROOT / rel
-    text = path.read_text()
-    if text.count(old) != 1:
-        out.append((name, f"pattern count {text.count(old)}"))
-        print(f"PATTERN {name}: the line to replace occurs {text.count(old)} times")
-        continue
-    path.write_text(text.replace(old, new))
+
+
+# ---------------------------------------------------------------------- locating a symbol
+class PatternError(ValueError):
+    """The symbol or the pattern inside it cannot be found exactly once."""
+
+
+def _defined_name(node: ast.AST) -> str | None:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return node.name
+    if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        return node.targets[0].id
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return node.target.id
+    return None
+
+
+def symbol_span(source: str, symbol: str) -> tuple[int, int]:
+    """Character offsets ``(start, end)`` of the lines holding ``symbol`` (decorators included).
+
+    ``symbol`` is a dotted path through classes and functions (``Class.method``, ``function.inner``) ending at
+    a def, a class or a single-target assignment; each part must be defined exactly once at its level."""
+    body: list[ast.stmt] = ast.parse(source).body
+    node: ast.AST | None = None
+    for part in symbol.split("."):
+        found = [n for n in body if _defined_name(n) == part]
+        if len(found) != 1:
+            raise PatternError(f"{symbol}: {len(found)} definitions of {part!r} where one was expected")
+        node = found[0]
+        body = getattr(node, "body", [])
+    first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+    lines = source.splitlines(keepends=True)
+    return sum(map(len, lines[:first - 1])), sum(map(len, lines[:node.end_lineno]))
+
+
+def inject(source: str, symbol: str, old: str, new: str) -> str:
+    """``source`` with ``old`` replaced by ``new`` inside ``symbol``; ``old`` must occur there exactly once."""
+    start, end = symbol_span(source, symbol)
+    count = source[start:end].count(old)
+    if count != 1:
+        raise PatternError(f"{old!r} occurs {count} times in {symbol}, not once")
+    mutated = source[:start] + source[start:end].replace(old, new) + source[end:]
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
-                              cwd=ROOT, capture_output=True, text=True, timeout=900)
+        ast.parse(mutated)
+    except SyntaxError as err:
+        raise PatternError(f"replacing {old!r} by {new!r} in {symbol} breaks the syntax: {err}") from None
+    return mutated
+
+
+# ---------------------------------------------------------------------- running the tests in a copy
+PYTEST_ARGS = ("-x", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "--timeout=600",
+               "-W", "ignore::pytest.PytestAssertRewriteWarning")
+
+# The plain way (--no-fork): one fresh interpreter per run, which refuses to go on unless ``barlab`` comes from
+# the copy.
+BOOT = ("import os, sys; root = os.path.realpath(sys.argv[1]); import barlab; "
+        "where = os.path.realpath(barlab.__file__); "
+        "assert where.startswith(root + os.sep), f'barlab imported from {where}, not from the copy {root}'; "
+        "import pytest; sys.exit(pytest.main(sys.argv[2:]))")
+
+# The default way: a server per worker imports the third-party packages once (torch, Lightning, ... take
+# 5-15 s to import on a busy 2-core machine, longer than most of the tests) and forks a child per run. The
+# server never imports barlab; each child puts its copy first on sys.path and in PYTHONPATH (for the processes
+# a test starts), checks that ``barlab`` comes from there, and runs pytest with its output in a log file.
+SERVER = r"""
+import json, os, sys, traceback
+for name in ("torch", "numpy", "scipy.linalg", "lightning", "lightning.pytorch", "torchmetrics",
+             "torchmetrics.image.fid", "torchmetrics.image.kid", "torchmetrics.image.inception", "hydra",
+             "hydra.utils", "omegaconf", "einops", "webdataset", "PIL.Image", "pytest"):
+    try:
+        __import__(name)
+    except Exception:
+        pass
+assert not [m for m in sys.modules if m == "barlab" or m.startswith(("barlab.", "tests"))], "barlab pre-imported"
+sys.stdout.flush()
+for line in sys.stdin:
+    job = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            root = os.path.realpath(job["copy"])
+            os.chdir(root)
+            sys.path.insert(0, root)
+            os.environ["PYTHONPATH"] = root
+            import barlab
+            where = os.path.realpath(barlab.__file__)
+            assert where.startswith(root + os.sep), f"barlab imported from {where}, not from the copy {root}"
+            import pytest
+            code = int(pytest.main(job["args"]))
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), flush=True)
+"""
+
+
+class Runner:
+    """Runs pytest on a copy: through a fork server (default) or in a fresh interpreter each time."""
+
+    def __init__(self, fork: bool):
+        self.fork = fork and hasattr(os, "fork")
+        self._server: subprocess.Popen | None = None
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.stdin.close()
+            self._server.wait(timeout=60)
+            self._server = None
+
+    def run(self, copy: Path, tests: tuple[str, ...]) -> tuple[int, str]:
+        """``(pytest exit status, its output)``."""
+        args = [*PYTEST_ARGS, *tests]
+        if not self.fork:
+            env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
+            try:
+                proc = subprocess.run([sys.executable, "-c", BOOT, str(copy), *args], cwd=copy, env=env,
+                                      capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                return -9, "timed out"
+            return proc.returncode, proc.stdout + proc.stderr
+        if self._server is None:
+            env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+            env.pop("PYTHONPATH", None)
+            self._server = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, text=True, env=env, cwd=tempfile.gettempdir())
+        log = copy / "pytest.log"
+        self._server.stdin.write(json.dumps({"copy": str(copy), "log": str(log), "args": args}) + "\n")
+        self._server.stdin.flush()
+        answer = self._server.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the test server stopped (exit {self._server.poll()})")
+        return json.loads(answer)["rc"], log.read_text(errors="replace") if log.is_file() else ""
+
+
+_local = threading.local()
+_runners: list[Runner] = []
+_runners_lock = threading.Lock()
+
+
+def runner(fork: bool) -> Runner:
+    """This worker thread's runner (one fork server per thread)."""
+    if getattr(_local, "runner", None) is None:
+        _local.runner = Runner(fork)
+        with _runners_lock:
+            _runners.append(_local.runner)
+    return _local.runner
+
+
+def make_copy(dest: Path) -> None:
+    for name in COPIED:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache"))
+        elif src.is_file():
+            shutil.copy2(src, dest / name)
+
+
+def summary(output: str) -> str:
+    lines = [line for line in output.splitlines() if (" passed" in line or " failed" in line or " error" in line
+                                                       or "no tests ran" in line) and " in " in line]
+    if lines:
+        return lines[-1].strip("= ")
+    return (output.strip().splitlines() or ["no output"])[-1][:200]
+
+
+def run_bug(item: Bug, fork: bool = True) -> tuple[str, str]:
+    """``(verdict, detail)`` for one bug, in its own copy of the tree."""
+    with tempfile.TemporaryDirectory(prefix="barlab-bug-") as tmp:
+        copy = Path(tmp)
+        make_copy(copy)
+        target = copy / item.path
+        try:
+            target.write_text(inject(target.read_text(), item.symbol, item.old, item.new))
+        except PatternError as err:
+            return "PATTERN", str(err)
+        code, output = runner(fork).run(copy, item.tests)
+    verdict = {1: "caught", 0: "MISSED"}.get(code, "ERROR")
+    return verdict, f"{summary(output)} (exit {code})"
+
+
+def run_baseline(tests: tuple[str, ...], fork: bool = True) -> tuple[str, str]:
+    """Every named test on an unmodified copy: ``("ok" or "FAILED", detail)``."""
+    with tempfile.TemporaryDirectory(prefix="barlab-baseline-") as tmp:
+        make_copy(Path(tmp))
+        code, output = runner(fork).run(Path(tmp), tests)
+    return ("ok", summary(output)) if code == 0 else ("FAILED", f"{summary(output)} (exit {code})\n{output[-3000:]}")
+
+
+def check_patterns(bugs: list[Bug]) -> dict[str, str]:
+    """The bugs whose pattern is not found exactly once in its symbol of the working tree: name -> why."""
+    problems = {}
+    for item in bugs:
+        try:
+            inject((ROOT / item.path).read_text(), item.symbol, item.old, item.new)
+        except (PatternError, OSError) as err:
+            problems[item.name] = str(err)
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=2, help="bugs run at the same time (default 2)")
+    parser.add_argument("--only", default=None, help="run only the bugs whose name contains this text")
+    parser.add_argument("--list", action="store_true", help="list the bugs and their tests, run nothing")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the run of every named test on a clean copy")
+    parser.add_argument("--no-fork", action="store_true", help="a fresh interpreter per run instead of a fork server")
+    args = parser.parse_args(argv)
+    names = [b.name for b in BUGS]
+    if len(set(names)) != len(names):
+        raise SystemExit("two bugs share a name")
+    bugs = [b for b in BUGS if args.only is None or args.only.lower() in b.name.lower()]
+    if args.list:
+        for item in bugs:
+            print(f"{item.name}  [{item.path}::{item.symbol}]  {' '.join(item.tests)}")
+        return 0
+    start = time.time()
+    problems = check_patterns(bugs)
+    runnable = [b for b in bugs if b.name not in problems]
+    union = tuple(dict.fromkeys(t for b in runnable for t in b.tests))
+    caught, base_verdict = 0, "ok"
+    fork = not args.no_fork
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            baseline = None if args.no_baseline else pool.submit(run_baseline, union, fork)
+            results = pool.map(lambda item: run_bug(item, fork), runnable)   # in order, each printed when known
+            for item in bugs:
+                verdict, detail = ("PATTERN", problems[item.name]) if item.name in problems else next(results)
+                caught += verdict == "caught"
+                print(f"{verdict:7s} {item.name} [{item.symbol}]: {detail}", flush=True)
+            if baseline is not None:
+                base_verdict, base_detail = baseline.result()
+                print(f"baseline {base_verdict}: {base_detail}", file=sys.stderr)
     finally:
-        path.write_text(text)
-    verdict = "caught" if proc.returncode != 0 else "MISSED"
-    tail = [line for line in proc.stdout.splitlines() if "passed" in line or "failed" in line][-1:]
-    out.append((name, verdict, tests, tail))
-    print(f"{verdict:7s} {name}: {tail}", flush=True)
-missed = [entry for entry in out if entry[1] != "caught"]
-print(f"{len(out) - len(missed)} of {len(out)} injected bugs caught")
-sys.exit(1 if missed else 0)
+        for each in _runners:
+            each.close()
+    print(f"{caught} of {len(bugs)} injected bugs caught")
+    print(f"{time.time() - start:.0f} s, {max(1, args.jobs)} at a time", file=sys.stderr)
+    baseline_ok = base_verdict == "ok"
+    return 0 if caught == len(bugs) and baseline_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,6 @@
 """RAR (randomness annealing): the ratio schedule at chosen steps, the orders drawn for it, and the generator's
-training step using the ratio of *its* step of *its* run length with its own start / end knobs."""
+training step using the ratio of *its* step of *its* run length with its own start / end knobs; and the label
+drop (for classifier-free guidance) of the same step at its rate p."""
 
 from __future__ import annotations
 
@@ -62,3 +63,27 @@ def test_training_step_draws_orders_with_the_ratio_of_its_step(step, want, monke
     assert abs(shuffled - want * (1 - 1 / 720)) < 0.1, (step, shuffled)
     if want == 0.0:
         assert torch.equal(order, torch.arange(6).expand(batch, 6))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.15, 1.0])
+def test_training_step_drops_labels_to_the_null_class_at_rate_p(p, monkeypatch):
+    batch, grid, classes = 4000, (2, 2), 3
+    torch.manual_seed(0)
+    backbone = ARBackbone(2, grid, classes, width=8, depth=1, heads=2, cond_dim=8, class_repeat=1)
+    module = GeneratorModule(backbone, BitwiseHead(8, 2), nn.Identity(), grid=grid, label_drop=p, optimizer=None,
+                             scheduler=None)
+    fed = []
+    real_forward = module.backbone.forward
+    monkeypatch.setattr(module.backbone, "forward",
+                        lambda bits, labels, order=None: fed.append(labels) or real_forward(bits, labels, order))
+    monkeypatch.setattr(module, "log_dict", lambda *a, **k: None)
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    module._trainer = _Trainer(100, 90)
+    labels = torch.arange(batch) % classes
+    bits = torch.randint(0, 2, (batch, 4, 2), generator=torch.Generator().manual_seed(2)).float()
+    module.training_step({"bits": bits, "label": labels}, 0)
+    (seen,) = fed
+    dropped = seen == classes                                   # the null class is num_classes
+    assert torch.equal(seen[~dropped], labels[~dropped])        # the others pass unchanged
+    # 4000 Bernoulli(p) draws: std <= 0.008, so +-0.035 is > 4 sigma
+    assert abs(dropped.float().mean().item() - p) < 0.035

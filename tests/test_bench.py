@@ -14,8 +14,8 @@ from barlab.bench import BENCHMARKS
 
 # tiny widths and a 4x4 grid: the CPU path of the gpu benchmark in well under a second
 TOY = ["generator.backbone.width=32", "generator.backbone.depth=1", "generator.backbone.heads=2",
-       "generator.backbone.cond_dim=32", "generator.backbone.class_repeat=2", "generator.head_width=32",
-       "generator.head_depth=1", "generator.sampling.allocation=[1,1,1,1]"]
+       "generator.backbone.cond_dim=32", "generator.backbone.class_repeat=2", "head.width=32", "head.depth=1",
+       "head.allocation=[1,1,1,1]"]
 
 
 def numbers(value):

@@ -50,6 +50,10 @@ def test_group_override_precheck():
         check_group_overrides(["tokenizer/quantizer=vq"])
     with pytest.raises(ConfigError, match="tokenizer/quantizer=fsq"):
         check_group_overrides(["tokenizer.quantizer=fsq"])
+    with pytest.raises(ConfigError, match=r"generator.head_width: has moved to head.width \(fix: head.width=512\)"):
+        check_group_overrides(["generator.head_width=512"])
+    with pytest.raises(ConfigError, match="fix: sampling.guidance=2,4"):
+        check_group_overrides(["generator.sampling.guidance=2,4"])
 
 
 @pytest.mark.parametrize("quantizer, bits_per_token", [("binary_fsq", 8), ("fsq", 10), ("kl", 64)])
@@ -107,7 +111,7 @@ def test_head_options_build_their_head(compose_train):
     cfg = compose_train(["head=linear"])
     head = _head(cfg, 10)
     assert type(head) is LinearHead and head.num_codes == 1024 and head.proj.out_features == 1024
-    cfg = compose_train(["head=mbm", "generator.head_width=48", "generator.head_depth=3"])
+    cfg = compose_train(["head=mbm", "head.width=48", "head.depth=3"])
     head = _head(cfg, 16)
     assert type(head) is MBMHead and head.width == 48 and len(head.blocks) == 3
     assert head.allocation == (2, 3, 5, 6)  # cosine over head.steps=4
@@ -166,3 +170,73 @@ def test_logger_and_data_options_build_their_objects(compose_train, tmp_path):
     assert FashionMNISTSource.__name__ == "FashionMNISTSource"
     smoke = compose_train(["experiment=smoke"])
     assert (smoke.generator.backbone.width, smoke.data.image_size, smoke.trainer.accelerator) == (32, 16, "cpu")
+
+
+# ---------------------------------------------------------------- the head's and the sampler's values, pinned
+
+MBM = {"_target_": "barlab.generator.MBMHead", "width": 192, "depth": 2, "mlp_ratio": 2.6666666666666665,
+       "allocation": None, "steps": 4, "mask_ratio_std": 0.8, "unmasked_weight": 0.1, "fourier_dim": 256}
+SAMPLING = {"guidance": 3.0, "schedule": "linear", "power": 1.0, "temperature": 1.0, "allocation": None,
+            "per_class": 10}
+# generator preset -> (its MBM head's width, depth and stored allocation; its sampling settings)
+PRESET_VALUES = {
+    "tiny": (dict(width=192, depth=2, allocation=None), dict(guidance=3.0, temperature=1.0)),
+    "bar_b": (dict(width=2048, depth=3, allocation=[2, 2, 5, 7]), dict(guidance=5.0, temperature=2.5)),
+    "bar_b_p2": (dict(width=2048, depth=3, allocation=[16, 16, 16, 16]), dict(guidance=5.5, temperature=2.0)),
+    "bar_b_p4": (dict(width=2048, depth=3, allocation=[64, 64, 64, 64]), dict(guidance=9.6, temperature=1.4)),
+    "bar_l": (dict(width=2048, depth=3, allocation=[2, 2, 5, 7]), dict(guidance=5.3, temperature=3.0)),
+}
+OTHER_HEADS = {"bitwise": {"_target_": "barlab.generator.BitwiseHead", "hidden": None, "depth": 1},
+               "linear": {"_target_": "barlab.generator.LinearHead", "max_memory_gb": 16, "batch_tokens": None}}
+
+
+def _plain(node):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_VALUES))
+def test_each_preset_gives_these_head_and_sampling_values(compose_train, preset):
+    from barlab.pipeline.generator_stage import sampling_settings
+
+    head, sampling = PRESET_VALUES[preset]
+    cfg = compose_train([f"generator={preset}"])
+    assert _plain(cfg.head) == {**MBM, **head}
+    assert sampling_settings(cfg) == _plain(cfg.sampling) == {**SAMPLING, **sampling}
+    assert "head_width" not in cfg.generator and "sampling" not in cfg.generator  # one place each
+    for other, values in OTHER_HEADS.items():  # the preset's MBM head settings reach the MBM head only
+        cfg = compose_train([f"generator={preset}", f"head={other}"])
+        assert _plain(cfg.head) == values and _plain(cfg.sampling) == {**SAMPLING, **sampling}
+    cfg = compose_train([f"generator={preset}", "head.width=512", "head.depth=1", "sampling.guidance=2.0"])
+    assert (cfg.head.width, cfg.head.depth, cfg.sampling.guidance) == (512, 1, 2.0)  # the command line wins
+
+
+def test_the_default_config_and_smoke_give_these_head_and_sampling_values(compose_train):
+    cfg = compose_train([])
+    assert _plain(cfg.head) == MBM and _plain(cfg.sampling) == SAMPLING
+    smoke = compose_train(["experiment=smoke"])
+    assert _plain(smoke.head) == {**MBM, "width": 32, "depth": 1} and _plain(smoke.sampling) == {**SAMPLING,
+                                                                                                  "per_class": 2}
+    for other, values in OTHER_HEADS.items():
+        assert _plain(compose_train(["experiment=smoke", f"head={other}"]).head) == values
+    # an experiment's head size over a preset's: BAR-B's allocation and sampling, the smoke head's size
+    cfg = compose_train(["generator=bar_b", "experiment=smoke"])
+    assert _plain(cfg.head) == {**MBM, "width": 32, "depth": 1, "allocation": [2, 2, 5, 7]}
+    assert (cfg.sampling.guidance, cfg.sampling.temperature, cfg.sampling.per_class) == (5.0, 2.5, 2)
+
+
+def test_a_run_recorded_before_the_head_size_and_sampling_moved_still_continues(compose_train):
+    import json
+
+    from barlab.runtime.run_state import RUN_FILE, RunState
+
+    cfg = compose_train(["generator=bar_b"])
+    state = RunState.open(cfg)
+    old = state.record["recipe"]  # as recorded before the move: the preset's head size and sampling in generator
+    old["generator"].update(head_width=2048, head_depth=3, sampling={"guidance": 5.0, "schedule": "linear",
+                                                                     "temperature": 2.5, "allocation": [2, 2, 5, 7]})
+    (state.run_dir / RUN_FILE).write_text(json.dumps(state.record))
+    RunState.open(cfg)  # the same recipe
+    with pytest.raises(ConfigError, match=r"head.width \(was 2048, now 512\)"):
+        RunState.open(compose_train(["generator=bar_b", "head.width=512"]))

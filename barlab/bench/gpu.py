@@ -21,16 +21,24 @@ SIZES = {"ci": dict(sample_batch=4, train_batch=2), "real": dict(sample_batch=25
 GRID, BITS, NUM_CLASSES = (16, 16), 16, 1000
 
 
+def preset_sampling(cfg) -> tuple[dict, list[int] | None]:
+    """``(guidance / schedule / temperature, allocation)`` a run of ``cfg`` samples with: the top-level
+    ``sampling`` node (allocation None: the head's own, ``head.allocation``)."""
+    settings = {k: cfg.sampling[k] for k in ("guidance", "schedule", "temperature")}
+    allocation = cfg.sampling.allocation
+    return settings, None if allocation is None else [int(a) for a in allocation]
+
+
 def measure_preset(preset: str, ctx: BenchContext, s: dict, overrides=(), grid=GRID, bits=BITS) -> dict:
     """Sampling and training img/s (and training peak memory) of one preset on ``ctx.device``."""
     cfg = compose_generator(preset, "mbm", overrides)
     module = build_module(cfg, grid, bits, NUM_CLASSES, ctx.device, ctx.seed)
-    settings = {k: cfg.generator.sampling[k] for k in ("guidance", "schedule", "temperature")}
+    settings, allocation = preset_sampling(cfg)
     labels = torch.arange(s["sample_batch"], device=ctx.device) % NUM_CLASSES
 
     def sample():
         with autocast(ctx.device, "bf16-mixed"):
-            module.sampler.sample(labels, allocation=cfg.generator.sampling.allocation, **settings)
+            module.sampler.sample(labels, allocation=allocation, **settings)
 
     sampled = rate(measure(sample, ctx.device, ctx.warmup, ctx.repeats), s["sample_batch"])
     trainer = BareTrainer(module, ctx.device, "bf16-mixed")
@@ -39,8 +47,7 @@ def measure_preset(preset: str, ctx: BenchContext, s: dict, overrides=(), grid=G
     memory = peak_memory(lambda: trainer.step(batch), ctx.device)
     paper = PAPER_IMG_PER_S.get(preset)
     return {"preset": preset, "ar_steps": module.backbone.seq_len, "params": count_params(module),
-            **settings, "allocation": list(module.head.allocation if cfg.generator.sampling.allocation is None
-                                           else cfg.generator.sampling.allocation),
+            **settings, "allocation": list(module.head.allocation if allocation is None else allocation),
             "sample_batch": s["sample_batch"], "sample_img_per_s": sampled["rate"],
             "sample_min": sampled["rate_min"], "sample_max": sampled["rate_max"], "paper_img_per_s": paper,
             "vs_paper": ratio(sampled["rate"], paper), "train_batch": s["train_batch"],

@@ -35,9 +35,9 @@ GUIDANCE = 3.0
 
 def head_configs(s: dict) -> dict:
     """Composed configs per head, with the size's widths (the MBM allocation: cosine over 4 steps)."""
-    common = [f"generator.backbone.cond_dim={s['cond_dim']}", f"generator.head_width={s['mbm_width']}",
-              f"generator.head_depth={s['mbm_depth']}"]
-    extra = {"linear": [f"head.max_memory_gb={s['max_memory_gb']}"], "bitwise": [], "mbm": ["head.allocation=null"]}
+    common = [f"generator.backbone.cond_dim={s['cond_dim']}"]
+    extra = {"linear": [f"head.max_memory_gb={s['max_memory_gb']}"], "bitwise": [],
+             "mbm": [f"head.width={s['mbm_width']}", f"head.depth={s['mbm_depth']}", "head.allocation=null"]}
     return {h: compose_generator(s["preset"], h, common + extra[h]) for h in HEADS}
 
 

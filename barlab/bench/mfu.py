@@ -25,7 +25,7 @@ from barlab.bench.steps import BareTokenizerStep, BareTrainer, random_batch
 from barlab.bench.timing import measure
 from barlab.pipeline.trainer import auto_precision
 
-BAR_B_CI = ("generator.backbone.depth=1", "generator.head_width=256", "generator.head_depth=1")
+BAR_B_CI = ("generator.backbone.depth=1", "head.width=256", "head.depth=1")
 BAR_B_CPU = ("generator.backbone.depth=2",)
 # models: (name, preset, overrides, token grid, bits, batch); tokenizer: its batch (None: data.batch_size)
 SIZES = {

@@ -30,7 +30,7 @@ SIZES = {
                fuse_batches=(2, 4), cache_batch=4,
                overrides=("generator.backbone.width=32", "generator.backbone.depth=1", "generator.backbone.heads=2",
                           "generator.backbone.cond_dim=32", "generator.backbone.class_repeat=2",
-                          "generator.head_width=32", "generator.head_depth=1")),
+                          "head.width=32", "head.depth=1")),
     "real": dict(bits=16, grids=((8, 8), (16, 16)), shuffle_grid=(16, 16), batch_grid=(8, 8),
                  batches=(1, 8, 32, 64, 128), batch=8, fuse_batches=(8, 64), cache_batch=64, overrides=()),
 }

@@ -28,7 +28,7 @@ SIZES = {
     "ci": dict(grid=(4, 4), bits=4, batch=4, overrides=("generator.backbone.width=32", "generator.backbone.depth=1",
                                                         "generator.backbone.heads=2", "generator.backbone.cond_dim=32",
                                                         "generator.backbone.class_repeat=2",
-                                                        "generator.head_width=32", "generator.head_depth=1")),
+                                                        "head.width=32", "head.depth=1")),
     # the tiny preset at its own sizes: Fashion-MNIST's 8x8 grid of 16-bit tokens, generator.data.batch_size
     "real": dict(grid=(8, 8), bits=16, batch=None, overrides=()),
 }

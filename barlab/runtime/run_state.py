@@ -63,6 +63,20 @@ def _recipe(cfg: DictConfig) -> dict[str, Any]:
     return resolved_nodes(cfg, RECIPE_KEYS)
 
 
+# Keys a run recorded before they moved out of the generator node still carries there: the MBM head's
+# size (now head.width / head.depth, already in the recorded head node, resolved) and the preset's
+# sampling settings (now the top-level sampling node, which no recipe holds; its allocation was
+# head.allocation). Left out of an old record, so that such a run continues.
+MOVED_FROM_GENERATOR = ("head_width", "head_depth", "sampling")
+
+
+def _in_current_layout(recipe: dict[str, Any]) -> dict[str, Any]:
+    gen = recipe.get("generator")
+    if isinstance(gen, dict) and any(key in gen for key in MOVED_FROM_GENERATOR):
+        return {**recipe, "generator": {k: v for k, v in gen.items() if k not in MOVED_FROM_GENERATOR}}
+    return recipe
+
+
 def _first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
     """Dotted path of the first setting that differs between two recipes, None if equal."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -134,7 +148,7 @@ class RunState:
             if not cfg.get("resume", True) and cls.holds_work(run_dir):
                 raise ConfigError("resume", f"run folder {run_dir} already holds a run and resume=false",
                                   fix="choose a new run_name=..., or resume=true to continue it")
-            changed = _first_difference(record.get("recipe", {}), recipe)
+            changed = _first_difference(_in_current_layout(record.get("recipe", {})), recipe)
             if changed:
                 raise ConfigError("run_name", f"run folder {run_dir} holds a run with other settings: {changed}",
                                   fix="choose a new run_name=..., or run the original command to continue it")

@@ -1,6 +1,7 @@
 # Two commands do everything (each is safe to run again):
 #   make demo   - set up (venv, packages, Fashion-MNIST) and run the main job
-#   make test   - set up, lint (ruff) and run the test suite
+#   make test   - set up, lint (ruff) and run the test suite (the full tier: what CI runs)
+#   make test-quick - the same, quick tier only: in-process tests, one smoke pipeline, one refusal per tool
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,13 +10,20 @@ STAMP_DEV := $(VENV)/.barlab-dev-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 ARGS   ?=
 
-.PHONY: demo test lint setup setup-dev data clean
+.PHONY: demo test test-quick lint setup setup-dev data clean
 
 demo: setup data
 	$(PY) -m barlab.train $(ARGS)
 
 test: setup-dev lint
 	$(PY) -m pytest $(ARGS)
+
+# Tests that start a Python process are marked `process` by tests/conftest.py; the quick tier keeps
+# those also marked `quick` (the shared smoke pipeline and one refusal per entry point).
+QUICK := not process or quick
+
+test-quick: setup-dev lint
+	$(PY) -m pytest -m "$(QUICK)" $(ARGS)
 
 # lint rules: [tool.ruff] in pyproject.toml (ruff comes with the dev extra)
 lint: setup-dev

@@ -38,3 +38,150 @@ def compose_train(tmp_path):
         return cfg
 
     return _compose
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One whole ``python -m barlab.train experiment=smoke run_name=smoke`` pipeline (tokenizer, evaluation
+    classifier, generator, samples, scores), run once per session and read by the tests of evaluation,
+    logging, sampling and resume. ``.proc`` is its finished process, ``.root`` its BARLAB_ROOT (data under
+    ``root/data``), ``.run`` its run folder. Tests that write go to their own folders next to it, or copy it."""
+    from types import SimpleNamespace
+
+    from helpers import SMOKE_RUN_ARGS, run_module
+
+    root = tmp_path_factory.mktemp("smoke")
+    proc = run_module("barlab.train", *SMOKE_RUN_ARGS, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return SimpleNamespace(proc=proc, root=root, run=root / "outputs" / "smoke" / "runs" / "smoke")
+
+
+@pytest.fixture(scope="session")
+def ddp_runs(tmp_path_factory):
+    """Two ``trainer=ddp_cpu`` smoke pipelines on 2 ranks in one root, ``run_name=a`` then ``run_name=b``:
+    ``a`` trains its tokenizer (an empty tokenizer cache), ``b`` finds it in the cache. Read by
+    test_ddp.py (a) and test_tokenizer_cache.py (a and b). ``.procs`` maps the run names to their processes."""
+    from types import SimpleNamespace
+
+    from helpers import run_module
+
+    root = tmp_path_factory.mktemp("ddp")
+    procs = {}
+    for name in ("a", "b"):
+        procs[name] = run_module("barlab.train", "trainer=ddp_cpu", "experiment=smoke", "metrics.backend=random",
+                                 f"run_name={name}", cwd=root, timeout=240)
+        assert procs[name].returncode == 0, procs[name].stderr[-3000:]
+    return SimpleNamespace(root=root, procs=procs, runs=root / "outputs" / "smoke" / "runs")
+
+
+@pytest.fixture(scope="session")
+def smoke_tokenizer(tmp_path_factory):
+    """A smoke ``tokenizer.pt`` (``stage=tokenizer``, no rFID) for generator jobs: the Optuna search and the
+    SLURM generator jobs. Trained once per session, in a process of its own."""
+    from helpers import run_module
+
+    root = tmp_path_factory.mktemp("tokenizer")
+    proc = run_module("barlab.train", "experiment=smoke", "stage=tokenizer", "metrics.rfid.enabled=false",
+                      f"hydra.run.dir={root / 'run'}", cwd=root, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "run" / "tokenizer.pt"
+
+
+
+# ------------------------------------------------------------------------------------------------
+# Tiers. A test that starts a process (a barlab entry point through helpers.run_module, a background
+# run, `python -c`, a notebook kernel) costs a Python start-up of 5-6 s and is marked `process` here,
+# automatically: its code, the helpers of its module it calls, or one of its fixtures names run_module,
+# start_module, subprocess or Popen. `make test-quick` runs `-m "not process or quick"`: every
+# in-process test plus the few process tests marked `quick` (one smoke pipeline, one refusal per
+# entry point). A test that starts a Python process without being marked `process` fails, so the
+# quick tier cannot grow a process start unnoticed. The count of started Python processes is printed
+# at the end of every run.
+
+import inspect  # noqa: E402
+import sys  # noqa: E402
+import types  # noqa: E402
+
+PROCESS_NAMES = {"run_module", "start_module", "subprocess", "Popen"}
+_STARTS: dict[str, list[str]] = {}        # test id -> Python command lines it started
+_CURRENT: list[str | None] = [None]
+
+
+def _names(code: types.CodeType) -> set[str]:
+    """The global and attribute names a code object and the functions nested in it use."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const)
+    return names
+
+
+def starts_processes(func, seen: set | None = None) -> bool:
+    """Whether ``func``, or a function of its own module that it calls, names a process starter."""
+    seen = set() if seen is None else seen
+    func = inspect.unwrap(func)
+    code = getattr(func, "__code__", None)
+    if code is None or code in seen:
+        return False
+    seen.add(code)
+    names = _names(code)
+    if names & PROCESS_NAMES:
+        return True
+    module_globals = getattr(func, "__globals__", {})
+    return any(starts_processes(module_globals[name], seen) for name in names
+               if inspect.isfunction(module_globals.get(name))
+               and module_globals[name].__module__ == func.__module__)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("process") or not isinstance(item, pytest.Function):
+            continue
+        fixtures = [fixturedef.func for defs in item._fixtureinfo.name2fixturedefs.values() for fixturedef in defs]
+        if any(starts_processes(func) for func in [item.function, *fixtures]):
+            item.add_marker(pytest.mark.process)
+
+
+def _is_python(argv) -> bool:
+    first = argv if isinstance(argv, (str, bytes, os.PathLike)) else (list(argv) or [""])[0]
+    name = os.path.basename(os.fsdecode(first)).split()[0] if first else ""
+    return first == sys.executable or name.startswith("python")
+
+
+def _audit(event: str, args) -> None:
+    if event == "subprocess.Popen" and _CURRENT[0] is not None and _is_python(args[1]):
+        argv = args[1] if not isinstance(args[1], (str, bytes)) else [args[1]]
+        _STARTS.setdefault(_CURRENT[0], []).append(" ".join(os.fsdecode(a) for a in argv)[:200])
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _CURRENT[0] = item.nodeid
+    try:
+        return (yield)
+    finally:
+        _CURRENT[0] = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    started = _STARTS.get(item.nodeid)
+    if call.when == "teardown" and started and not item.get_closest_marker("process") and report.passed:
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} started {len(started)} Python process(es) but is not marked `process` "
+                           f"(tests/conftest.py finds run_module/start_module/subprocess/Popen in the test, its "
+                           f"module's helpers or its fixtures; else add @pytest.mark.process): {started}")
+    return report
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _STARTS:
+        terminalreporter.write_line("Python processes started by tests: 0")
+        return
+    total = sum(len(v) for v in _STARTS.values())
+    terminalreporter.write_line(f"Python processes started by tests: {total}, by {len(_STARTS)} tests "
+                                "(children of those processes not counted)")

@@ -111,7 +111,34 @@ def test_target_aware_rope_uses_the_order():
     ca, cb = model(bits, LABELS, a), model(bits, LABELS, b)
     assert torch.equal(ca[:, :2], cb[:, :2]) and not torch.allclose(ca[:, 2], cb[:, 2])
     plain = tiny(target_aware_pos=False, target_aware_rope=False)
-    assert torch.allclose(plain(bits, LABELS, a)[:, 2], plain(bits, LABELS, b)[:, 2])
+    assert torch.equal(plain(bits, LABELS, a)[:, 2], plain(bits, LABELS, b)[:, 2])
+    # only the seen tokens and the target matter: an order that agrees with b on its first 3 entries (two seen,
+    # one target) gives the same cond[:, :3]
+    c = b.clone()
+    c[:, 3:] = c[:, 3:].flip(1)
+    assert not torch.equal(b, c) and torch.equal(model(bits, LABELS, c)[:, :3], cb[:, :3])
+
+    # the rotations the attention gets for order b, by hand: keys and the first heads // 2 query heads at
+    # the slot's own grid position, the last heads // 2 query heads at the target's. Slot P + 1 holds token
+    # b[1] = 1 (row 0, col 1) and predicts b[2] = 3 (row 0, col 3); head_dim 8: frequencies 1 and 0.01,
+    # angles (row·f, col·f).
+    seen = []
+    rope_forward = model.rope.forward
+    model.rope.forward = lambda current, target: seen.append((current, target)) or rope_forward(current, target)
+    model(bits, LABELS, b)
+    ((current, target),) = seen
+    P = model.prefix_len
+    assert torch.equal(current, torch.cat([torch.full((3, P), L), b[:, :-1]], dim=1))
+    assert torch.equal(target, torch.cat([b[:, :1].expand(3, P - 1), b], dim=1))
+    rotation = rope_forward(current, target)
+    own = torch.tensor([0.0, 0.0, 1.0, 0.01]).cos()
+    aimed = torch.tensor([0.0, 0.0, 3.0, 0.03]).cos()
+    torch.testing.assert_close(rotation.k_cos[0, 0, P + 1], own, check_dtype=False)
+    torch.testing.assert_close(rotation.q_cos[0, :2, P + 1], own.expand(2, 4), check_dtype=False)
+    torch.testing.assert_close(rotation.q_cos[0, 2:, P + 1], aimed.expand(2, 4), check_dtype=False)
+    aimed_sin = torch.tensor([0.0, 0.0, 3.0, 0.03]).sin()
+    torch.testing.assert_close(rotation.q_sin[0, 2:, P + 1], aimed_sin.expand(2, 4), check_dtype=False)
+    torch.testing.assert_close(rotation.k_cos[0, 0, 0], torch.ones(4), check_dtype=False)    # prefix: no rotation
 
 
 def test_drop_labels():

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from helpers import read_json, run_module
+from helpers import error_lines, read_json, run_module
 
 from barlab.bench import BENCHMARKS
 
@@ -129,6 +129,9 @@ def test_bench_gpu_measurement_runs_on_cpu_at_toy_size():
     assert row["paper_img_per_s"] == 24.3 and row["sample_img_per_s"] > 0 and row["train_img_per_s"] > 0
 
 
+@pytest.mark.quick
 def test_bench_refuses_an_unknown_benchmark(tmp_path):
     proc = run_module("barlab.bench", "bench=nope", f"out_dir={tmp_path / 'run'}", cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2 and "unknown benchmark 'nope'" in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert error_lines(proc.stderr) == [f"error: bench: unknown benchmark 'nope'; choose all or one of "
+                                        f"{', '.join(BENCHMARKS)} (fix: bench=all)"]

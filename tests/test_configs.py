@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -66,7 +68,10 @@ def test_each_quantizer_trains_a_few_steps(tmp_path, quantizer, bits_per_token, 
     assert body["bits_per_token"] == bits_per_token      # fsq [8,5,5,5]: ceil(log2 1000) = 10; kl: 4 ch x 16
     assert body["bits_per_image"] == 16 * bits_per_token  # 4x4 grid at 16 px, f=4
     assert body["train_steps"] == 3
-    assert (tmp_path / "run" / "results.json").is_file()
+    written = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert written["status"] == "ok" and written["stage"] == "tokenizer"
+    assert {k: written[k] for k in ("bits_per_token", "bits_per_image", "psnr", "train_steps")} == \
+        {k: body[k] for k in ("bits_per_token", "bits_per_image", "psnr", "train_steps")}
     assert (len(body["bit_stats"].get("usage", [])) == 8) == (quantizer == "binary_fsq")
 
 
@@ -167,7 +172,10 @@ def test_logger_and_data_options_build_their_objects(compose_train, tmp_path):
     assert isinstance(instantiate(data.source), SyntheticSource) and data.channels == 3
     data = compose_train(["data=fashion_mnist"]).data
     assert data.source._target_ == "barlab.data.FashionMNISTSource" and data.channels == 1 and data.image_size == 32
-    assert FashionMNISTSource.__name__ == "FashionMNISTSource"
+    fm = instantiate(data.source)                     # building the source reads and downloads nothing yet
+    assert type(fm) is FashionMNISTSource and fm.idx_dir is None and fm.allow_download is True
+    assert fm.download_dir == str(tmp_path / "data" / "downloads" / "fashion_mnist")   # from paths.data_dir
+    assert not (tmp_path / "data").exists()
     smoke = compose_train(["experiment=smoke"])
     assert (smoke.generator.backbone.width, smoke.data.image_size, smoke.trainer.accelerator) == (32, 16, "cpu")
 

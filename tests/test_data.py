@@ -213,6 +213,9 @@ def test_datamodule_round_trip_synthetic(tmp_path):
     assert [len(b["label"]) for b in val] == [10, 10, 4]
     expected = list(source.iter_samples("val"))
     assert torch.cat([b["label"] for b in val]).tolist() == [label for _, _, label in expected]
+    # and the images: the source's own, through the shards (PNG, lossless) and the eval transform (12 -> 16 px)
+    by_hand = torch.stack([ImageTransform(16, 3, train=False)(image) for _, image, _ in expected])
+    assert torch.equal(torch.cat([b["image"] for b in val]), by_hand)
     eval_tf = ImageTransform(16, 3, train=False)
     assert torch.allclose(val[0]["image"][3], eval_tf(expected[3][1]))  # PNG is lossless
     assert dm.skipped == 0
@@ -373,10 +376,14 @@ def test_import_does_not_pull_torchvision():
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 
+@pytest.mark.quick
 def test_cli(tmp_path):
+    from helpers import call_main
+
     out = tmp_path / "syn"
-    res = _run_cli("synthetic", "--out", str(out), "--num-train", "12", "--num-val", "5", "--image-size", "8",
-                   "--maxcount", "5")
+    # in-process (barlab.shard.main with this argv); the refusal below runs as a real process
+    res = call_main("barlab.shard", "synthetic", "--out", str(out), "--num-train", "12", "--num-val", "5",
+                    "--image-size", "8", "--maxcount", "5", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["splits"]["train"]["num_samples"] == 12 and len(manifest["splits"]["train"]["shards"]) == 3

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import read_json, run_module
+from helpers import call_main, read_json, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -28,14 +28,13 @@ def shard_lines(log: Path, what: str) -> dict[int, list[str]]:
     return found
 
 
-def test_ddp_cpu_runs_the_whole_pipeline_on_two_ranks(tmp_path):
-    proc = run_module("barlab.train", "trainer=ddp_cpu", "experiment=smoke", "metrics.backend=random",
-                      "run_name=ddp", cwd=tmp_path, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    folder = tmp_path / "outputs" / "smoke" / "runs" / "ddp"
+def test_ddp_cpu_runs_the_whole_pipeline_on_two_ranks(ddp_runs):
+    """Run ``a`` of the session's two DDP smoke runs (conftest.py): the first, with an empty tokenizer cache."""
+    folder = ddp_runs.runs / "a"
     results = read_json(folder / "results.json")
     assert results["status"] == "ok"
     assert results["tokenizer"]["train_steps"] == 20 and results["generator"]["train_steps"] == 10
+    assert results["tokenizer"]["cache"]["hit"] is False
 
     rank0, rank1 = folder / "train.log", folder / "train_ddp_process_1.log"
     for what, shards in (("train image", ["train-000000.tar", "train-000001.tar", "train-000002.tar",
@@ -48,8 +47,19 @@ def test_ddp_cpu_runs_the_whole_pipeline_on_two_ranks(tmp_path):
     # rank 0 alone wrote the artifacts: one of each, and rank 1 logged no write of its own
     assert (folder / "tokenizer.pt").is_file() and (folder / "generator.pt").is_file()
     assert "pretokenizing" in rank0.read_text() and "pretokenizing" not in rank1.read_text()
-    assert results["gfid"] is not None
     assert processes_mentioning(str(folder)) == []          # no rank outlives the job
+    # the gFID is rank 0's score of the 16 samples it wrote, not of a gathered or duplicated set:
+    # barlab.evaluate (in-process) on samples.npz with the same settings gives the same number
+    scores = results["generator"]["gfid_eval"]
+    assert results["gfid"] == scores["fid"] and scores["num_samples"] == 16 and scores["backend"] == "random"
+    out = ddp_runs.root / "ddp_rescored.json"
+    proc = call_main("barlab.evaluate", "data=synthetic", "data.image_size=16", "metrics.backend=random",
+                     "metrics.reference.max_samples=256", "metrics.batch_size=64", "metrics.kid_subset_size=16",
+                     f"samples={folder / 'samples.npz'}", f"out={out}", cwd=ddp_runs.root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = read_json(out)
+    assert again["num_samples"] == 16 and again["num_reference"] == scores["num_reference"]
+    assert again["fid"] == pytest.approx(scores["fid"], rel=1e-5)
 
 
 def test_a_sweep_of_ddp_jobs_in_one_process_starts_fresh_ranks_per_job(tmp_path):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import error_lines, read_json, run_module
+from helpers import call_main, error_lines, read_json, run_module
 
 FAST = ["experiment=smoke", "metrics.rfid.enabled=false", "metrics.gfid.enabled=false"]
 
@@ -51,7 +51,9 @@ def fingerprint(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[str
 
 
 def one_error(proc: subprocess.CompletedProcess) -> str:
-    """The single ``error:`` line of a refused run (exit 2, no traceback)."""
+    """The single ``error:`` line of a refused run (exit 2, no traceback). The refused runs below call
+    barlab.train's main() in-process (helpers.call_main): the same exit status and stderr, without a
+    process start-up; tests/test_train.py runs a refusal as a real process."""
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = error_lines(proc.stderr)
     assert len(lines) == 1, proc.stderr[-3000:]
@@ -70,9 +72,9 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(workdir
     extra = ([f"tokenizer_ckpt={trained_run / 'tokenizer.pt'}", f"generator.data.shards_dir={trained_run / 'tokens'}"]
              if stage == "generator" else [])
     # an absurd learning rate (a user's typo): the weights explode after step 1, the loss of step 2 is NaN
-    proc = run_module("barlab.train", *FAST, f"stage={stage}", *extra, f"{stage}.max_steps=8",
-                      f"{stage}.optim.lr=1e30", "callbacks.model_checkpoint.every_n_train_steps=1",
-                      f"hydra.run.dir={run_dir}", cwd=workdir)
+    proc = call_main("barlab.train", *FAST, f"stage={stage}", *extra, f"{stage}.max_steps=8",
+                     f"{stage}.optim.lr=1e30", "callbacks.model_checkpoint.every_n_train_steps=1",
+                     f"hydra.run.dir={run_dir}", cwd=workdir)
     line = one_error(proc)
     last = run_dir / "checkpoints" / stage / "last.ckpt"
     assert line.startswith(f"error: {stage}: loss is nan at step 2;"), line
@@ -91,9 +93,9 @@ def test_ckpt_path_of_another_head_is_refused_and_overwrites_nothing(workdir, tr
     run_dir = workdir / "other_head"
     ckpt = trained_run / "checkpoints" / "generator" / "last.ckpt"
     before = fingerprint(trained_run)
-    proc = run_module("barlab.train", *FAST, "stage=generator", "head=bitwise", f"ckpt_path={ckpt}",
-                      f"tokenizer_ckpt={trained_run / 'tokenizer.pt'}",
-                      f"generator.data.shards_dir={trained_run / 'tokens'}", f"hydra.run.dir={run_dir}", cwd=workdir)
+    proc = call_main("barlab.train", *FAST, "stage=generator", "head=bitwise", f"ckpt_path={ckpt}",
+                     f"tokenizer_ckpt={trained_run / 'tokenizer.pt'}",
+                     f"generator.data.shards_dir={trained_run / 'tokens'}", f"hydra.run.dir={run_dir}", cwd=workdir)
     line = one_error(proc)
     assert f"checkpoint {ckpt}: it was trained with head=mbm" in line and "this run has head=bitwise" in line, line
     assert fingerprint(trained_run) == before
@@ -105,8 +107,8 @@ def test_ckpt_path_of_another_bit_width_is_refused(workdir, trained_run):
     run_dir = workdir / "other_bits"
     ckpt = trained_run / "checkpoints" / "tokenizer" / "last.ckpt"
     before = fingerprint(trained_run)
-    proc = run_module("barlab.train", *FAST, "stage=tokenizer", "tokenizer.bits=8", f"ckpt_path={ckpt}",
-                      f"hydra.run.dir={run_dir}", cwd=workdir)
+    proc = call_main("barlab.train", *FAST, "stage=tokenizer", "tokenizer.bits=8", f"ckpt_path={ckpt}",
+                     f"hydra.run.dir={run_dir}", cwd=workdir)
     line = one_error(proc)
     assert str(ckpt) in line and "tokenizer.bits=16" in line and "this run has tokenizer.bits=8" in line, line
     assert fingerprint(trained_run) == before
@@ -117,9 +119,9 @@ def test_ckpt_path_of_another_bit_width_is_refused(workdir, trained_run):
 def test_tokenizer_checkpoint_given_to_the_generator_stage_is_refused(workdir, trained_run):
     ckpt = trained_run / "checkpoints" / "tokenizer" / "last.ckpt"
     run_dir = workdir / "tok_ckpt_to_gen"
-    proc = run_module("barlab.train", *FAST, "stage=generator", f"ckpt_path={ckpt}",
-                      f"tokenizer_ckpt={trained_run / 'tokenizer.pt'}",
-                      f"generator.data.shards_dir={trained_run / 'tokens'}", f"hydra.run.dir={run_dir}", cwd=workdir)
+    proc = call_main("barlab.train", *FAST, "stage=generator", f"ckpt_path={ckpt}",
+                     f"tokenizer_ckpt={trained_run / 'tokenizer.pt'}",
+                     f"generator.data.shards_dir={trained_run / 'tokens'}", f"hydra.run.dir={run_dir}", cwd=workdir)
     line = one_error(proc)
     assert str(ckpt) in line and "checkpoint of the tokenizer stage" in line and "stage=generator" in line, line
     assert not (run_dir / "checkpoints").exists()
@@ -133,17 +135,17 @@ def test_checkpoint_without_identity_that_does_not_fit_gets_one_line(workdir, tr
     del payload["barlab"]
     torch.save(payload, old)
     run_dir = workdir / "old_ckpt"
-    proc = run_module("barlab.train", *FAST, "stage=generator", "head=bitwise", f"ckpt_path={old}",
-                      f"tokenizer_ckpt={trained_run / 'tokenizer.pt'}",
-                      f"generator.data.shards_dir={trained_run / 'tokens'}", f"hydra.run.dir={run_dir}", cwd=workdir)
+    proc = call_main("barlab.train", *FAST, "stage=generator", "head=bitwise", f"ckpt_path={old}",
+                     f"tokenizer_ckpt={trained_run / 'tokenizer.pt'}",
+                     f"generator.data.shards_dir={trained_run / 'tokens'}", f"hydra.run.dir={run_dir}", cwd=workdir)
     line = one_error(proc)
     assert str(old) in line and "weights do not fit this run's model" in line and "head." in line, line
 
 
 def test_generator_file_as_tokenizer_ckpt_is_refused(workdir, trained_run):
     generator_pt = trained_run / "generator.pt"
-    proc = run_module("barlab.train", *FAST, "stage=generator", f"tokenizer_ckpt={generator_pt}",
-                      f"hydra.run.dir={workdir / 'gen_as_tok'}", cwd=workdir)
+    proc = call_main("barlab.train", *FAST, "stage=generator", f"tokenizer_ckpt={generator_pt}",
+                     f"hydra.run.dir={workdir / 'gen_as_tok'}", cwd=workdir)
     line = one_error(proc)
     assert f"tokenizer_ckpt={generator_pt}: this is a barlab generator file" in line and "not a tokenizer" in line
     assert "fix: tokenizer_ckpt=<run>/tokenizer.pt" in line
@@ -161,8 +163,8 @@ def test_file_that_is_no_checkpoint_gets_one_line(workdir, trained_run, knob, da
         bad.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
     stage = "tokenizer" if knob == "ckpt_path" else "generator"
     run_dir = workdir / f"bad_{damage}_{knob}"
-    proc = run_module("barlab.train", *FAST, f"stage={stage}", f"{knob}={bad}", f"hydra.run.dir={run_dir}",
-                      cwd=workdir)
+    proc = call_main("barlab.train", *FAST, f"stage={stage}", f"{knob}={bad}", f"hydra.run.dir={run_dir}",
+                     cwd=workdir)
     line = one_error(proc)
     assert str(bad) in line, line
     expected = "it is not a checkpoint" if damage == "text" else "it is cut short"
@@ -191,8 +193,8 @@ def test_ckpt_path_with_the_same_settings_resumes_from_its_step(workdir, trained
 def test_bad_generator_knob_fails_before_the_tokenizer_trains(workdir):
     run_dir = workdir / "heads7"
     start = time.monotonic()
-    proc = run_module("barlab.train", *FAST, "stage=all", "generator.backbone.heads=7", f"hydra.run.dir={run_dir}",
-                      cwd=workdir, timeout=120)
+    proc = call_main("barlab.train", *FAST, "stage=all", "generator.backbone.heads=7", f"hydra.run.dir={run_dir}",
+                     cwd=workdir)
     line = one_error(proc)
     assert line.startswith("error: generator.backbone.heads: must divide width 32, got 7"), line
     assert not (run_dir / "checkpoints").exists()
@@ -266,8 +268,8 @@ def small_disk(tmp_path):
 
 def test_disk_full_while_writing_shards(workdir, small_disk):
     out = small_disk / "shards"
-    proc = run_module("barlab.shard", "synthetic", "--out", str(out), "--num-train", "20000",
-                      "--image-size", "32", cwd=workdir)
+    proc = call_main("barlab.shard", "synthetic", "--out", str(out), "--num-train", "20000",
+                     "--image-size", "32", cwd=workdir)
     line = one_error(proc)
     assert line.startswith(f"error: disk full while writing {out} ("), line
     assert not out.exists()                                             # no folder that looks complete
@@ -276,8 +278,8 @@ def test_disk_full_while_writing_shards(workdir, small_disk):
 
 def test_disk_full_while_writing_a_checkpoint(workdir, small_disk):
     run_dir = small_disk / "run"                                        # a 4 MB tokenizer checkpoint on 3 MiB
-    proc = run_module("barlab.train", *FAST, "stage=tokenizer", "tokenizer.max_steps=4",
-                      "callbacks.model_checkpoint.every_n_train_steps=2", f"hydra.run.dir={run_dir}", cwd=workdir)
+    proc = call_main("barlab.train", *FAST, "stage=tokenizer", "tokenizer.max_steps=4",
+                     "callbacks.model_checkpoint.every_n_train_steps=2", f"hydra.run.dir={run_dir}", cwd=workdir)
     line = one_error(proc)
     assert line.startswith(f"error: disk full while writing {run_dir / 'checkpoints' / 'tokenizer'}/"), line
     ckpt_dir = run_dir / "checkpoints" / "tokenizer"

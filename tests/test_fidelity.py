@@ -32,7 +32,7 @@ from barlab.generator.sampler import ARSampler
 from barlab.lightning.optim import decay_groups
 from barlab.pipeline.preflight import check_config
 from barlab.runtime.distributed import split_global_batch
-from tests.helpers import error_lines, read_json, run_module
+from tests.helpers import call_main, error_lines, read_json
 
 
 def compose_preset(*overrides: str):
@@ -169,20 +169,20 @@ def write_generator(tmp_path: Path, head_kind: str = "mbm") -> Path:
 
 def test_barlab_sample_takes_the_allocation_and_refuses_a_bad_one_in_one_line(tmp_path):
     ckpt = write_generator(tmp_path)
-    proc = run_module("barlab.sample", f"ckpt={ckpt}", "per_class=1", "png=false", "device=cpu",
-                      "sampling.allocation=[1,3]", f"out_dir={tmp_path / 'a13'}", cwd=tmp_path)
+    proc = call_main("barlab.sample", f"ckpt={ckpt}", "per_class=1", "png=false", "device=cpu",
+                     "sampling.allocation=[1,3]", f"out_dir={tmp_path / 'a13'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert read_json(tmp_path / "a13" / "sample_info.json")["sampling"]["allocation"] == [1, 3]
-    proc = run_module("barlab.sample", f"ckpt={ckpt}", "per_class=1", "device=cpu", "sampling.allocation=[4,4,4,4]",
-                      f"out_dir={tmp_path / 'bad'}", cwd=tmp_path)
+    proc = call_main("barlab.sample", f"ckpt={ckpt}", "per_class=1", "device=cpu", "sampling.allocation=[4,4,4,4]",
+                     f"out_dir={tmp_path / 'bad'}", cwd=tmp_path)
     assert proc.returncode == 2
     (line,) = error_lines(proc.stderr)
     assert line.startswith("error: sampling.allocation:") and "sums to 16" in line
     assert not (tmp_path / "bad").exists()
     (tmp_path / "bw").mkdir()
     bitwise = write_generator(tmp_path / "bw", "bitwise")
-    proc = run_module("barlab.sample", f"ckpt={bitwise}", "per_class=1", "device=cpu", "sampling.allocation=[2,2]",
-                      cwd=tmp_path)
+    proc = call_main("barlab.sample", f"ckpt={bitwise}", "per_class=1", "device=cpu", "sampling.allocation=[2,2]",
+                     cwd=tmp_path)
     assert proc.returncode == 2
     (line,) = error_lines(proc.stderr)
     assert line.startswith("error: sampling.allocation:") and "MBM" in line
@@ -317,7 +317,7 @@ def test_head_study_table_shows_each_heads_parameter_count(tmp_path):
             "gfid": 1.0, "generator": {"params_head": params, "params_backbone": 10}}))
     frame = load_sweep(tmp_path)
     assert frame.sort_values("job")["params_head"].tolist() == [6176, 1068292]
-    proc = run_module("barlab.analysis", str(tmp_path), cwd=tmp_path)
+    proc = call_main("barlab.analysis", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 0 and "params_head" in proc.stdout and "1068292" in proc.stdout
 
 
@@ -330,8 +330,19 @@ def test_paper_presets_train_with_a_global_batch_of_2048_on_8_gpus(preset, per_r
     gen = cfg.generator
     assert gen.global_batch_size == 2048
     assert split_global_batch(2048, 8, gen.data.batch_size, "generator.global_batch_size") == (per_rank, accumulation)
-    text = (CONFIG_DIR / "generator" / f"{preset}.yaml").read_text()
-    assert "2,048" in text or "2048" in text
+    # as the stage applies it to a trainer: 8 GPUs, and 1 GPU (the per-rank batch kept, 8x the accumulation);
+    # validation periods stay in optimizer steps
+    from types import SimpleNamespace
+
+    from barlab.runtime.distributed import apply_global_batch
+
+    for world, expected in ((8, (per_rank, accumulation)), (1, (per_rank, accumulation * 8))):
+        trainer = SimpleNamespace(world_size=world, val_check_interval=100, accumulate_grad_batches=1)
+        data = SimpleNamespace(batch_size=gen.data.batch_size)
+        apply_global_batch(trainer, data, gen.global_batch_size, "generator.global_batch_size")
+        assert (data.batch_size, trainer.accumulate_grad_batches) == expected, world
+        assert data.batch_size * trainer.accumulate_grad_batches * world == 2048
+        assert trainer.val_check_interval == 100 * expected[1]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
 from barlab.analysis.grid import DEFAULT_ALLOCATION, best_points, load_grid
 from barlab.analysis.plots import plot_sampling_grid
@@ -37,7 +38,8 @@ def test_allocation_overrides_never_join_the_default_grid(tmp_path):
     default_panel = next(ax for ax in fig.axes if ax.get_title().endswith(DEFAULT_ALLOCATION))
     cells = sorted(float(text.get_text()) for text in default_panel.texts)
     assert cells == [4.7, 5.0, 5.5, 6.0]                                  # the 4.5 and 27.8 points are not in it
-    assert (tmp_path / "grid.png").stat().st_size > 0
+    with Image.open(tmp_path / "grid.png") as png:     # the figure itself, at the 120 dpi it is saved with
+        assert png.size == tuple(round(v) for v in fig.get_size_inches() * 120)
 
 
 def test_two_runs_of_one_head_are_two_surfaces(tmp_path):
@@ -59,8 +61,8 @@ def test_an_unscored_grid_has_no_best_point(tmp_path):
     folder.mkdir()
     (folder / "sample_info.json").write_text(json.dumps({"sampling": {"guidance": 3, "temperature": 1}}))
     frame = load_grid(tmp_path)
-    assert isinstance(best_points(frame.assign(fid=float("nan"))), pd.DataFrame) and best_points(
-        frame.assign(fid=float("nan"))).empty
+    best = best_points(frame.assign(fid=float("nan")))
+    assert isinstance(best, pd.DataFrame) and best.empty and list(best.columns) == [*frame.columns, "fid"]
 
 
 def test_refused_points_sit_below_every_head_line():

@@ -194,6 +194,16 @@ def test_cfg_unit_guidance_is_conditional_path(name):
     assert torch.equal(ref, same) and torch.equal(ref, per_row)
     guided = head.sample(cond, uncond, 4.0, temperature=1.0, generator=torch.Generator().manual_seed(7))
     assert (guided != ref).any(dim=-1).sum() > 0
+    if name != "mbm":  # one draw per token: at τ = 0 the bits are the argmax of l_u + 4 (l_c - l_u), by hand
+        from barlab.generator.heads.base import code_to_bits
+
+        with torch.no_grad():
+            lc, lu = head.logits(cond), head.logits(uncond)
+            mixed = lu + 4.0 * (lc - lu)
+        by_hand = code_to_bits(mixed.argmax(-1), k) if name == "linear" else mixed.argmax(-1)
+        greedy = head.sample(cond, uncond, 4.0, temperature=0.0)
+        assert torch.equal(greedy.float(), by_hand.float())
+        assert not torch.equal(greedy, head.sample(cond, None, 1.0, temperature=0.0))   # g = 4 is not g = 1
     # per-row scales: rows with g == 1 stay exactly on the conditional path
     mixed_g = torch.where(torch.arange(n) % 2 == 0, 1.0, 4.0)
     mixed = head.sample(cond, uncond, mixed_g, temperature=0.0)

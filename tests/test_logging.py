@@ -20,24 +20,13 @@ from barlab.lightning.callbacks.image_log import log_image
 from barlab.lightning.callbacks.progress_log import ProgressLog, format_duration
 from barlab.utils.log_routing import LIGHTNING_LOGGERS, route_lightning_logs
 from barlab.utils.progress import bars_shown, progress
-from tests.helpers import run_module
 
 TIMESTAMP = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]")
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """One ``experiment=smoke`` CLI run: its process result and run folder."""
-    cwd = tmp_path_factory.mktemp("logging")
-    run_dir = cwd / "run"
-    proc = run_module("barlab.train", "experiment=smoke", f"hydra.run.dir={run_dir}", cwd=cwd)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc, run_dir
-
-
-@pytest.mark.slow
+@pytest.mark.quick
 def test_smoke_run_prints_every_line_once_without_tips(smoke_run):
-    proc, run_dir = smoke_run
+    proc, run_dir = smoke_run.proc, smoke_run.run     # the session's smoke run (conftest.py)
     for stream in (proc.stdout, proc.stderr):
         lines = [line for line in stream.splitlines() if line.strip()]
         repeats = [a for a, b in zip(lines, lines[1:]) if a == b]
@@ -50,9 +39,9 @@ def test_smoke_run_prints_every_line_once_without_tips(smoke_run):
     assert (run_dir / "train.log").read_text().count("`Trainer.fit` stopped") == 3
 
 
-@pytest.mark.slow
+@pytest.mark.quick
 def test_each_stage_sends_the_config_to_its_loggers(smoke_run):
-    _, run_dir = smoke_run
+    run_dir = smoke_run.run
     for stage in ("tokenizer", "generator"):
         hparams = yaml.safe_load((run_dir / "csv" / stage / "hparams.yaml").read_text())
         assert hparams["generator"]["optim"]["lr"] == 1e-3 and hparams["tokenizer"]["bits"] == 16, stage

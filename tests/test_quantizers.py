@@ -229,15 +229,23 @@ def test_fsq_uses_every_level():
     assert codes[0, 1].unique().tolist() == list(range(5))
 
 
-def test_fsq_ste_gradient_and_forward_output():
+def test_fsq_ste_gradient_and_forward_output(monkeypatch):
     q = FSQ(latent_channels=6, levels=[8, 8, 8, 5, 5, 5])
     z = torch.randn(2, 6, 4, 4, requires_grad=True)
+    upstream = torch.randn(2, 6, 4, 4)
     out = q(z)
     assert out.bits is None
     assert out.codes.shape == (2, 4, 4, 6) and out.codes.dtype == torch.long
     assert out.loss.item() == 0.0
-    out.latent.sum().backward()
-    assert z.grad.abs().sum() > 0
+    (out.latent * upstream).sum().backward()
+    # straight through: the gradient of the whole module (projections included) is that of the same module
+    # with the rounding taken out, while its forward value is not
+    soft_z = z.detach().clone().requires_grad_(True)
+    monkeypatch.setattr(torch, "round", lambda x: x)
+    soft = q(soft_z)
+    (soft.latent * upstream).sum().backward()
+    assert z.grad.abs().sum() > 0 and torch.equal(z.grad, soft_z.grad)
+    assert not torch.allclose(soft.latent, out.latent)
 
 
 @pytest.mark.parametrize("levels", [[8, 5, 4, 3, 2], [7, 6]])

@@ -5,6 +5,7 @@ checkpoints survive a kill in the middle of a save."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import error_lines, read_json, run_module
+from helpers import SMOKE_RUN_ARGS, call_main, error_lines, read_json, run_module
 
 from barlab.lightning.callbacks.rng_state import collect_rng_states, restore_rng_states
 from barlab.runtime.run_state import checkpoint_step, stream_seed
@@ -83,39 +84,57 @@ def test_sigkill_during_generator_training_then_the_same_command_resumes(tmp_pat
     assert runs == sorted([ids["tokenizer"], ids["generator"], ids["generator"]])
 
 
+@pytest.fixture(scope="module")
+def study_sweep(tmp_path_factory):
+    """A sweep of two tokenizer jobs with wandb and a run_name but no sweep dir, run twice (the same
+    command). What the first run left (wandb runs, run.json ids, results) is read before the second."""
+    tmp_path = tmp_path_factory.mktemp("study")
+    args = ("-m", *SMOKE, "stage=tokenizer", "metrics.rfid.enabled=false", "tokenizer.bits=4,6",
+            "tokenizer.max_steps=4", "tokenizer.val_every=4", "logger=wandb", "run_name=study")
+    sweep = tmp_path / "outputs" / "smoke" / "multiruns" / "study"
+    first = run_module("barlab.train", *args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    after_first = {job: {"wandb_runs": sorted(p.name for p in (sweep / job / "wandb").glob("offline-run-*")),
+                         "run": read_json(sweep / job / "run.json"), "results": read_json(sweep / job / "results.json")}
+                   for job in ("0", "1")}
+    second = run_module("barlab.train", *args, cwd=tmp_path)   # the same sweep again
+    assert second.returncode == 0, second.stderr[-3000:]
+    return sweep, after_first
+
+
 @pytest.mark.slow
-def test_each_job_of_an_in_process_sweep_gets_its_own_wandb_run(tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = run_module("barlab.train", "-m", *SMOKE, "stage=tokenizer", "metrics.rfid.enabled=false",
-                      "tokenizer.bits=4,6", "tokenizer.max_steps=4", "tokenizer.val_every=4", "logger=wandb",
-                      "run_name=wb", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_each_job_of_an_in_process_sweep_gets_its_own_wandb_run(study_sweep):
+    _, after_first = study_sweep
     ids = []
     for job in ("0", "1"):
-        (run,) = (sweep / job / "wandb").glob("offline-run-*")   # exactly one run, in its own job folder
-        ids.append(run.name.rsplit("-", 1)[1])
-        assert ids[-1] == read_json(sweep / job / "run.json")["wandb_ids"]["tokenizer"]
+        (run,) = after_first[job]["wandb_runs"]       # exactly one run, in its own job folder
+        ids.append(run.rsplit("-", 1)[1])
+        assert ids[-1] == after_first[job]["run"]["wandb_ids"]["tokenizer"]
     assert ids[0] != ids[1]
 
 
 @pytest.mark.slow
-def test_rerunning_a_finished_run_reuses_both_stages(tmp_path):
-    args = (*SMOKE, "run_name=twice")
-    first = run_module("barlab.train", *args, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
-    folder = run_dir(tmp_path, "twice")
+def test_rerunning_a_finished_run_reuses_both_stages(smoke_run, tmp_path):
+    """The session's finished smoke run (conftest.py), copied with its data to a root of its own, and its
+    command run again there: both stages are reused, nothing is rewritten, the attempt is recorded."""
+    root = tmp_path / "root"
+    shutil.copytree(smoke_run.root, root, symlinks=True)        # copy2: the files keep their mtimes
+    folder = run_dir(root, "smoke")
     before = {p: p.stat().st_mtime_ns for p in (folder / "tokenizer.pt", folder / "generator.pt")}
     ema_state = torch.load(folder / "checkpoints" / "tokenizer" / "last.ckpt", weights_only=False)["callbacks"]
     assert any("num_updates" in v for v in ema_state.values())  # the EMA lives in the checkpoint
+    first = read_json(folder / "results.json")
+    assert first["restarts"] == 0
 
-    again = run_module("barlab.train", *args, cwd=tmp_path)
+    again = run_module("barlab.train", *SMOKE_RUN_ARGS, cwd=root)
     assert again.returncode == 0, again.stderr[-3000:]
     results = read_json(folder / "results.json")
     assert results["restarts"] == 1
     assert results["tokenizer"]["reused"] is True and results["generator"]["reused"] is True
     assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert results["gfid"] == first["gfid"] and results["psnr"] == first["psnr"]   # the finished stages' numbers
     run = read_json(folder / "run.json")
-    assert len(run["attempts"]) == 2 and run["run_name"] == "twice"
+    assert len(run["attempts"]) == 2 and run["run_name"] == "smoke"
 
 
 @pytest.mark.slow
@@ -125,13 +144,13 @@ def test_another_recipe_in_the_same_run_folder_is_refused_and_nothing_is_touched
     assert run_module("barlab.train", *base, "tokenizer.bits=6", cwd=tmp_path).returncode == 0
     folder = run_dir(tmp_path, "mine")
     results = (folder / "results.json").read_bytes()
-    proc = run_module("barlab.train", *base, "tokenizer.bits=8", cwd=tmp_path)
+    proc = call_main("barlab.train", *base, "tokenizer.bits=8", cwd=tmp_path)      # in-process: a refusal
     assert proc.returncode == 2
     (line,) = error_lines(proc.stderr)
     assert "run_name" in line and "tokenizer.bits (was 6, now 8)" in line and "Traceback" not in proc.stderr
     assert (folder / "results.json").read_bytes() == results
 
-    proc = run_module("barlab.train", *base, "tokenizer.bits=6", "resume=false", cwd=tmp_path)
+    proc = call_main("barlab.train", *base, "tokenizer.bits=6", "resume=false", cwd=tmp_path)
     assert proc.returncode == 2
     (line,) = error_lines(proc.stderr)
     assert line.startswith("error: resume:") and "run_name=" in line
@@ -199,7 +218,7 @@ def test_global_batch_splits_into_per_rank_batch_and_accumulation(global_batch, 
     ("tokenizer.global_batch_size=64", "needs gradient accumulation"),
 ])
 def test_a_global_batch_the_world_cannot_take_is_refused_before_anything_runs(tmp_path, override, text):
-    proc = run_module("barlab.train", *SMOKE, "trainer=ddp_cpu", override, "run_name=gb", cwd=tmp_path, timeout=120)
+    proc = call_main("barlab.train", *SMOKE, "trainer=ddp_cpu", override, "run_name=gb", cwd=tmp_path)
     assert proc.returncode == 2
     (line,) = error_lines(proc.stderr)
     assert line.startswith(f"error: {override.split('=')[0]}:") and text in line
@@ -207,12 +226,10 @@ def test_a_global_batch_the_world_cannot_take_is_refused_before_anything_runs(tm
 
 
 @pytest.mark.slow
-def test_a_sweep_without_sweep_dir_lands_in_its_run_name_and_resumes_there(tmp_path):
-    args = ("-m", *SMOKE, "stage=tokenizer", "metrics.rfid.enabled=false", "tokenizer.bits=4,6",
-            "tokenizer.max_steps=4", "tokenizer.val_every=4", "run_name=study")
-    sweep = tmp_path / "outputs" / "smoke" / "multiruns" / "study"
-    assert run_module("barlab.train", *args, cwd=tmp_path).returncode == 0
-    assert [read_json(sweep / j / "results.json")["restarts"] for j in ("0", "1")] == [0, 0]
-    assert run_module("barlab.train", *args, cwd=tmp_path).returncode == 0   # the same sweep again
+def test_a_sweep_without_sweep_dir_lands_in_its_run_name_and_resumes_there(study_sweep):
+    sweep, after_first = study_sweep
+    assert [after_first[j]["results"]["restarts"] for j in ("0", "1")] == [0, 0]
+    assert [after_first[j]["results"]["bits_per_token"] for j in ("0", "1")] == [4, 6]
     rows = [read_json(sweep / j / "results.json") for j in ("0", "1")]
     assert [r["restarts"] for r in rows] == [1, 1] and all(r["reused"] for r in rows)
+    assert [r["psnr"] for r in rows] == [after_first[j]["results"]["psnr"] for j in ("0", "1")]

@@ -22,7 +22,7 @@ import lightning as L
 import pandas as pd
 import pytest
 import torch
-from helpers import REPO, error_lines, read_json, run_module
+from helpers import REPO, call_main, error_lines, read_json, run_module
 
 from barlab.lightning.callbacks.preemption import PreemptionCheckpoint
 from barlab.runtime.checkpoint_io import AtomicCheckpointIO
@@ -53,6 +53,13 @@ def sweep(tmp_path: Path, sweep_dir: Path, *overrides: str, timeout: int = 240) 
     """``python -m barlab.train -m hydra/launcher=slurm <overrides>`` into ``sweep_dir``."""
     return run_module("barlab.train", "-m", "hydra/launcher=slurm", *overrides, f"hydra.sweep.dir={sweep_dir}",
                       cwd=tmp_path, timeout=timeout)
+
+
+def refused_sweep(tmp_path: Path, sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """:func:`sweep`'s command line, refused by the pre-flight: barlab.train's main() in-process
+    (helpers.call_main); test_preflight_without_multirun_is_one_line runs a refusal as a real process."""
+    return call_main("barlab.train", "-m", "hydra/launcher=slurm", *overrides, f"hydra.sweep.dir={sweep_dir}",
+                     cwd=tmp_path)
 
 
 def slurm_jobs(sweep_dir: Path) -> list[str]:
@@ -104,16 +111,6 @@ def cancel_jobs(tmp_path):
     for sweep_dir in {p.parent.parent for p in tmp_path.rglob(".submitit/*")}:
         for job in slurm_jobs(sweep_dir):
             subprocess.run(["scancel", job], capture_output=True, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def tiny_tokenizer(tmp_path_factory) -> Path:
-    """A smoke tokenizer.pt for the generator jobs (trained here, without SLURM)."""
-    root = tmp_path_factory.mktemp("tokenizer")
-    proc = run_module("barlab.train", "experiment=smoke", "stage=tokenizer", "metrics.rfid.enabled=false",
-                      f"hydra.run.dir={root / 'run'}", cwd=root, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root / "run" / "tokenizer.pt"
 
 
 # --- the pre-emption callback, without a cluster ---------------------------------------------
@@ -186,9 +183,10 @@ def launcher_request(*overrides: str) -> dict:
     """The resolved SLURM request of ``hydra/launcher=slurm`` with ``overrides`` (composed in-process)."""
     from hydra import compose, initialize_config_dir
 
-    import barlab.runtime.slurm  # noqa: F401  (the resolvers)
     from barlab.config.paths import CONFIG_DIR
+    from barlab.config.resolvers import register_resolvers
 
+    register_resolvers()  # as every entry point does
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True)
         launcher = cfg.hydra.launcher
@@ -217,7 +215,7 @@ def test_preflight_without_sbatch_is_one_line(tmp_path, monkeypatch):
     empty = tmp_path / "bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))  # the interpreter is started by its full path
-    proc = sweep(tmp_path, tmp_path / "sweep", "tokenizer.bits=10,14", *SMOKE, timeout=120)
+    proc = refused_sweep(tmp_path, tmp_path / "sweep", "tokenizer.bits=10,14", *SMOKE)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert error_lines(proc.stderr) == [
         "error: hydra/launcher=slurm: sbatch is not on PATH, so no job can be submitted from this machine "
@@ -234,7 +232,7 @@ def test_preflight_without_controller_is_one_line(tmp_path, monkeypatch):
     for tool in fake.iterdir():
         tool.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}:/usr/bin:/bin")
-    proc = sweep(tmp_path, tmp_path / "sweep", "tokenizer.bits=10,14", *SMOKE, timeout=120)
+    proc = refused_sweep(tmp_path, tmp_path / "sweep", "tokenizer.bits=10,14", *SMOKE)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert error_lines(proc.stderr) == [
         "error: hydra/launcher=slurm: the SLURM controller does not respond (sinfo: slurm_load_partitions: Unable "
@@ -247,8 +245,7 @@ def test_preflight_without_controller_is_one_line(tmp_path, monkeypatch):
 @needs_cluster
 def test_preflight_unknown_partition_is_one_line(tmp_path):
     before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30).stdout
-    proc = sweep(tmp_path, tmp_path / "sweep", "tokenizer.bits=10,14", "hydra.launcher.partition=nope", *SMOKE,
-                 timeout=120)
+    proc = refused_sweep(tmp_path, tmp_path / "sweep", "tokenizer.bits=10,14", "hydra.launcher.partition=nope", *SMOKE)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = error_lines(proc.stderr)
     assert len(lines) == 1 and "partition 'nope' is unknown to SLURM" in lines[0], proc.stderr[-2000:]
@@ -258,11 +255,14 @@ def test_preflight_unknown_partition_is_one_line(tmp_path):
     assert after == before
 
 
+@pytest.mark.quick
 def test_preflight_without_multirun_is_one_line(tmp_path):
+    """A real process: the check of the command line before Hydra starts (barlab.cli.precheck_command_line)."""
     proc = run_module("barlab.train", "hydra/launcher=slurm", *SMOKE, cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert error_lines(proc.stderr) == ["error: hydra/launcher=slurm: only a multirun is submitted to SLURM; "
                                         "without -m the job would run on this machine (fix: add -m)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []          # no run folder: refused before Hydra
 
 
 # --- sweeps on the cluster ---------------------------------------------------------------------
@@ -376,12 +376,12 @@ def sweep_in_background(tmp_path: Path, sweep_dir: Path, *overrides: str,
 
 @pytest.mark.slurm
 @needs_cluster
-def test_requeued_generator_job_resumes_from_its_checkpoint(tmp_path, tiny_tokenizer, cancel_jobs):
+def test_requeued_generator_job_resumes_from_its_checkpoint(tmp_path, smoke_tokenizer, cancel_jobs):
     sweep_dir = tmp_path / "sweep"
     run_dir = sweep_dir / "0"
     ckpt = run_dir / "checkpoints" / "generator" / "last.ckpt"
     thread, out = sweep_in_background(
-        tmp_path, sweep_dir, "stage=generator", f"tokenizer_ckpt={tiny_tokenizer}", *SMOKE,
+        tmp_path, sweep_dir, "stage=generator", f"tokenizer_ckpt={smoke_tokenizer}", *SMOKE,
         "generator.max_steps=300", "generator.val_every=150", "callbacks.model_checkpoint.every_n_train_steps=20",
         timeout=300)
     wait_for(ckpt.is_file, 150, f"{ckpt} (the job training)")
@@ -407,7 +407,7 @@ def test_requeued_generator_job_resumes_from_its_checkpoint(tmp_path, tiny_token
 
 @pytest.mark.slurm
 @needs_cluster
-def test_time_limit_checkpoints_requeues_and_finishes(tmp_path, tiny_tokenizer, cancel_jobs):
+def test_time_limit_checkpoints_requeues_and_finishes(tmp_path, smoke_tokenizer, cancel_jobs):
     sweep_dir = tmp_path / "sweep"
     run_dir = sweep_dir / "0"
     start = time.time()
@@ -416,7 +416,7 @@ def test_time_limit_checkpoints_requeues_and_finishes(tmp_path, tiny_tokenizer, 
     # 20-50 s, while the job is training. Training is bounded by time, not steps (max_time, which
     # Lightning's Timer keeps across the resume), so that no machine speed lets it finish first.
     thread, out = sweep_in_background(
-        tmp_path, sweep_dir, "stage=generator", f"tokenizer_ckpt={tiny_tokenizer}", *SMOKE,
+        tmp_path, sweep_dir, "stage=generator", f"tokenizer_ckpt={smoke_tokenizer}", *SMOKE,
         "generator.max_steps=1000000", "generator.val_every=5000",
         "callbacks.model_checkpoint.every_n_train_steps=1000000",
         "+trainer.max_time='00:00:00:48'", "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10",

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.helpers import REPO, read_json, run_module
+from tests.helpers import REPO, call_main, error_lines, read_json, run_module
 
 SWEEPS = REPO / "sweeps"
 
@@ -32,8 +32,8 @@ def test_bit_budget_points_interleave_discrete_and_continuous():
 @pytest.mark.parametrize("point, target, bits_per_image",
                          [("fsq48", "BinaryFSQ", 64 * 48), ("kl2", "KLLatent", 64 * 2 * 16)])
 def test_bit_budget_points_resolve_to_their_quantizer(tmp_path, point, target, bits_per_image):
-    proc = run_module("barlab.train", "-cd", str(SWEEPS), "-cn", "bit_budget", f"point={point}", "--cfg", "job",
-                      "--resolve", cwd=tmp_path)
+    proc = call_main("barlab.train", "-cd", str(SWEEPS), "-cn", "bit_budget", f"point={point}", "--cfg", "job",
+                     "--resolve", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     cfg = yaml.safe_load(proc.stdout)
     quantizer = cfg["tokenizer"]["quantizer"]
@@ -73,7 +73,7 @@ def test_bit_budget_sweep_table_figure_and_notebook(tmp_path):
     proc = run_module("barlab.train", "-m", "-cd", str(SWEEPS), "-cn", "bit_budget", "experiment=smoke",
                       "point=fsq4,kl1,fsq8", "metrics.backend=random", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_module("barlab.analysis", str(sweep), cwd=tmp_path)
+    proc = call_main("barlab.analysis", str(sweep), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = pd.read_csv(sweep / "results.csv")
     assert table["point"].tolist() == ["fsq4", "kl1", "fsq8"]
@@ -96,7 +96,7 @@ def test_head_sweep_keeps_refused_points_and_the_notebook_marks_them(tmp_path):
     refused = read_json(sweep / "1" / "results.json")  # head=linear, bits=32
     assert refused["status"] == "failed" and refused["outcome"] == "refused"
     assert "head.max_memory_gb" in refused["error"]
-    proc = run_module("barlab.analysis", str(sweep), cwd=tmp_path)
+    proc = call_main("barlab.analysis", str(sweep), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = pd.read_csv(sweep / "results.csv")
     assert len(table) == 4
@@ -112,12 +112,12 @@ def test_head_sweep_keeps_refused_points_and_the_notebook_marks_them(tmp_path):
 
     # a sampling grid on the trained mbm generator, sampled and scored in one multirun, then tabulated
     grid = ("sampling.guidance=1.5,3", "sampling.temperature=0.5,1")
-    proc = run_module("barlab.sample", "-m", f"ckpt={sweep / '2'}", "score=true", "per_class=2", "png=false",
-                      "metrics.backend=random", "data=synthetic", "data.image_size=16", *grid, cwd=tmp_path)
+    proc = call_main("barlab.sample", "-m", f"ckpt={sweep / '2'}", "score=true", "per_class=2", "png=false",
+                     "metrics.backend=random", "data=synthetic", "data.image_size=16", *grid, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     points = sorted(p for p in (sweep / "2" / "sampling_grid").iterdir() if p.is_dir())
     assert len(points) == 4 and all((p / "metrics.json").is_file() for p in points)
-    proc = run_module("barlab.analysis", str(sweep), cwd=tmp_path)
+    proc = call_main("barlab.analysis", str(sweep), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = pd.read_csv(sweep / "sampling_grid.csv")
     assert sorted(zip(table["guidance"], table["temperature"])) == [(1.5, 0.5), (1.5, 1.0), (3.0, 0.5), (3.0, 1.0)]
@@ -141,22 +141,28 @@ def test_a_killed_job_is_a_missing_row_not_a_silent_gap(tmp_path):
     frame = load_sweep(tmp_path / "sweep")
     assert frame["outcome"].tolist() == ["missing"] and frame["tokenizer.bits"].tolist() == [12]
     assert "killed" in frame["reason"][0]
-    assert run_module("barlab.analysis", str(tmp_path / "nothing"), cwd=tmp_path).returncode == 2
+
+
+@pytest.mark.quick
+def test_analysis_refuses_a_folder_that_is_not_there_as_a_real_process(tmp_path):
+    proc = run_module("barlab.analysis", str(tmp_path / "nothing"), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert error_lines(proc.stderr) == [f"error: {tmp_path / 'nothing'} is not a folder (fix: pass a sweep folder "
+                                        "such as outputs/bit_budget/multiruns/<date_time>)"]
+    (tmp_path / "empty").mkdir()
+    proc = call_main("barlab.analysis", str(tmp_path / "empty"), cwd=tmp_path)
+    assert proc.returncode == 2 and error_lines(proc.stderr)[0].startswith(f"error: no jobs under {tmp_path / 'empty'}")
 
 
 @pytest.mark.slow
-def test_optuna_search_runs_on_optuna_4_or_later_with_shared_storage(tmp_path):
+def test_optuna_search_runs_on_optuna_4_or_later_with_shared_storage(tmp_path, smoke_tokenizer):
     import optuna
 
     assert int(optuna.__version__.split(".")[0]) >= 4
-    tokenizer = tmp_path / "tok"
-    proc = run_module("barlab.train", "experiment=smoke", "stage=tokenizer", "metrics.rfid.enabled=false",
-                      f"hydra.run.dir={tokenizer}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
     db = tmp_path / "study.db"
     sweep = tmp_path / "optuna"
     env_args = ["-m", "-cd", str(SWEEPS), "-cn", "optuna_generator", "experiment=smoke", "metrics.backend=random",
-                f"tokenizer_ckpt={tokenizer / 'tokenizer.pt'}", "hydra.sweeper.n_trials=2",
+                f"tokenizer_ckpt={smoke_tokenizer}", "hydra.sweeper.n_trials=2",
                 f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={sweep}"]
     proc = run_module("barlab.train", *env_args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -94,13 +94,9 @@ def test_parallel_jobs_wait_for_the_one_that_trains(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_ranks_follow_rank_zero_on_a_hit(tmp_path):
-    args = ("trainer=ddp_cpu", *SMOKE)
-    first = run_module("barlab.train", *args, "run_name=a", cwd=tmp_path, timeout=240)
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = run_module("barlab.train", *args, "run_name=b", cwd=tmp_path, timeout=240)
-    assert second.returncode == 0, second.stderr[-3000:]
-    runs = tmp_path / "outputs" / "smoke" / "runs"
+def test_ddp_ranks_follow_rank_zero_on_a_hit(ddp_runs):
+    """The session's two DDP smoke runs (conftest.py): ``a`` then ``b`` in one root, ``b`` a cache hit."""
+    runs = ddp_runs.runs
     a, b = read_json(runs / "a" / "results.json"), read_json(runs / "b" / "results.json")
     assert a["tokenizer"]["cache"]["hit"] is False and b["tokenizer"]["cache"]["hit"] is True
     assert b["generator"]["train_steps"] == 10 and b["psnr"] == a["psnr"]

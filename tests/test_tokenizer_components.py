@@ -253,7 +253,13 @@ def test_vgg_perceptual_loss_zero_for_identical_positive_for_different(vgg_full_
     assert not loss.training
     x3 = x.expand(-1, 3, -1, -1).clone().requires_grad_(True)
     loss(x3, y).backward()  # gradients reach the input, not the frozen weights
-    assert x3.grad.abs().sum() > 0
+    assert x3.grad.abs().sum() > 0 and all(p.grad is None for p in loss.parameters())
+    # a grey image is its three equal channels: the same distance, and its gradient is the channels' sum
+    x1 = x.clone().requires_grad_(True)
+    d1 = loss(x1, y)
+    d1.backward()
+    assert d1.item() == pytest.approx(d.item(), rel=1e-6)
+    torch.testing.assert_close(x1.grad, x3.grad.sum(dim=1, keepdim=True), rtol=1e-5, atol=1e-9)
     # features-only layout loads too, and gives the same numbers
     features_only = vgg_full_path.parent / "features_only.pth"
     full = torch.load(vgg_full_path)

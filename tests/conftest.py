@@ -87,22 +87,21 @@ def smoke_tokenizer(tmp_path_factory):
     return root / "run" / "tokenizer.pt"
 
 
-
 # ------------------------------------------------------------------------------------------------
 # Tiers. A test that starts a process (a barlab entry point through helpers.run_module, a background
 # run, `python -c`, a notebook kernel) costs a Python start-up of 5-6 s and is marked `process` here,
 # automatically: its code, the helpers of its module it calls, or one of its fixtures names run_module,
-# start_module, subprocess or Popen. `make test-quick` runs `-m "not process or quick"`: every
-# in-process test plus the few process tests marked `quick` (one smoke pipeline, one refusal per
-# entry point). A test that starts a Python process without being marked `process` fails, so the
-# quick tier cannot grow a process start unnoticed. The count of started Python processes is printed
-# at the end of every run.
+# run_modules, start_module, subprocess or Popen (helpers.call_main, in-process, is none of them).
+# `make test-quick` runs `-m "not process or quick"`: every in-process test plus the few process tests
+# marked `quick` (one smoke pipeline, one refusal per entry point). A test that starts a Python process
+# without being marked `process` fails, so the quick tier cannot grow a process start unnoticed. The
+# count of started Python processes is printed at the end of every run.
 
 import inspect  # noqa: E402
 import sys  # noqa: E402
 import types  # noqa: E402
 
-PROCESS_NAMES = {"run_module", "start_module", "subprocess", "Popen"}
+PROCESS_NAMES = {"run_module", "run_modules", "start_module", "subprocess", "Popen"}
 _STARTS: dict[str, list[str]] = {}        # test id -> Python command lines it started
 _CURRENT: list[str | None] = [None]
 
@@ -133,12 +132,13 @@ def starts_processes(func, seen: set | None = None) -> bool:
                and module_globals[name].__module__ == func.__module__)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("process") or not isinstance(item, pytest.Function):
             continue
-        fixtures = [fixturedef.func for defs in item._fixtureinfo.name2fixturedefs.values() for fixturedef in defs]
-        if any(starts_processes(func) for func in [item.function, *fixtures]):
+        defs = [d for name in item.fixturenames for d in item._fixtureinfo.name2fixturedefs.get(name, ())]
+        if any(starts_processes(func) for func in [item.function, *(d.func for d in defs)]):
             item.add_marker(pytest.mark.process)
 
 
@@ -173,15 +173,12 @@ def pytest_runtest_makereport(item, call):
     if call.when == "teardown" and started and not item.get_closest_marker("process") and report.passed:
         report.outcome = "failed"
         report.longrepr = (f"{item.nodeid} started {len(started)} Python process(es) but is not marked `process` "
-                           f"(tests/conftest.py finds run_module/start_module/subprocess/Popen in the test, its "
+                           f"(tests/conftest.py finds run_module(s)/start_module/subprocess/Popen in the test, its "
                            f"module's helpers or its fixtures; else add @pytest.mark.process): {started}")
     return report
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if not _STARTS:
-        terminalreporter.write_line("Python processes started by tests: 0")
-        return
     total = sum(len(v) for v in _STARTS.values())
     terminalreporter.write_line(f"Python processes started by tests: {total}, by {len(_STARTS)} tests "
-                                "(children of those processes not counted)")
+                                "(their own children, e.g. DDP ranks or SLURM jobs, not counted)")

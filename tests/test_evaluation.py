@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.helpers import call_main, error_lines, read_json, run_module
+from tests.helpers import call_main, error_lines, read_json, run_module, run_modules
 
 SMOKE_DATA = ["data=synthetic", "data.image_size=16"]
 SMOKE_METRICS = ["metrics.classifier.width=8", "metrics.classifier.max_steps=20", "metrics.classifier.batch_size=32",
@@ -42,6 +42,7 @@ def test_a_run_reports_rfid_gfid_and_class_accuracy_with_their_backend(smoke_run
     assert (run / "generator.pt").is_file()
 
 
+@pytest.mark.quick
 def test_evaluate_on_the_runs_samples_gives_the_runs_scores(smoke_run):
     """``barlab.evaluate`` on samples.npz (the cached classifier, the same reference settings) reproduces the
     run's own gFID, precision/recall, class accuracy per class and the classifier's validation accuracy."""
@@ -113,6 +114,7 @@ def test_real_images_score_near_zero_and_samples_do_not(smoke_run):
     assert abs(self_score["fid"]) < 1e-6 and self_score["precision"] == 1.0 and self_score["recall"] == 1.0
 
 
+@pytest.mark.quick
 def test_evaluate_and_sample_refuse_bad_input_in_one_line(smoke_run, tmp_path):
     root, run = smoke_run.root, smoke_run.run
     proc = call_main("barlab.evaluate", *SMOKE_DATA, f"samples={tmp_path / 'none.npz'}", cwd=root)
@@ -139,13 +141,11 @@ def test_evaluate_and_sample_refuse_bad_input_in_one_line(smoke_run, tmp_path):
 @pytest.mark.quick
 def test_sample_evaluate_and_export_refuse_bad_input_as_real_processes(tmp_path):
     """The command lines themselves, one refusal per tool: exit 2, one ``error:`` line, no traceback."""
-    procs = {
-        "sample": run_module("barlab.sample", cwd=tmp_path, timeout=120),
-        "evaluate": run_module("barlab.evaluate", *SMOKE_DATA, f"samples={tmp_path / 'none.npz'}", cwd=tmp_path,
-                               timeout=120),
-        "export": run_module("barlab.export", "data=fashion_mnist", "data.source.idx_dir=/nonexistent/fm",
-                             f"out_dir={tmp_path / 'real'}", cwd=tmp_path, timeout=120),
-    }
+    procs = dict(zip(("sample", "evaluate", "export"), run_modules(
+        ("barlab.sample",),
+        ("barlab.evaluate", *SMOKE_DATA, f"samples={tmp_path / 'none.npz'}"),
+        ("barlab.export", "data=fashion_mnist", "data.source.idx_dir=/nonexistent/fm", f"out_dir={tmp_path / 'real'}"),
+        cwd=tmp_path, timeout=120)))
     for tool, proc in procs.items():
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, (tool, proc.stderr[-2000:])
         assert len(error_lines(proc.stderr)) == 1, (tool, proc.stderr[-2000:])

@@ -57,6 +57,21 @@ def smoke_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tokenizer_sweep(tmp_path_factory):
+    """``(process, sweep folder)`` of one multirun of three smoke tokenizer jobs, ``tokenizer.bits=0,4,8``, the
+    first refused, with the tokenizer cache off: read by test_train.py (results per job, a failing point) and
+    test_tokenizer_cache.py (the cache off stores nothing). Its root's data is under ``<sweep>/../data``."""
+    from helpers import run_module
+
+    root = tmp_path_factory.mktemp("sweep")
+    sweep = root / "sweep"
+    proc = run_module("barlab.train", "-m", "experiment=smoke", "stage=tokenizer", "tokenizer.bits=0,4,8",
+                      "tokenizer.max_steps=6", "tokenizer.val_every=6", "metrics.rfid.enabled=false",
+                      "cache.tokenizer=false", f"hydra.sweep.dir={sweep}", cwd=root)
+    return proc, sweep
+
+
+@pytest.fixture(scope="session")
 def ddp_runs(tmp_path_factory):
     """Two ``trainer=ddp_cpu`` smoke pipelines on 2 ranks in one root, ``run_name=a`` then ``run_name=b``:
     ``a`` trains its tokenizer (an empty tokenizer cache), ``b`` finds it in the cache. Read by
@@ -76,13 +91,14 @@ def ddp_runs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smoke_tokenizer(tmp_path_factory):
-    """A smoke ``tokenizer.pt`` (``stage=tokenizer``, no rFID) for generator jobs: the Optuna search and the
-    SLURM generator jobs. Trained once per session, in a process of its own."""
+    """``<root>/run/tokenizer.pt`` of ``python -m barlab.train experiment=smoke stage=tokenizer tokenizer.bits=6
+    metrics.rfid.enabled=false`` (data under ``<root>/data``): checked by test_train.py, and the tokenizer of
+    the generator jobs of the Optuna search and of the SLURM tests. Trained once per session."""
     from helpers import run_module
 
     root = tmp_path_factory.mktemp("tokenizer")
-    proc = run_module("barlab.train", "experiment=smoke", "stage=tokenizer", "metrics.rfid.enabled=false",
-                      f"hydra.run.dir={root / 'run'}", cwd=root, timeout=300)
+    proc = run_module("barlab.train", "experiment=smoke", "stage=tokenizer", "tokenizer.bits=6",
+                      "metrics.rfid.enabled=false", f"hydra.run.dir={root / 'run'}", cwd=root, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root / "run" / "tokenizer.pt"
 

@@ -53,7 +53,8 @@ def fingerprint(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[str
 def one_error(proc: subprocess.CompletedProcess) -> str:
     """The single ``error:`` line of a refused run (exit 2, no traceback). The refused runs below call
     barlab.train's main() in-process (helpers.call_main): the same exit status and stderr, without a
-    process start-up; tests/test_train.py runs a refusal as a real process."""
+    process start-up; tests/test_train.py runs a refusal as a real process. Only the shared trained run
+    (``trained_run``) is a process of its own."""
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = error_lines(proc.stderr)
     assert len(lines) == 1, proc.stderr[-3000:]
@@ -176,11 +177,11 @@ def test_file_that_is_no_checkpoint_gets_one_line(workdir, trained_run, knob, da
 def test_ckpt_path_with_the_same_settings_resumes_from_its_step(workdir, trained_run):
     """The identity check accepts a checkpoint written by the same config."""
     run_dir = workdir / "same_settings"
-    proc = run_module("barlab.train", *FAST, "stage=generator", "generator.max_steps=6",
-                      f"ckpt_path={trained_run / 'checkpoints' / 'generator' / 'last.ckpt'}",
-                      "callbacks.model_checkpoint.every_n_train_steps=2",
-                      f"tokenizer_ckpt={trained_run / 'tokenizer.pt'}",
-                      f"generator.data.shards_dir={trained_run / 'tokens'}", f"hydra.run.dir={run_dir}", cwd=workdir)
+    proc = call_main("barlab.train", *FAST, "stage=generator", "generator.max_steps=6",
+                     f"ckpt_path={trained_run / 'checkpoints' / 'generator' / 'last.ckpt'}",
+                     "callbacks.model_checkpoint.every_n_train_steps=2",
+                     f"tokenizer_ckpt={trained_run / 'tokenizer.pt'}",
+                     f"generator.data.shards_dir={trained_run / 'tokens'}", f"hydra.run.dir={run_dir}", cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = read_json(run_dir / "results.json")
     assert results["status"] == "ok" and results["train_steps"] == 6
@@ -215,16 +216,16 @@ def corrupt_one_png(shard: Path) -> str:
 
 def test_truncated_shard_and_bad_image_are_skipped_and_counted(workdir):
     shards = workdir / "bad_shards"
-    proc = run_module("barlab.shard", "synthetic", "--out", str(shards), "--num-train", "256",
-                      "--num-val", "64", "--image-size", "16", "--maxcount", "128", cwd=workdir)
+    proc = call_main("barlab.shard", "synthetic", "--out", str(shards), "--num-train", "256",
+                     "--num-val", "64", "--image-size", "16", "--maxcount", "128", cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     truncated = shards / "train-000000.tar"
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2 + 100])  # cut inside a member
     corrupt_one_png(shards / "train-000001.tar")
 
     run_dir = workdir / "bad_data"
-    proc = run_module("barlab.train", *FAST, "stage=tokenizer", f"data.shards_dir={shards}", "tokenizer.max_steps=20",
-                      f"hydra.run.dir={run_dir}", cwd=workdir)
+    proc = call_main("barlab.train", *FAST, "stage=tokenizer", f"data.shards_dir={shards}", "tokenizer.max_steps=20",
+                     f"hydra.run.dir={run_dir}", cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = read_json(run_dir / "results.json")
     assert results["status"] == "ok" and results["train_steps"] == 20

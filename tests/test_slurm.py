@@ -289,7 +289,7 @@ def test_user_sweep_runs_three_jobs_through_sbatch(tmp_path, cancel_jobs):
         assert final_states(f"{array}_{num}") == ["COMPLETED"]
         assert (sweep_dir / ".submitit" / f"{array}_{num}" / f"{array}_{num}_0_result.pkl").is_file()
 
-    proc = run_module("barlab.analysis", str(sweep_dir), cwd=tmp_path)
+    proc = call_main("barlab.analysis", str(sweep_dir), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = pd.read_csv(sweep_dir / "results.csv")
     assert table["tokenizer.bits"].tolist() == [10, 14, 18]
@@ -317,7 +317,7 @@ def test_sweep_file_runs_on_slurm(tmp_path, cancel_jobs):
                       cwd=tmp_path, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(slurm_jobs(sweep_dir)) == 2
-    proc = run_module("barlab.analysis", str(sweep_dir), cwd=tmp_path)
+    proc = call_main("barlab.analysis", str(sweep_dir), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = pd.read_csv(sweep_dir / "results.csv")
     assert table["point"].tolist() == ["fsq4", "kl1"] and (table["outcome"] == "ok").all()
@@ -355,7 +355,7 @@ def test_failed_job_is_a_row_and_the_sweep_exits_1(tmp_path, cancel_jobs):
     array = slurm_jobs(sweep_dir)[0].split("_")[0]
     assert final_states(f"{array}_1") == ["COMPLETED"] and read_json(sweep_dir / "1" / "results.json")["status"] == "ok"
 
-    proc = run_module("barlab.analysis", str(sweep_dir), cwd=tmp_path)
+    proc = call_main("barlab.analysis", str(sweep_dir), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = pd.read_csv(sweep_dir / "results.csv").set_index("tokenizer.bits")
     assert table.loc[0, "outcome"] == "refused" and "positive integer" in table.loc[0, "reason"]

@@ -72,14 +72,21 @@ def test_a_sweep_over_heads_trains_one_tokenizer(tmp_path):
     assert not read_json(sweep / "0" / "results.json")["tokenizer_cached"]
     assert read_json(sweep / "1" / "results.json")["tokenizer_cached"]
 
-    # another bit width is another tokenizer; the cache off trains afresh and stores nothing
-    again = tmp_path / "again"
-    proc = run_module("barlab.train", "-m", *SMOKE, "stage=tokenizer", "tokenizer.bits=4,8", "cache.tokenizer=false",
-                      "metrics.rfid.enabled=false", f"hydra.sweep.dir={again}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [read_json(again / j / "results.json").get("cache") for j in ("0", "1")] == [None, None]
+    # the one entry of the two jobs' tokenizer, named by its key
     entries = sorted(p.name for p in (tmp_path / "data" / "cache" / "tokenizers").iterdir() if p.is_dir())
     assert entries == [cache["key"]]
+
+
+@pytest.mark.slow
+def test_the_cache_off_trains_afresh_and_stores_nothing(tokenizer_sweep):
+    """The session's tokenizer sweep (conftest.py, tokenizer.bits=0,4,8 with cache.tokenizer=false)."""
+    _, sweep = tokenizer_sweep
+    rows = [read_json(sweep / j / "results.json") for j in ("1", "2")]
+    assert [r["status"] for r in rows] == ["ok", "ok"] and [r["bits_per_token"] for r in rows] == [4, 8]
+    assert [r.get("cache") for r in rows] == [None, None] and not any(r.get("tokenizer_cached") for r in rows)
+    assert all((sweep / j / "tokenizer.pt").is_file() for j in ("1", "2"))     # each job trained its own
+    cache = sweep.parent / "data" / "cache" / "tokenizers"
+    assert not cache.exists() or [p.name for p in cache.iterdir()] == []
 
 
 @pytest.mark.slow

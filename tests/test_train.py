@@ -12,11 +12,9 @@ from PIL import Image
 from barlab.tokenizer.checkpoint import load_tokenizer
 
 
-def test_smoke_run_writes_results_checkpoint_and_grid(tmp_path):
-    run_dir = tmp_path / "run"
-    proc = run_module("barlab.train", "experiment=smoke", "stage=tokenizer", "tokenizer.bits=6",
-                      f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_smoke_run_writes_results_checkpoint_and_grid(smoke_tokenizer):
+    """The session's smoke tokenizer run (conftest.py): experiment=smoke stage=tokenizer tokenizer.bits=6."""
+    run_dir = smoke_tokenizer.parent
     results = read_json(run_dir / "results.json")
     assert results["status"] == "ok"
     assert results["overrides"]["tokenizer.bits"] == 6
@@ -44,7 +42,7 @@ def test_smoke_run_writes_results_checkpoint_and_grid(tmp_path):
 
     from barlab.data import ImageShardDataModule
 
-    val = ImageShardDataModule(str(tmp_path / "data" / "shards" / "synthetic_16px"), image_size=16,
+    val = ImageShardDataModule(str(run_dir.parent / "data" / "shards" / "synthetic_16px"), image_size=16,
                                val_batch_size=64, num_workers=0)
     images = torch.cat([b["image"] for b in val.val_dataloader()])
     assert images.shape == (128, 3, 16, 16)
@@ -67,18 +65,9 @@ def test_smoke_run_writes_results_checkpoint_and_grid(tmp_path):
     assert results["psnr"] > flat + 1.0  # better than a mid-grey image: the 20 steps learnt something
 
 
-@pytest.fixture(scope="module")
-def tokenizer_sweep(tmp_path_factory):
-    """One multirun of three tokenizer jobs, the first refused (bits=0): the two tests below read it."""
-    tmp_path = tmp_path_factory.mktemp("sweep")
-    sweep = tmp_path / "sweep"
-    proc = run_module("barlab.train", "-m", "experiment=smoke", "stage=tokenizer", "tokenizer.bits=0,4,8",
-                      "tokenizer.max_steps=6", "tokenizer.val_every=6", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    return proc, sweep
-
-
 @pytest.mark.slow
 def test_multirun_writes_one_results_per_job(tokenizer_sweep):
+    """The session's tokenizer sweep (conftest.py): tokenizer.bits=0,4,8, the first refused."""
     _, sweep = tokenizer_sweep
     runs = sorted(sweep.glob("*/results.json"))
     assert [p.parent.name for p in runs] == ["0", "1", "2"]
@@ -99,7 +88,8 @@ def test_failing_sweep_point_keeps_the_others_and_exits_nonzero(tokenizer_sweep)
     # the job's own line as it is refused, then the sweep's summary naming it once the sweep is over
     assert error_lines(proc.stderr) == [f"error: {rows[0]['error']}",
                                         "error: 1 of 3 sweep job(s) failed: #0 (experiment=smoke stage=tokenizer "
-                                        "tokenizer.bits=0 tokenizer.max_steps=6 tokenizer.val_every=6): refused: "
+                                        "tokenizer.bits=0 tokenizer.max_steps=6 tokenizer.val_every=6 "
+                                        "metrics.rfid.enabled=False cache.tokenizer=False): refused: "  # as parsed
                                         f"{rows[0]['error']} (see python -m barlab.analysis {sweep})"]
 
 

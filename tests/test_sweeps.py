@@ -92,7 +92,12 @@ def test_head_sweep_keeps_refused_points_and_the_notebook_marks_them(tmp_path):
                       "head=linear,mbm", "tokenizer.bits=4,32", "metrics.backend=random",
                       f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 1  # one job refused: the sweep goes on, then says so
-    assert "error: 1 of 4 sweep job(s) failed: #1 (head=linear tokenizer.bits=32): refused: head" in proc.stderr
+    report = [line for line in proc.stderr.splitlines() if line.startswith("error: 1 of 4 sweep job(s) failed: #1 (")]
+    assert len(report) == 1, proc.stderr[-2000:]  # the failed-jobs report: job 1, its overrides, outcome, reason
+    overrides, _, reason = report[0].partition("): ")
+    swept = overrides.partition(" (")[2].split()
+    assert "head=linear" in swept and "tokenizer.bits=32" in swept, swept
+    assert reason.startswith("refused: head: linear softmax over 2^32 codes"), reason
     refused = read_json(sweep / "1" / "results.json")  # head=linear, bits=32
     assert refused["status"] == "failed" and refused["outcome"] == "refused"
     assert "head.max_memory_gb" in refused["error"]

@@ -17,7 +17,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from barlab.config.instantiate import instantiate_checked, knob_names
-from barlab.data.pretokenize import pretokenize
+from barlab.data.pretokenize import PretokenizeLimits, pretokenize
 from barlab.data.token_datamodule import TokenShardDataModule
 from barlab.data.token_shards import read_token_manifest
 from barlab.errors import ConfigError
@@ -56,18 +56,42 @@ def tokenizer_path(cfg: DictConfig, trained: Path | None) -> Path:
     return Path(cfg.tokenizer_ckpt)
 
 
+PRETOKENIZE = "generator.data.pretokenize"
+PRETOKENIZE_KNOBS = {name: f"{PRETOKENIZE}.{name}" for name in ("train_images", "val_images", "flip")}
+
+
+def pretokenize_limits(cfg: DictConfig) -> PretokenizeLimits:
+    """``generator.data.pretokenize`` as :class:`PretokenizeLimits` (absent: encode everything); a bad
+    value is one ConfigError naming its knob."""
+    node = cfg.generator.data.get("pretokenize")
+    node = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    unknown = sorted(set(node) - set(PRETOKENIZE_KNOBS))
+    if unknown:
+        raise ConfigError(f"{PRETOKENIZE}.{unknown[0]}", "is not a pretokenization setting "
+                          f"({', '.join(PRETOKENIZE_KNOBS)})", fix=f"remove {PRETOKENIZE}.{unknown[0]}")
+    with knob_names(PRETOKENIZE_KNOBS):
+        return PretokenizeLimits(**node)
+
+
+def _checked(limits: PretokenizeLimits, manifest: dict, tokens_dir: Path) -> dict:
+    with knob_names(limits=PRETOKENIZE):
+        return _checked(limits, manifest, tokens_dir)
+
+
 def token_shards_for(cfg: DictConfig, tokenizer, info: dict, tokens_dir: Path) -> dict:
     """The token shards of ``tokens_dir``, pretokenized first if the folder has no manifest.
 
     Rank 0 writes them (once among parallel jobs too: a file lock); the other ranks wait for the
-    manifest. A finished folder is reused as it is, also by a restarted job, without taking the lock
+    manifest. What is encoded follows ``generator.data.pretokenize``; shards written with other limits
+    are refused. A finished folder is reused as it is, also by a restarted job, without taking the lock
     (nothing is written beside it, not even the lock file).
     """
+    limits = pretokenize_limits(cfg)
     if not is_rank_zero():
-        return wait_for_manifest(tokens_dir, read_token_manifest)
+        return _checked(limits, wait_for_manifest(tokens_dir, read_token_manifest), tokens_dir)
     finished = read_token_manifest(str(tokens_dir))
     if finished is not None:
-        return finished
+        return _checked(limits, finished, tokens_dir)
     with exclusive_lock(str(tokens_dir) + ".lock", str(tokens_dir)):  # one writer among parallel jobs
         manifest = read_token_manifest(str(tokens_dir))
         if manifest is None:
@@ -76,8 +100,8 @@ def token_shards_for(cfg: DictConfig, tokenizer, info: dict, tokens_dir: Path) -
             with knob_names(TOKENIZER_KNOBS, out_dir="generator.data.shards_dir", shards_dir="data.shards_dir"):
                 manifest = pretokenize(tokenizer, images, str(tokens_dir),
                                        meta={"tokenizer": str(info.get("path", ""))},
-                                       shard_size=cfg.generator.data.shard_size)
-    return manifest
+                                       shard_size=cfg.generator.data.shard_size, limits=limits)
+    return _checked(limits, manifest, tokens_dir)
 
 
 def shared_tokens_dir(cfg: DictConfig, shared_tokens: Path | None) -> Path | None:

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from barlab.config.instantiate import knob_names
 from barlab.errors import ConfigError
 from barlab.generator.heads import LinearHead, MBMHead
-from barlab.pipeline.generator_stage import build_backbone_and_head, tokenizer_path
+from barlab.pipeline.generator_stage import build_backbone_and_head, pretokenize_limits, tokenizer_path
 from barlab.runtime.distributed import check_global_batches
 from barlab.tokenizer.quantizers import FSQ, BinaryFSQ, KLLatent
 from barlab.utils.integers import check_int
@@ -94,6 +94,7 @@ def check_generator(cfg: DictConfig) -> None:
     check_int(gen.get("val_every"), "generator.val_every", fix="generator.val_every=500")
     p = check_int(gen.get("token_shuffle"), "generator.token_shuffle", fix="generator.token_shuffle=1")
     check_int(gen.data.get("batch_size"), "generator.data.batch_size", fix="generator.data.batch_size=64")
+    pretokenize_limits(cfg)
     if is_a(cfg.tokenizer.quantizer, "tokenizer.quantizer", KLLatent) and cfg.stage == "all":
         raise ConfigError("tokenizer/quantizer", "the generator needs a discrete tokenizer, not a KL latent",
                           fix="tokenizer/quantizer=binary_fsq, or stage=tokenizer")

@@ -19,7 +19,7 @@ from barlab.config.instantiate import knob_names
 from barlab.errors import BarlabError, ConfigError
 from barlab.generator.image_generator import load_generator
 from barlab.metrics.classifier_training import run_classifier_stage
-from barlab.pipeline.generator_stage import run_generator_stage
+from barlab.pipeline.generator_stage import pretokenize_limits, run_generator_stage
 from barlab.pipeline.preflight import check_config
 from barlab.pipeline.results import all_stages_summary, failure_body, write_results
 from barlab.pipeline.tokenizer_stage import run_tokenizer_stage
@@ -43,7 +43,9 @@ def run_all(cfg: DictConfig, state: RunState) -> dict[str, Any]:
     """Tokenizer → pretokenization → generator → samples, in one run folder."""
     tokenizer = finished_or_run("tokenizer", tokenizer_stage, cfg, state)
     cache = tokenizer.get("cache")
-    shared_tokens = (TokenizerCache.tokens_dir_of(cache["entry"], cfg.generator.data.shard_size)
+    limits = pretokenize_limits(cfg)
+    shared_tokens = (TokenizerCache.tokens_dir_of(cache["entry"], cfg.generator.data.shard_size,
+                                                  limits.folder_suffix())
                      if cache and cfg.cache.tokenizer else None)
     generator = finished_or_run("generator", run_generator_stage, cfg, state,
                                 trained_tokenizer=Path(tokenizer["artifacts"]["tokenizer"]),

@@ -8,7 +8,8 @@ tokenizer.bits=8,16,24,32`` trains 4 tokenizers, not 12. An entry lives in
     result.json        # the tokenizer stage's result (PSNR, rFID, ...) from the run that trained it
     tokenizer.pt       # the exported tokenizer
     recon_grid.png     # its reconstruction grid, when it had one
-    tokens_<n>/        # token shards of that tokenizer, n sequences per shard (written on first use)
+    tokens_<n>/        # token shards of that tokenizer, n sequences per shard (written on first use);
+                       # tokens_<n>_train<N>... when generator.data.pretokenize limits them
 
 **The key** is a hash of every resolved setting that changes the trained weights or the stage's
 numbers: ``tokenizer``, ``data`` (less loader processes and machine paths), ``seed``, ``trainer``,
@@ -109,9 +110,10 @@ class TokenizerCache:
         return str(self.root / f"{self.key}.lock")
 
     @staticmethod
-    def tokens_dir_of(entry: str | Path, shard_size: int) -> Path:
-        """Where the token shards (``shard_size`` sequences each) of the tokenizer in ``entry`` live."""
-        return Path(entry) / f"tokens_{int(shard_size)}"
+    def tokens_dir_of(entry: str | Path, shard_size: int, suffix: str = "") -> Path:
+        """Where the token shards (``shard_size`` sequences each) of the tokenizer in ``entry`` live;
+        ``suffix`` tells apart shards pretokenized with limits (``PretokenizeLimits.folder_suffix``)."""
+        return Path(entry) / f"tokens_{int(shard_size)}{suffix}"
 
     def lookup(self) -> dict[str, Any] | None:
         """The stored stage result if the entry is complete and its tokenizer loads, else None."""

@@ -82,8 +82,9 @@ def test_sample_writes_adm_npz_and_pngs_reproducibly(smoke_run):
 @pytest.mark.slow
 def test_real_images_score_near_zero_and_samples_do_not(smoke_run):
     root, run = smoke_run.root, smoke_run.run
-    proc = run_module("barlab.export", *SMOKE_DATA, "split=val", f"out_dir={root / 'real'}", cwd=root)
+    proc = call_main("barlab.export", *SMOKE_DATA, "split=val", f"out_dir={root / 'real'}", cwd=root)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "\"num_images\": 128" in proc.stdout          # the summary it prints
     pngs = list((root / "real" / "images").glob("*_class*.png"))
     assert len(pngs) == 128  # the synthetic val split
     results = {}

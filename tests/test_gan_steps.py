@@ -174,12 +174,12 @@ def test_ema_state_is_restored_by_name(tmp_path):
 
 
 def test_gan_smoke_run_trains_max_steps_generator_steps(tmp_path):
-    from helpers import read_json, run_module
+    from helpers import call_main, read_json
 
     run_dir = tmp_path / "run"
-    proc = run_module("barlab.train", "experiment=smoke", "stage=tokenizer", "metrics.backend=random",
-                      "metrics.rfid.enabled=false", "tokenizer.loss.gan.weight=0.1", "tokenizer.loss.gan.start_step=5",
-                      f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = call_main("barlab.train", "experiment=smoke", "stage=tokenizer", "metrics.backend=random",
+                     "metrics.rfid.enabled=false", "tokenizer.loss.gan.weight=0.1", "tokenizer.loss.gan.start_step=5",
+                     f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert read_json(run_dir / "results.json")["train_steps"] == 20            # the smoke tokenizer.max_steps
     last = torch.load(run_dir / "checkpoints" / "tokenizer" / "last.ckpt", map_location="cpu", weights_only=False)

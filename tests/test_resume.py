@@ -138,22 +138,26 @@ def test_rerunning_a_finished_run_reuses_both_stages(smoke_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_another_recipe_in_the_same_run_folder_is_refused_and_nothing_is_touched(tmp_path):
-    base = (*SMOKE, "stage=tokenizer", "run_name=mine", "metrics.rfid.enabled=false", "tokenizer.max_steps=4",
-            "tokenizer.val_every=4")
-    assert run_module("barlab.train", *base, "tokenizer.bits=6", cwd=tmp_path).returncode == 0
-    folder = run_dir(tmp_path, "mine")
-    results = (folder / "results.json").read_bytes()
-    proc = call_main("barlab.train", *base, "tokenizer.bits=8", cwd=tmp_path)      # in-process: a refusal
+def test_another_recipe_in_the_same_run_folder_is_refused_and_nothing_is_touched(smoke_tokenizer, tmp_path):
+    """A copy of the session's finished smoke tokenizer run (conftest.py: experiment=smoke stage=tokenizer
+    tokenizer.bits=6 metrics.rfid.enabled=false) and its command again with another bit width, then with
+    resume=false: both refused in one line (in-process), the run's record and results untouched."""
+    root = tmp_path / "root"
+    shutil.copytree(smoke_tokenizer.parent.parent, root, symlinks=True)
+    folder = root / "run"
+    base = ("experiment=smoke", "stage=tokenizer", "metrics.rfid.enabled=false", f"hydra.run.dir={folder}")
+    kept = {name: (folder / name).read_bytes() for name in ("results.json", "run.json", "tokenizer.pt")}
+    proc = call_main("barlab.train", *base, "tokenizer.bits=8", cwd=root)
     assert proc.returncode == 2
     (line,) = error_lines(proc.stderr)
     assert "run_name" in line and "tokenizer.bits (was 6, now 8)" in line and "Traceback" not in proc.stderr
-    assert (folder / "results.json").read_bytes() == results
+    assert {name: (folder / name).read_bytes() for name in kept} == kept
 
-    proc = call_main("barlab.train", *base, "tokenizer.bits=6", "resume=false", cwd=tmp_path)
+    proc = call_main("barlab.train", *base, "tokenizer.bits=6", "resume=false", cwd=root)
     assert proc.returncode == 2
     (line,) = error_lines(proc.stderr)
     assert line.startswith("error: resume:") and "run_name=" in line
+    assert {name: (folder / name).read_bytes() for name in kept} == kept
 
 
 def test_rng_states_round_trip():

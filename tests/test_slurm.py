@@ -267,20 +267,34 @@ def test_preflight_without_multirun_is_one_line(tmp_path):
 
 # --- sweeps on the cluster ---------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def user_sweep(tmp_path_factory):
+    """The user's command as typed, through sbatch: ``python -m barlab.train -m tokenizer.bits=0,10,14,18
+    hydra/launcher=slurm`` (smoke settings, stage=all), without a sweep dir. Job 0 is refused (bits=0), jobs
+    1-3 train. ``(process, sweep folder, seconds)``, read by the three tests below; its jobs are cancelled
+    at the end of the module."""
+    tmp_path = tmp_path_factory.mktemp("user_sweep")
+    start = time.time()
+    proc = run_module("barlab.train", "-m", "tokenizer.bits=0,10,14,18", "hydra/launcher=slurm", *SMOKE,
+                      "tokenizer.max_steps=6", "generator.max_steps=4", cwd=tmp_path, timeout=300)
+    folders = list((tmp_path / "outputs" / "smoke" / "multiruns").iterdir())
+    try:
+        yield proc, folders, time.time() - start
+    finally:
+        for folder in folders:
+            for job in slurm_jobs(folder):
+                subprocess.run(["scancel", job], capture_output=True, timeout=30)
+
+
 @pytest.mark.slurm
 @needs_cluster
-def test_user_sweep_runs_three_jobs_through_sbatch(tmp_path, cancel_jobs):
-    sweep_dir = tmp_path / "sweep"
-    start = time.time()
-    proc = sweep(tmp_path, sweep_dir, "tokenizer.bits=10,14,18", *SMOKE, "tokenizer.max_steps=6",
-                 "generator.max_steps=4")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    print(f"3-job SLURM sweep: {time.time() - start:.1f} s")
-
+def test_user_sweep_runs_three_jobs_through_sbatch(user_sweep):
+    _, (sweep_dir,), seconds = user_sweep
+    print(f"4-job SLURM sweep: {seconds:.1f} s")
     jobs = slurm_jobs(sweep_dir)
     array = jobs[0].split("_")[0]
-    assert jobs == [f"{array}_{num}" for num in range(3)]  # one sbatch: a job array of three tasks
-    for num, bits in enumerate((10, 14, 18)):
+    assert jobs == [f"{array}_{num}" for num in range(4)]  # one sbatch: a job array of four tasks
+    for num, bits in ((1, 10), (2, 14), (3, 18)):
         run_dir = sweep_dir / str(num)
         results = read_json(run_dir / "results.json")
         assert results["status"] == "ok" and results["stage"] == "all"
@@ -289,22 +303,45 @@ def test_user_sweep_runs_three_jobs_through_sbatch(tmp_path, cancel_jobs):
         assert final_states(f"{array}_{num}") == ["COMPLETED"]
         assert (sweep_dir / ".submitit" / f"{array}_{num}" / f"{array}_{num}_0_result.pkl").is_file()
 
-    proc = call_main("barlab.analysis", str(sweep_dir), cwd=tmp_path)
+    proc = call_main("barlab.analysis", str(sweep_dir), cwd=sweep_dir.parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = pd.read_csv(sweep_dir / "results.csv")
-    assert table["tokenizer.bits"].tolist() == [10, 14, 18]
-    assert (table["outcome"] == "ok").all() and table["gfid"].notna().all()
+    assert table["tokenizer.bits"].tolist() == [0, 10, 14, 18]
+    trained = table[table["tokenizer.bits"] > 0]
+    assert (trained["outcome"] == "ok").all() and trained["gfid"].notna().all()
 
 
 @pytest.mark.slurm
 @needs_cluster
-def test_user_command_without_sweep_dir(tmp_path, cancel_jobs):
-    """The user's command as typed: the sweep folder is the default outputs/<task>/multiruns/<run_name>."""
-    proc = run_module("barlab.train", "-m", "tokenizer.bits=10", "hydra/launcher=slurm", *SMOKE, "stage=tokenizer",
-                      "tokenizer.max_steps=2", cwd=tmp_path, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (sweep_dir,) = (tmp_path / "outputs" / "smoke" / "multiruns").iterdir()
-    assert read_json(sweep_dir / "0" / "results.json")["status"] == "ok" and len(slurm_jobs(sweep_dir)) == 1
+def test_user_command_without_sweep_dir(user_sweep):
+    """The sweep folder is the default outputs/<task>/multiruns/<run_name>: one folder, one job per point."""
+    _, folders, _ = user_sweep
+    (sweep_dir,) = folders
+    assert sweep_dir.parent.parent.name == "smoke" and sorted(p.name for p in sweep_dir.glob("[0-9]")) == \
+        ["0", "1", "2", "3"]
+    assert read_json(sweep_dir / "1" / "results.json")["status"] == "ok" and len(slurm_jobs(sweep_dir)) == 4
+
+
+@pytest.mark.slurm
+@needs_cluster
+def test_failed_job_is_a_row_and_the_sweep_exits_1(user_sweep):
+    proc, (sweep_dir,), _ = user_sweep
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1, proc.stderr[-3000:]   # the refused job's own line is in its SLURM log
+    assert lines[0].startswith("error: 1 of 4 sweep job(s) failed: #0 (tokenizer.bits=0 ")
+    assert "refused: tokenizer.bits: must be a positive integer, got 0" in lines[0]
+    assert "positive integer, got 0" in logs(sweep_dir)
+    array = slurm_jobs(sweep_dir)[0].split("_")[0]
+    assert final_states(f"{array}_1") == ["COMPLETED"] and read_json(sweep_dir / "1" / "results.json")["status"] == "ok"
+    failed = read_json(sweep_dir / "0" / "results.json")
+    assert failed["status"] == "failed" and failed["outcome"] == "refused"
+
+    proc = call_main("barlab.analysis", str(sweep_dir), cwd=sweep_dir.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = pd.read_csv(sweep_dir / "results.csv").set_index("tokenizer.bits")
+    assert table.loc[0, "outcome"] == "refused" and "positive integer" in table.loc[0, "reason"]
+    assert table.loc[10, "outcome"] == "ok" and table.loc[10, "bits_per_image"] == 16 * 10
 
 
 @pytest.mark.slurm
@@ -340,26 +377,6 @@ def test_ddp_job_gets_one_slurm_task_per_device(tmp_path, cancel_jobs):
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in text and "GLOBAL_RANK: 1, MEMBER: 2/2" in text
     assert read_json(sweep_dir / "0" / "results.json")["status"] == "ok"
     assert final_states(job) == ["COMPLETED"]
-
-
-@pytest.mark.slurm
-@needs_cluster
-def test_failed_job_is_a_row_and_the_sweep_exits_1(tmp_path, cancel_jobs):
-    sweep_dir = tmp_path / "sweep"
-    proc = sweep(tmp_path, sweep_dir, "tokenizer.bits=0,4", "stage=tokenizer", *SMOKE, "tokenizer.max_steps=6")
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    lines = error_lines(proc.stderr)
-    assert len(lines) == 1, proc.stderr[-3000:]
-    assert lines[0].startswith("error: 1 of 2 sweep job(s) failed: #0 (tokenizer.bits=0 ")
-    assert "refused: tokenizer.bits: must be a positive integer, got 0" in lines[0]
-    array = slurm_jobs(sweep_dir)[0].split("_")[0]
-    assert final_states(f"{array}_1") == ["COMPLETED"] and read_json(sweep_dir / "1" / "results.json")["status"] == "ok"
-
-    proc = call_main("barlab.analysis", str(sweep_dir), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    table = pd.read_csv(sweep_dir / "results.csv").set_index("tokenizer.bits")
-    assert table.loc[0, "outcome"] == "refused" and "positive integer" in table.loc[0, "reason"]
-    assert table.loc[4, "outcome"] == "ok" and table.loc[4, "bits_per_image"] == 16 * 4
 
 
 # --- requeue and time limit: the job continues from its checkpoint ------------------------------

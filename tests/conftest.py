@@ -73,20 +73,22 @@ def tokenizer_sweep(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ddp_runs(tmp_path_factory):
-    """Two ``trainer=ddp_cpu`` smoke pipelines on 2 ranks in one root, ``run_name=a`` then ``run_name=b``:
-    ``a`` trains its tokenizer (an empty tokenizer cache), ``b`` finds it in the cache. Read by
-    test_ddp.py (a) and test_tokenizer_cache.py (a and b). ``.procs`` maps the run names to their processes."""
+    """``trainer=ddp_cpu`` smoke pipelines on 2 ranks in one root: run ``a`` (``run_name=a``) trains its
+    tokenizer (an empty tokenizer cache); then a sweep of two DDP jobs in one process (``-m head=mbm,bitwise``,
+    ``.sweep``) finds that tokenizer in the cache and trains a generator per job. Read by test_ddp.py and
+    test_tokenizer_cache.py. ``.procs``: ``{"a": ..., "sweep": ...}``; ``.runs``: the folder holding ``a``."""
     from types import SimpleNamespace
 
     from helpers import run_module
 
     root = tmp_path_factory.mktemp("ddp")
-    procs = {}
-    for name in ("a", "b"):
-        procs[name] = run_module("barlab.train", "trainer=ddp_cpu", "experiment=smoke", "metrics.backend=random",
-                                 f"run_name={name}", cwd=root, timeout=240)
-        assert procs[name].returncode == 0, procs[name].stderr[-3000:]
-    return SimpleNamespace(root=root, procs=procs, runs=root / "outputs" / "smoke" / "runs")
+    common = ("trainer=ddp_cpu", "experiment=smoke", "metrics.backend=random")
+    procs = {"a": run_module("barlab.train", *common, "run_name=a", cwd=root, timeout=240)}
+    assert procs["a"].returncode == 0, procs["a"].stderr[-3000:]
+    procs["sweep"] = run_module("barlab.train", "-m", *common, "head=mbm,bitwise", f"hydra.sweep.dir={root / 'sweep'}",
+                                cwd=root, timeout=300)
+    assert procs["sweep"].returncode == 0, procs["sweep"].stderr[-3000:]
+    return SimpleNamespace(root=root, procs=procs, runs=root / "outputs" / "smoke" / "runs", sweep=root / "sweep")
 
 
 @pytest.fixture(scope="session")

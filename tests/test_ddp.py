@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import call_main, read_json, run_module
+from helpers import call_main, read_json
 
 pytestmark = pytest.mark.slow
 
@@ -62,15 +62,15 @@ def test_ddp_cpu_runs_the_whole_pipeline_on_two_ranks(ddp_runs):
     assert again["fid"] == pytest.approx(scores["fid"], rel=1e-5)
 
 
-def test_a_sweep_of_ddp_jobs_in_one_process_starts_fresh_ranks_per_job(tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = run_module("barlab.train", "-m", "trainer=ddp_cpu", "experiment=smoke", "stage=tokenizer",
-                      "metrics.rfid.enabled=false", "tokenizer.bits=4,6", "tokenizer.max_steps=6",
-                      "tokenizer.val_every=6", f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for job, bits in ((0, 4), (1, 6)):
+def test_a_sweep_of_ddp_jobs_in_one_process_starts_fresh_ranks_per_job(ddp_runs):
+    """The sweep of the session's DDP runs (conftest.py): ``-m trainer=ddp_cpu ... head=mbm,bitwise``, two jobs
+    that reuse run ``a``'s tokenizer from the cache and each train a generator on 2 ranks."""
+    sweep = ddp_runs.sweep
+    for job, head in ((0, "MBMHead"), (1, "BitwiseHead")):
         results = read_json(sweep / str(job) / "results.json")
-        assert results["status"] == "ok" and results["bits_per_token"] == bits and results["train_steps"] == 6
-        assert (sweep / str(job) / "train_ddp_process_1.log").is_file()    # each job had its own rank 1
+        assert results["status"] == "ok" and results["generator"]["head"] == head
+        assert results["generator"]["train_steps"] == 10 and results["tokenizer"]["cache"]["hit"] is True
+        rank1 = (sweep / str(job) / "train_ddp_process_1.log").read_text()    # each job had its own rank 1
+        assert "rank 1/2 reads train token shards" in rank1
     assert not (sweep / "2").exists()                                     # no rank started a sweep of its own
     assert processes_mentioning(str(sweep)) == []

@@ -102,16 +102,21 @@ def test_parallel_jobs_wait_for_the_one_that_trains(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_ranks_follow_rank_zero_on_a_hit(ddp_runs):
-    """The session's two DDP smoke runs (conftest.py): ``a`` then ``b`` in one root, ``b`` a cache hit."""
-    runs = ddp_runs.runs
-    a, b = read_json(runs / "a" / "results.json"), read_json(runs / "b" / "results.json")
-    assert a["tokenizer"]["cache"]["hit"] is False and b["tokenizer"]["cache"]["hit"] is True
-    assert b["generator"]["train_steps"] == 10 and b["psnr"] == a["psnr"]
-    rank1 = (runs / "b" / "train_ddp_process_1.log").read_text()
-    assert "rank 1/2 reads train token shards" in rank1        # rank 1 trained the generator with rank 0 ...
-    assert "rank 1/2 reads train image shards" not in rank1    # ... and, like rank 0, no tokenizer
-    decision = read_json(runs / "b" / "stages" / "tokenizer.cache.json")
-    assert decision["hit"] is True and decision["attempt"]
+    """The session's DDP smoke runs (conftest.py): run ``a`` trains the tokenizer, then job 0 of a sweep in the
+    same root (``b``: the same settings, head=mbm) and job 1 (head=bitwise: the same tokenizer key) hit it."""
+    a = read_json(ddp_runs.runs / "a" / "results.json")
+    assert a["tokenizer"]["cache"]["hit"] is False
+    for job in ("0", "1"):
+        folder = ddp_runs.sweep / job
+        b = read_json(folder / "results.json")
+        cache = b["tokenizer"]["cache"]
+        assert cache["hit"] is True and cache["key"] == a["tokenizer"]["cache"]["key"]
+        assert b["generator"]["train_steps"] == 10 and b["psnr"] == a["psnr"]
+        rank1 = (folder / "train_ddp_process_1.log").read_text()
+        assert "rank 1/2 reads train token shards" in rank1        # rank 1 trained the generator with rank 0 ...
+        assert "rank 1/2 reads train image shards" not in rank1    # ... and, like rank 0, no tokenizer
+        decision = read_json(folder / "stages" / "tokenizer.cache.json")
+        assert decision["hit"] is True and decision["attempt"]
 
 
 def test_an_unusable_entry_is_trained_again(tmp_path, compose_train):

@@ -14,9 +14,11 @@ from PIL import Image
 
 from barlab.config.paths import CONFIG_DIR
 from barlab.data import ImageShardDataModule, SyntheticSource
-from barlab.data.pretokenize import pretokenize
+from barlab.data.pretokenize import PretokenizeLimits, pretokenize
 from barlab.data.token_datamodule import TokenShardDataModule
 from barlab.data.token_shards import pack_bits, unpack_bits
+from barlab.errors import ConfigError
+from barlab.pipeline.generator_stage import pretokenize_limits
 from barlab.tokenizer import BinaryFSQ, ConvDecoder, ConvEncoder, Tokenizer
 
 # (preset, bits per AR step, AR grid, paper parameter count)
@@ -88,6 +90,48 @@ def test_pretokenization_stores_original_and_flip_and_reads_back(tmp_path):
         assert np.array_equal(stored[f"train_{i:07d}_0"], plain_bits[i].numpy()), i
         assert np.array_equal(stored[f"train_{i:07d}_1"], flipped_bits[i].numpy()), i
     assert not torch.equal(plain_bits, flipped_bits)
+
+
+def test_pretokenization_limits_encode_the_first_images_and_refuse_other_shards(tmp_path):
+    images = ImageShardDataModule(str(tmp_path / "img"), SyntheticSource(num_train=24, num_val=8, image_size=16,
+                                                                         num_classes=4), image_size=16,
+                                  batch_size=8, num_workers=0, flip=False, random_crop=False)
+    torch.manual_seed(0)
+    tokenizer = Tokenizer(ConvEncoder(3, width=8, depth=1, downsample=4, out_channels=8), BinaryFSQ(8, bits=5),
+                          ConvDecoder(3, width=8, depth=1, upsample=4, in_channels=8)).eval()
+    limits = PretokenizeLimits(train_images=10, val_images=3, flip=False)
+    assert limits.folder_suffix() == "_train10_val3_noflip" and PretokenizeLimits().folder_suffix() == ""
+    manifest = pretokenize(tokenizer, images, str(tmp_path / "tokens"), batch_size=8, limits=limits)
+    assert manifest["splits"]["train"]["num_samples"] == 10 and manifest["splits"]["val"]["num_samples"] == 3
+    assert manifest["augmentations"]["train"] == ["original"] and manifest["pretokenize"] == limits.as_dict()
+    # the first 10 training images, in shard order, and no mirror images
+    tokens = TokenShardDataModule(str(tmp_path / "tokens"), batch_size=3, num_workers=0)
+    (val_batch,) = list(tokens.val_dataloader())
+    first = next(iter(images.eval_dataset("val", batch_size=3)))
+    with torch.no_grad():
+        assert torch.equal(val_batch["bits"], tokenizer.encode_bits(first["image"]))
+    limits.check_manifest(manifest, "tokens")
+    with pytest.raises(ConfigError, match="pretokenized with") as err:
+        PretokenizeLimits().check_manifest(manifest, "tokens")
+    assert err.value.knob == "limits"
+    PretokenizeLimits().check_manifest({"splits": {}}, "tokens")        # no record: written with the default
+    with pytest.raises(ConfigError) as err:
+        PretokenizeLimits(train_images=0)
+    assert err.value.knob == "train_images"
+
+
+def test_pretokenize_knob_errors_name_the_knob(compose_train):
+    cfg = compose_train(["generator.data.pretokenize.val_images=-1"])
+    with pytest.raises(ConfigError) as err:
+        pretokenize_limits(cfg)
+    assert err.value.knob == "generator.data.pretokenize.val_images"
+    cfg = compose_train(["+generator.data.pretokenize.shuffle=true"])
+    with pytest.raises(ConfigError, match="not a pretokenization setting") as err:
+        pretokenize_limits(cfg)
+    assert err.value.knob == "generator.data.pretokenize.shuffle"
+    assert pretokenize_limits(compose_train([])) == PretokenizeLimits(20000, 2000, True)
+    v1 = pretokenize_limits(compose_train(["experiment=main_job_v1"]))
+    assert v1 == PretokenizeLimits() and v1.folder_suffix() == ""
 
 
 @pytest.mark.slow

@@ -74,8 +74,10 @@ def pretokenize_limits(cfg: DictConfig) -> PretokenizeLimits:
 
 
 def _checked(limits: PretokenizeLimits, manifest: dict, tokens_dir: Path) -> dict:
+    """``manifest``, if the shards in ``tokens_dir`` were written with ``limits``."""
     with knob_names(limits=PRETOKENIZE):
-        return _checked(limits, manifest, tokens_dir)
+        limits.check_manifest(manifest, str(tokens_dir))
+    return manifest
 
 
 def token_shards_for(cfg: DictConfig, tokenizer, info: dict, tokens_dir: Path) -> dict:

@@ -16,14 +16,18 @@ demo: setup data
 	$(PY) -m barlab.train $(ARGS)
 
 test: setup-dev lint
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest $(XDIST) $(ARGS)
+
+# Two pytest-xdist workers, each file's tests on one worker in order (tests/conftest.py starts the SLURM
+# tests first; session fixtures run once for both workers). XDIST= runs everything in one process.
+XDIST ?= -n 2 --dist loadfile
 
 # Tests that start a Python process are marked `process` by tests/conftest.py; the quick tier keeps
 # those also marked `quick` (the shared smoke pipeline and one refusal per entry point).
 QUICK := not process or quick
 
 test-quick: setup-dev lint
-	$(PY) -m pytest -m "$(QUICK)" $(ARGS)
+	$(PY) -m pytest -m "$(QUICK)" $(XDIST) $(ARGS)
 
 # lint rules: [tool.ruff] in pyproject.toml (ruff comes with the dev extra)
 lint: setup-dev

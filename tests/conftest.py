@@ -40,6 +40,36 @@ def compose_train(tmp_path):
     return _compose
 
 
+def once_per_run(tmp_path_factory, name: str, make):
+    """``make(root)`` run once for the whole test run, in a fresh folder ``root``, and its value.
+
+    With pytest-xdist (``make test`` runs 2 workers) the first worker that asks builds it under a file
+    lock in the folder the workers share, and the others wait and read its pickled value: a session
+    fixture costs its runs once, not once per worker. The value must pickle (paths, namespaces,
+    ``CompletedProcess``). If ``make`` fails, nothing is stored and the next asker tries again.
+    """
+    import pickle
+
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent                       # <basetemp>/popen-gw0 -> the run's base, shared
+    stored = base / f"{name}.pkl"
+    with FileLock(str(base / f"{name}.lock")):
+        if stored.is_file():
+            return pickle.loads(stored.read_bytes())
+        root = base / name
+        if root.exists():                        # a failed attempt's leftovers
+            import shutil
+
+            shutil.rmtree(root)
+        root.mkdir()
+        value = make(root)
+        stored.write_bytes(pickle.dumps(value))
+        return value
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """One whole ``python -m barlab.train experiment=smoke run_name=smoke`` pipeline (tokenizer, evaluation
@@ -50,10 +80,12 @@ def smoke_run(tmp_path_factory):
 
     from helpers import SMOKE_RUN_ARGS, run_module
 
-    root = tmp_path_factory.mktemp("smoke")
-    proc = run_module("barlab.train", *SMOKE_RUN_ARGS, cwd=root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return SimpleNamespace(proc=proc, root=root, run=root / "outputs" / "smoke" / "runs" / "smoke")
+    def make(root):
+        proc = run_module("barlab.train", *SMOKE_RUN_ARGS, cwd=root)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return SimpleNamespace(proc=proc, root=root, run=root / "outputs" / "smoke" / "runs" / "smoke")
+
+    return once_per_run(tmp_path_factory, "smoke", make)
 
 
 @pytest.fixture(scope="session")
@@ -63,12 +95,14 @@ def tokenizer_sweep(tmp_path_factory):
     test_tokenizer_cache.py (the cache off stores nothing). Its root's data is under ``<sweep>/../data``."""
     from helpers import run_module
 
-    root = tmp_path_factory.mktemp("sweep")
-    sweep = root / "sweep"
-    proc = run_module("barlab.train", "-m", "experiment=smoke", "stage=tokenizer", "tokenizer.bits=0,4,8",
-                      "tokenizer.max_steps=6", "tokenizer.val_every=6", "metrics.rfid.enabled=false",
-                      "cache.tokenizer=false", f"hydra.sweep.dir={sweep}", cwd=root)
-    return proc, sweep
+    def make(root):
+        sweep = root / "sweep"
+        proc = run_module("barlab.train", "-m", "experiment=smoke", "stage=tokenizer", "tokenizer.bits=0,4,8",
+                          "tokenizer.max_steps=6", "tokenizer.val_every=6", "metrics.rfid.enabled=false",
+                          "cache.tokenizer=false", f"hydra.sweep.dir={sweep}", cwd=root)
+        return proc, sweep
+
+    return once_per_run(tmp_path_factory, "sweep", make)
 
 
 @pytest.fixture(scope="session")
@@ -81,14 +115,16 @@ def ddp_runs(tmp_path_factory):
 
     from helpers import run_module
 
-    root = tmp_path_factory.mktemp("ddp")
-    common = ("trainer=ddp_cpu", "experiment=smoke", "metrics.backend=random")
-    procs = {"a": run_module("barlab.train", *common, "run_name=a", cwd=root, timeout=240)}
-    assert procs["a"].returncode == 0, procs["a"].stderr[-3000:]
-    procs["sweep"] = run_module("barlab.train", "-m", *common, "head=mbm,bitwise", f"hydra.sweep.dir={root / 'sweep'}",
-                                cwd=root, timeout=300)
-    assert procs["sweep"].returncode == 0, procs["sweep"].stderr[-3000:]
-    return SimpleNamespace(root=root, procs=procs, runs=root / "outputs" / "smoke" / "runs", sweep=root / "sweep")
+    def make(root):
+        common = ("trainer=ddp_cpu", "experiment=smoke", "metrics.backend=random")
+        procs = {"a": run_module("barlab.train", *common, "run_name=a", cwd=root, timeout=240)}
+        assert procs["a"].returncode == 0, procs["a"].stderr[-3000:]
+        procs["sweep"] = run_module("barlab.train", "-m", *common, "head=mbm,bitwise",
+                                    f"hydra.sweep.dir={root / 'sweep'}", cwd=root, timeout=300)
+        assert procs["sweep"].returncode == 0, procs["sweep"].stderr[-3000:]
+        return SimpleNamespace(root=root, procs=procs, runs=root / "outputs" / "smoke" / "runs", sweep=root / "sweep")
+
+    return once_per_run(tmp_path_factory, "ddp", make)
 
 
 @pytest.fixture(scope="session")
@@ -98,11 +134,13 @@ def smoke_tokenizer(tmp_path_factory):
     the generator jobs of the Optuna search and of the SLURM tests. Trained once per session."""
     from helpers import run_module
 
-    root = tmp_path_factory.mktemp("tokenizer")
-    proc = run_module("barlab.train", "experiment=smoke", "stage=tokenizer", "tokenizer.bits=6",
-                      "metrics.rfid.enabled=false", f"hydra.run.dir={root / 'run'}", cwd=root, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root / "run" / "tokenizer.pt"
+    def make(root):
+        proc = run_module("barlab.train", "experiment=smoke", "stage=tokenizer", "tokenizer.bits=6",
+                          "metrics.rfid.enabled=false", f"hydra.run.dir={root / 'run'}", cwd=root, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return root / "run" / "tokenizer.pt"
+
+    return once_per_run(tmp_path_factory, "tokenizer", make)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -152,6 +190,10 @@ def starts_processes(func, seen: set | None = None) -> bool:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
+    # The SLURM tests first: `make test` runs two pytest-xdist workers with `--dist loadfile` (a file's
+    # tests on one worker, in order), so test_slurm.py, the longest file and mostly waiting on the
+    # cluster, starts at once and the other worker works through the rest meanwhile.
+    items.sort(key=lambda item: not item.get_closest_marker("slurm"))      # stable: the order otherwise kept
     for item in items:
         if item.get_closest_marker("process") or not isinstance(item, pytest.Function):
             continue
@@ -188,6 +230,8 @@ def pytest_runtest_protocol(item, nextitem):
 def pytest_runtest_makereport(item, call):
     report = yield
     started = _STARTS.get(item.nodeid)
+    if call.when == "teardown" and started:
+        report.user_properties.append(("python_starts", len(started)))   # for the summary, also from xdist workers
     if call.when == "teardown" and started and not item.get_closest_marker("process") and report.passed:
         report.outcome = "failed"
         report.longrepr = (f"{item.nodeid} started {len(started)} Python process(es) but is not marked `process` "
@@ -196,7 +240,17 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+_COUNTED: dict[str, int] = {}             # test id -> Python processes it started, from the reports
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "teardown":
+        for key, value in report.user_properties:
+            if key == "python_starts":
+                _COUNTED[report.nodeid] = value
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    total = sum(len(v) for v in _STARTS.values())
-    terminalreporter.write_line(f"Python processes started by tests: {total}, by {len(_STARTS)} tests "
+    total = sum(_COUNTED.values())
+    terminalreporter.write_line(f"Python processes started by tests: {total}, by {len(_COUNTED)} tests "
                                 "(their own children, e.g. DDP ranks or SLURM jobs, not counted)")

@@ -118,7 +118,11 @@ def test_rerunning_a_finished_run_reuses_both_stages(smoke_run, tmp_path):
     """The session's finished smoke run (conftest.py), copied with its data to a root of its own, and its
     command run again there: both stages are reused, nothing is rewritten, the attempt is recorded."""
     root = tmp_path / "root"
-    shutil.copytree(smoke_run.root, root, symlinks=True)        # copy2: the files keep their mtimes
+    # copy2: the files keep their mtimes. Only the run and its data: other tests (another xdist worker, too)
+    # write their own folders beside them, and files being written atomically (".*.tmp") are skipped
+    for part in ("outputs", "data"):
+        shutil.copytree(smoke_run.root / part, root / part, symlinks=True,
+                        ignore=shutil.ignore_patterns(".*.tmp", "*.lock"))
     folder = run_dir(root, "smoke")
     before = {p: p.stat().st_mtime_ns for p in (folder / "tokenizer.pt", folder / "generator.pt")}
     ema_state = torch.load(folder / "checkpoints" / "tokenizer" / "last.ckpt", weights_only=False)["callbacks"]

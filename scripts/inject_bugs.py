@@ -66,6 +66,8 @@ COMPOSITION = T + ("test_tokenizer_loss_composition.py::"
                    "test_generator_loss_is_the_weighted_sum_and_the_gan_term_joins_at_its_start_step")
 DETACHED = T + ("test_tokenizer_loss_composition.py::"
                 "test_discriminator_step_is_fed_the_real_images_and_a_detached_reconstruction")
+LIMITS = T + ("test_generator_pipeline.py::"
+              "test_pretokenization_limits_encode_the_first_images_and_refuse_other_shards")
 BUGS = [
     # ------------------------------------------------------------------ the first fifteen
     bug("binary FSQ STE gradient doubled", "barlab/tokenizer/quantizers/binary_fsq.py", "BinaryFSQ.quantize",
@@ -87,6 +89,15 @@ BUGS = [
     bug("flipped copy flips vertically", "barlab/data/pretokenize.py", "_encode_split",
         "x.flip(-1)", "x.flip(-2)",
         T + "test_generator_pipeline.py::test_pretokenization_stores_original_and_flip_and_reads_back"),
+    bug("pretokenization limit ignored", "barlab/data/pretokenize.py", "_encode_split",
+        "images.eval_dataset(split, max_images,", "images.eval_dataset(split, None,",
+        LIMITS),
+    bug("pretokenization limits not recorded", "barlab/data/pretokenize.py", "pretokenize",
+        '**({"pretokenize": limits.as_dict()}', '**({"pretokenize_limits": limits.as_dict()}',
+        LIMITS),
+    bug("pretokenization knobs named by their argument", "barlab/pipeline/generator_stage.py",
+        "pretokenize_limits", "with knob_names(PRETOKENIZE_KNOBS):", "with knob_names({}):",
+        T + "test_generator_pipeline.py::test_pretokenize_knob_errors_name_the_knob"),
     bug("PSNR data range 2", "barlab/lightning/tokenizer_module.py", "TokenizerModule.__init__",
         "PeakSignalNoiseRatio(data_range=1.0", "PeakSignalNoiseRatio(data_range=2.0",
         T + "test_training_parts.py::test_tokenizer_validation_ssim_psnr_and_bit_usage_by_hand"),

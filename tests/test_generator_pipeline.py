@@ -46,13 +46,20 @@ def test_bit_packing_round_trip():
     assert np.array_equal(unpack_bits(payload, 64, 13), bits)
 
 
-def test_pretokenization_stores_original_and_flip_and_reads_back(tmp_path):
+def tiny_images_and_tokenizer(tmp_path):
+    """24 training and 8 validation synthetic 16 px images in shards under ``tmp_path/img`` (no
+    augmentation), and a random 5-bit tokenizer on a 4x4 grid, in eval mode."""
     images = ImageShardDataModule(str(tmp_path / "img"), SyntheticSource(num_train=24, num_val=8, image_size=16,
                                                                          num_classes=4), image_size=16,
                                   batch_size=8, num_workers=0, flip=False, random_crop=False)
     torch.manual_seed(0)
     tokenizer = Tokenizer(ConvEncoder(3, width=8, depth=1, downsample=4, out_channels=8), BinaryFSQ(8, bits=5),
                           ConvDecoder(3, width=8, depth=1, upsample=4, in_channels=8)).eval()
+    return images, tokenizer
+
+
+def test_pretokenization_stores_original_and_flip_and_reads_back(tmp_path):
+    images, tokenizer = tiny_images_and_tokenizer(tmp_path)
     manifest = pretokenize(tokenizer, images, str(tmp_path / "tokens"), batch_size=8)
     assert (manifest["seq_len"], manifest["bits"], manifest["grid"]) == (16, 5, [4, 4])
     assert manifest["splits"]["train"]["num_samples"] == 48 and manifest["splits"]["val"]["num_samples"] == 8
@@ -93,12 +100,7 @@ def test_pretokenization_stores_original_and_flip_and_reads_back(tmp_path):
 
 
 def test_pretokenization_limits_encode_the_first_images_and_refuse_other_shards(tmp_path):
-    images = ImageShardDataModule(str(tmp_path / "img"), SyntheticSource(num_train=24, num_val=8, image_size=16,
-                                                                         num_classes=4), image_size=16,
-                                  batch_size=8, num_workers=0, flip=False, random_crop=False)
-    torch.manual_seed(0)
-    tokenizer = Tokenizer(ConvEncoder(3, width=8, depth=1, downsample=4, out_channels=8), BinaryFSQ(8, bits=5),
-                          ConvDecoder(3, width=8, depth=1, upsample=4, in_channels=8)).eval()
+    images, tokenizer = tiny_images_and_tokenizer(tmp_path)
     limits = PretokenizeLimits(train_images=10, val_images=3, flip=False)
     assert limits.folder_suffix() == "_train10_val3_noflip" and PretokenizeLimits().folder_suffix() == ""
     manifest = pretokenize(tokenizer, images, str(tmp_path / "tokens"), batch_size=8, limits=limits)

@@ -25,6 +25,7 @@ from barlab.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class PretokenizeLimits:
     """What pretokenization encodes: the first ``train_images`` training images (None: all), each also

@@ -66,6 +66,7 @@ COMPOSITION = T + ("test_tokenizer_loss_composition.py::"
                    "test_generator_loss_is_the_weighted_sum_and_the_gan_term_joins_at_its_start_step")
 DETACHED = T + ("test_tokenizer_loss_composition.py::"
                 "test_discriminator_step_is_fed_the_real_images_and_a_detached_reconstruction")
+PAPER_SUM = T + "test_paper_tokenizer_smoke.py::test_the_loss_is_the_official_weighted_sum_of_its_terms"
 LIMITS = T + ("test_generator_pipeline.py::"
               "test_pretokenization_limits_encode_the_first_images_and_refuse_other_shards")
 BUGS = [
@@ -259,24 +260,41 @@ BUGS = [
         T + "test_generator_accumulation_clipping.py::test_without_accumulation_each_micro_batch_is_its_own_update"),
     # ------------------------------------------------------------------ the tokenizer's training step
     bug("tokenizer loss drops the quantizer loss", "barlab/lightning/tokenizer_module.py",
-        "TokenizerModule.training_step", "loss = terms[\"loss\"] + q.loss", "loss = terms[\"loss\"]",
+        "TokenizerModule.autoencoder_loss", "loss = terms[\"loss\"] + q.loss", "loss = terms[\"loss\"]",
         COMPOSITION),
-    bug("perceptual loss unweighted", "barlab/lightning/tokenizer_module.py", "TokenizerModule.training_step",
+    bug("perceptual loss unweighted", "barlab/lightning/tokenizer_module.py", "TokenizerModule.autoencoder_loss",
         "loss + self.perceptual_weight * perceptual", "loss + perceptual",
         COMPOSITION),
-    bug("GAN term unweighted", "barlab/lightning/tokenizer_module.py", "TokenizerModule.training_step",
+    bug("GAN term unweighted", "barlab/lightning/tokenizer_module.py", "TokenizerModule.autoencoder_loss",
         "loss + self.gan_weight * g_loss", "loss + g_loss",
         COMPOSITION),
     bug("GAN starts one step late", "barlab/lightning/tokenizer_module.py", "TokenizerModule.gan_active",
         "self.global_step >= self.gan_start_step", "self.global_step > self.gan_start_step",
         COMPOSITION),
     bug("discriminator fed the live reconstruction", "barlab/lightning/tokenizer_module.py",
-        "TokenizerModule.training_step", "self.discriminator(recon.detach())", "self.discriminator(recon)",
+        "TokenizerModule.discriminator_loss", "else recon.detach()", "else recon",
         DETACHED),
     bug("tokenizer gradient clipped by value", "barlab/lightning/tokenizer_module.py", "TokenizerModule.training_step",
         "self.clip_gradients(opt_g, gradient_clip_val=self.grad_clip, gradient_clip_algorithm=\"norm\")",
         "self.clip_gradients(opt_g, gradient_clip_val=self.grad_clip, gradient_clip_algorithm=\"value\")",
         T + "test_tokenizer_loss_composition.py::test_gradient_norm_clipping_is_applied_to_both_optimisers"),
+    # ------------------------------------------------------------------ the paper tokenizer (bar_fsq_paper)
+    bug("distillation term unweighted", "barlab/lightning/tokenizer_module.py", "TokenizerModule.autoencoder_loss",
+        "loss + self.distill_weight * distill", "loss + distill", PAPER_SUM),
+    bug("Gram term unweighted", "barlab/lightning/tokenizer_module.py", "TokenizerModule.autoencoder_loss",
+        "loss + self.gram_weight * gram", "loss + gram", PAPER_SUM),
+    bug("encoder at the full learning rate", "barlab/lightning/tokenizer_module.py", "TokenizerModule.build_optimizers",
+        "[\"lr\"] *= self.encoder_lr_mult", "[\"lr\"] *= 1.0",
+        T + "test_paper_tokenizer_smoke.py::test_encoder_starts_from_the_file_and_gets_a_tenth_of_the_learning_rate"),
+    bug("frozen loss networks saved in checkpoints", "barlab/lightning/tokenizer_module.py", "_drop_frozen_loss_nets",
+        "        del state_dict[key]", "        pass",
+        T + "test_paper_tokenizer_smoke.py::test_paper_tokenizer_trains_end_to_end_with_every_loss_term"),
+    bug("a missing pretrained file is not refused", "barlab/pipeline/preflight.py", "check_pretrained_files",
+        "if location is None or not os.path.exists(str(location)):", "if location is None:",
+        T + "test_paper_tokenizer_smoke.py::test_a_missing_pretrained_file_is_refused_before_anything_is_built"),
+    bug("discriminator sees unrounded fakes", "barlab/tokenizer/dino_discriminator.py", "discriminator_fake_input",
+        "return torch.round((x + 1.0) * 127.5) / 127.5 - 1.0", "return x",
+        T + "test_paper_losses.py::test_official_discriminator_step_hand_case"),
     bug("L2 term weighted by the L1 weight", "barlab/tokenizer/losses.py", "ReconstructionLoss.forward",
         "self.l2_weight * l2", "self.l1_weight * l2",
         COMPOSITION),

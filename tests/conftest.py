@@ -25,6 +25,9 @@ def compose_train(tmp_path):
     from omegaconf import open_dict
 
     from barlab.config.paths import CONFIG_DIR
+    from barlab.config.resolvers import register_resolvers
+
+    register_resolvers()  # as every entry point does
 
     def _compose(overrides=()):
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

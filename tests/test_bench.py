@@ -137,3 +137,16 @@ def test_bench_refuses_an_unknown_benchmark(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert error_lines(proc.stderr) == [f"error: bench: unknown benchmark 'nope'; choose all or one of "
                                         f"{', '.join(BENCHMARKS)} (fix: bench=all)"]
+
+
+@pytest.mark.slow
+def test_bench_paper_tokenizer_counts_both_gan_phases_and_labels_the_estimate(bench_run):
+    result = bench_run[1]["benchmarks"]["paper_tokenizer"]
+    off, on = result["rows"]
+    assert (off["phase"], on["phase"]) == ("GAN off", "GAN on")
+    assert 0 < off["flops_per_image"] < on["flops_per_image"]      # the discriminator's forward and backward
+    assert off["flops_per_step"] == pytest.approx(off["flops_per_image"] * 32 * 8)
+    assert 0 < off["trainable"] < off["params"]                       # frozen teacher, loss nets, DINO
+    assert off["step_s"] > 0 and on["batch"] == 8
+    assert set(result["ratios"]) == {"gpu_hours_estimate"}           # no GPU: an estimate, and said so
+    assert "ESTIMATE, not measured" in result["notes"][0]

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from barlab.config.overrides import check_group_overrides
 from barlab.config.paths import CONFIG_DIR
 from barlab.errors import ConfigError
-from barlab.pipeline.preflight import check_config
+from barlab.pipeline.preflight import check_config, encoder_factor
 
 GROUPS = ["data", "tokenizer", "tokenizer/quantizer", "generator", "head", "trainer", "logger", "callbacks",
           "experiment", "metrics"]
@@ -33,10 +33,14 @@ def test_every_option_composes_and_passes_checks(tmp_path, group, option, compos
     if option == "imagefolder":
         (tmp_path / "images" / "a").mkdir(parents=True)
         overrides.append(f"data.source.root={tmp_path / 'images'}")
+    if option == "bar_fsq_paper":  # its pretrained files must exist: tiny stand-ins, sized to match
+        from tests.tiny_pretrained import TINY_OVERRIDES, pretrained_overrides, write_tiny_pretrained
+
+        overrides = [*TINY_OVERRIDES, *pretrained_overrides(write_tiny_pretrained(tmp_path / "pretrained"))]
     cfg = compose_train(overrides)
     check_config(cfg)
     assert cfg.tokenizer.quantizer._target_.startswith("barlab.tokenizer.")
-    assert cfg.data.image_size % cfg.tokenizer.encoder.downsample == 0
+    assert cfg.data.image_size % encoder_factor(cfg.tokenizer) == 0
 
 
 def test_bits_is_the_one_integer_that_sets_the_width(tmp_path, compose_train):
@@ -80,14 +84,39 @@ def test_fsdp_preset_shards_each_transformer_block():
 
     from barlab.config.paths import CONFIG_DIR
     from barlab.generator.transformer_block import Block
+    from barlab.tokenizer.siglip2 import SigLIP2Layer
+    from barlab.tokenizer.vit_decoder import DecoderBlock
 
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["trainer=fsdp", "generator=bar_l"])
     strategy = instantiate(cfg.trainer.strategy)
     assert type(strategy).__name__ == "FSDPStrategy"
-    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block}
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block, SigLIP2Layer, DecoderBlock}
     assert strategy.kwargs["use_orig_params"] is True
     assert cfg.trainer.precision == "bf16-mixed" and cfg.generator.global_batch_size == 2048
+
+
+@pytest.mark.parametrize("trainer", ["ddp", "fsdp"])
+def test_paper_tokenizer_composes_with_the_cluster_trainers_at_full_size(compose_train, trainer):
+    """``tokenizer=bar_fsq_paper`` at ImageNet scale: every node resolves, the full-size tokenizer builds
+    (on the meta device) with the published widths, and FSDP would wrap each of its transformer blocks."""
+    import torch
+    from hydra.utils import instantiate
+
+    from barlab.tokenizer.checkpoint import build_tokenizer
+
+    cfg = compose_train([f"trainer={trainer}", "tokenizer=bar_fsq_paper", "data=imagefolder", "stage=tokenizer",
+                         "data.source.root=/imagenet", "data.image_size=256"])
+    assert cfg.tokenizer.global_batch_size == 256 and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.tokenizer.decoder.grid == 16 and cfg.tokenizer.quantizer.out_channels == 1024
+    assert cfg.tokenizer.loss.distillation.teacher.width == 1152
+    with torch.device("meta"):
+        tokenizer = build_tokenizer(cfg.tokenizer)
+    assert tokenizer.bits_per_image(256) == 16 * 16 * 16
+    if trainer == "fsdp":
+        classes = instantiate(cfg.trainer.strategy).kwargs["auto_wrap_policy"]._module_classes
+        units = [m for m in tokenizer.modules() if isinstance(m, tuple(classes))]
+        assert len(units) == 27 + 24
 
 
 # ---------------------------------------------------------------- each option's effect on what is built

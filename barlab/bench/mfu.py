@@ -56,7 +56,7 @@ def train_step_flops(trainer, batch) -> int:
     """FLOPs of one forward + backward as FlopCounterMode counts them (matmuls, convolutions, SDPA)."""
     with FlopCounterMode(display=False) as counter:
         trainer.forward_backward(batch)
-    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.zero_grad()
     return int(counter.get_total_flops())
 
 

@@ -69,6 +69,9 @@ class BareTrainer:
         loss.backward()
         return loss
 
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
     def step(self, batch: dict) -> float:
         loss = self.forward_backward(batch)
         torch.nn.utils.clip_grad_norm_(self.params, self.module.grad_clip)
@@ -90,27 +93,37 @@ def step_times(step, batches, device: torch.device) -> list[float]:
 
 
 class BareTokenizerStep:
-    """The tokenizer stage's training step without Lightning, for the default recipe (no GAN, no
-    perceptual loss): tokenizer forward, reconstruction + quantizer loss (under the precision's
-    autocast), backward, the gradient-norm clip, the module's AdamW. ``step(images)``: images
+    """The tokenizer stage's training step without Lightning: the module's own ``autoencoder_loss``
+    (every loss term it has, under the precision's autocast), backward, the gradient-norm clip, its
+    optimiser; with ``gan_on`` also the discriminator's hinge step. ``step(images)``: images
     (B, C, H, W) in [-1, 1]."""
 
-    def __init__(self, module, device: torch.device, precision: str):
+    def __init__(self, module, device: torch.device, precision: str, gan_on: bool = False):
         self.module, self.device, self.precision = module.to(device).train(), device, precision
-        self.params = list(module.tokenizer.parameters())
-        self.optimizer = module.optimizer(self.params)
+        self.gan_on = gan_on and module.discriminator is not None
+        self.optimizers = module.build_optimizers()
+        self.params = [[p for g in opt.param_groups for p in g["params"]] for opt in self.optimizers]
 
     def forward_backward(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
         with autocast(self.device, self.precision):
-            recon, q = self.module.tokenizer(images)
-            loss = self.module.recon_loss(recon.float(), images.float())["loss"] + q.loss
+            loss, _, recon = self.module.autoencoder_loss(images, self.gan_on)
         loss.backward()
+        if self.gan_on:
+            self.optimizers[1].zero_grad(set_to_none=True)  # as training: the generator's term reached it
+            with autocast(self.device, self.precision):
+                d_loss = self.module.discriminator_loss(images, recon)
+            d_loss.backward()
         return loss
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
 
     def step(self, images: torch.Tensor) -> float:
         loss = self.forward_backward(images)
-        torch.nn.utils.clip_grad_norm_(self.params, self.module.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer, params in zip(self.optimizers, self.params):
+            torch.nn.utils.clip_grad_norm_(params, self.module.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())

@@ -41,7 +41,13 @@ def cpus_per_task(*num_workers: Any) -> int:
     return 1 + max([int(n or 0) for n in num_workers] + [0])
 
 
+def floordiv(a: Any, b: Any) -> int:
+    """``a // b`` of two integers (a token grid: image size // patch size)."""
+    return int(a) // int(b)
+
+
 RESOLVERS = {
+    "barlab.floordiv": floordiv,
     "barlab.cwd": os.getcwd,
     "barlab.generator_folder": generator_folder,
     "barlab.gpus_per_node": gpus_per_node,

@@ -6,8 +6,10 @@ sweep point fails in a second instead of after an hour of training.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
@@ -17,6 +19,7 @@ from barlab.errors import ConfigError
 from barlab.generator.heads import LinearHead, MBMHead
 from barlab.pipeline.generator_stage import build_backbone_and_head, pretokenize_limits, tokenizer_path
 from barlab.runtime.distributed import check_global_batches
+from barlab.tokenizer.pretrained import PRETRAINED_DOWNLOADS
 from barlab.tokenizer.quantizers import FSQ, BinaryFSQ, KLLatent
 from barlab.utils.integers import check_int
 
@@ -36,6 +39,49 @@ def is_a(node: DictConfig | None, knob: str, cls: type) -> bool:
     """Whether ``node`` instantiates ``cls`` or a subclass of it."""
     target = target_class(node, knob)
     return isinstance(target, type) and issubclass(target, cls)
+
+
+def encoder_factor(tok: DictConfig) -> object:
+    """The tokenizer's pixels per token side: ``encoder.downsample`` (conv encoder) or ``encoder.patch_size``
+    (SigLIP2 encoder), unchecked."""
+    return tok.encoder.get("downsample", tok.encoder.get("patch_size"))
+
+
+def factor_knob(tok: DictConfig) -> str:
+    """The knob that sets :func:`encoder_factor`."""
+    return "tokenizer.encoder.downsample" if "downsample" in tok.encoder else "tokenizer.encoder.patch_size"
+
+
+# the loss parts of the tokenizer that load pretrained files, each with the knob of its weight
+_PRETRAINED_USERS = (("encoder_init", None), ("loss.perceptual.net", "loss.perceptual.weight"),
+                     ("loss.distillation.teacher", "loss.distillation.weight"), ("loss.gram.net", "loss.gram.weight"),
+                     ("loss.gan.discriminator", "loss.gan.weight"))
+
+
+def check_pretrained_files(cfg: DictConfig) -> None:
+    """Every ``tokenizer.pretrained.<name>`` file that an enabled part uses exists, else one line that names
+    the knob and what to download. Runs before anything is built (the files are read later, strictly)."""
+    files = cfg.tokenizer.get("pretrained")
+    if not isinstance(files, DictConfig) or cfg.stage not in ("tokenizer", "all"):
+        return
+    raw = OmegaConf.to_container(cfg.tokenizer, resolve=False)
+    used: list[str] = []
+    for path, weight in _PRETRAINED_USERS:
+        part = raw
+        for key in path.split("."):
+            part = part.get(key) if isinstance(part, dict) else None
+        if part is None or (weight is not None and not OmegaConf.select(cfg.tokenizer, weight, default=0)):
+            continue
+        used += [name for name in re.findall(r"\$\{tokenizer\.pretrained\.(\w+)\}", json.dumps(part))
+                 if name not in used]
+    for name in used:
+        location = files.get(name)
+        if location is None or not os.path.exists(str(location)):
+            what = PRETRAINED_DOWNLOADS.get(name, "that pretrained file")
+            raise ConfigError(f"tokenizer.pretrained.{name}",
+                              f"{'not set' if location is None else repr(str(location)) + ' not found'}; "
+                              f"download {what}; nothing is downloaded at run time",
+                              fix=f"tokenizer.pretrained.{name}=/path/to/it")
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -63,8 +109,8 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError("tokenizer.quantizer.levels", f"must be a list of integers >= 2, got {levels}",
                               fix="tokenizer.quantizer.levels=[8,5,5,5]")
 
-    f = check_int(tok.encoder.get("downsample"), "tokenizer.encoder.downsample", fix="tokenizer.encoder.downsample=4")
-    if f & (f - 1):
+    f = check_int(encoder_factor(tok), factor_knob(tok), fix=f"{factor_knob(tok)}=4")
+    if "downsample" in tok.encoder and f & (f - 1):
         raise ConfigError("tokenizer.encoder.downsample", f"must be a power of two, got {f}",
                           fix="tokenizer.encoder.downsample=4")
     size = check_int(cfg.data.get("image_size"), "data.image_size", fix="data.image_size=32")
@@ -77,6 +123,7 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.stage in ("generator", "all"):
         check_generator(cfg)
     check_global_batches(cfg)
+    check_pretrained_files(cfg)
 
     source = cfg.data.get("source")
     if isinstance(source, DictConfig):
@@ -140,7 +187,7 @@ def token_facts(cfg: DictConfig) -> tuple[int, tuple[int, int]] | None:
         if not info.get("is_discrete", True) or tokenizer.quantizer.bits_per_token < 1:
             return None  # refused with its own message by the generator stage
         return int(info["bits_per_token"]), tuple(int(g) for g in info["grid"])
-    side = cfg.data.image_size // cfg.tokenizer.encoder.downsample  # both checked in check_config
+    side = cfg.data.image_size // encoder_factor(cfg.tokenizer)  # both checked in check_config
     if is_a(cfg.tokenizer.quantizer, "tokenizer.quantizer", BinaryFSQ):
         return int(cfg.tokenizer.bits), (side, side)
     if is_a(cfg.tokenizer.quantizer, "tokenizer.quantizer", FSQ):

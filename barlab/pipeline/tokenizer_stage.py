@@ -37,29 +37,50 @@ log = logging.getLogger("barlab")
 
 
 def build_tokenizer_module(cfg: DictConfig) -> TokenizerModule:
-    """The LightningModule for ``cfg.tokenizer``: tokenizer + losses + optimiser settings."""
+    """The LightningModule for ``cfg.tokenizer``: tokenizer + losses + optimiser settings.
+
+    Every loss term whose weight is 0 builds nothing (and needs no file). With ``tokenizer.encoder_init``
+    (BAR-FSQ: the SigLIP2 folder) the encoder starts from those pretrained weights.
+    """
     tok = cfg.tokenizer
     tokenizer = build_tokenizer(tok)  # constructor errors surface as one-line ConfigErrors
-    gan, perceptual = tok.loss.gan, tok.loss.perceptual
+    if tok.get("encoder_init"):
+        with knob_names({"weights_path": "tokenizer.encoder_init"}):
+            tokenizer.encoder.load_pretrained(tok.encoder_init)
+    loss = tok.loss
+    gan, perceptual = loss.gan, loss.perceptual
+    distill, gram = loss.get("distillation"), loss.get("gram")
     discriminator = (instantiate_checked(gan.discriminator, "tokenizer.loss.gan.discriminator")
                      if gan.weight > 0 else None)
     perceptual_net = None
-    if perceptual.weight > 0:
+    if perceptual.weight > 0 and perceptual.get("net") is not None:
+        perceptual_net = instantiate_checked(perceptual.net, "tokenizer.loss.perceptual.net")
+    elif perceptual.weight > 0:
         from barlab.tokenizer.perceptual import VGGPerceptualLoss
 
         with knob_names({name: f"tokenizer.loss.perceptual.{name}" for name in ("weights_path", "weight")}):
             perceptual_net = VGGPerceptualLoss(perceptual.weights_path)
+    teacher = (instantiate_checked(distill.teacher, "tokenizer.loss.distillation.teacher")
+               if distill is not None and distill.weight > 0 else None)
+    gram_net = (instantiate_checked(gram.net, "tokenizer.loss.gram.net")
+                if gram is not None and gram.weight > 0 else None)
     with knob_names(TOKENIZER_KNOBS, l1_weight="tokenizer.loss.l1_weight", l2_weight="tokenizer.loss.l2_weight"):
         return TokenizerModule(
             tokenizer=tokenizer,
             image_size=cfg.data.image_size,
-            l1_weight=tok.loss.l1_weight,
-            l2_weight=tok.loss.l2_weight,
+            l1_weight=loss.l1_weight,
+            l2_weight=loss.l2_weight,
             perceptual=perceptual_net,
             perceptual_weight=perceptual.weight,
             discriminator=discriminator,
             gan_weight=gan.weight,
             gan_start_step=gan.start_step,
+            gan_quantize_fake=bool(gan.get("quantize_fake", False)),
+            teacher=teacher,
+            distill_weight=distill.weight if teacher is not None else 0.0,
+            gram=gram_net,
+            gram_weight=gram.weight if gram_net is not None else 0.0,
+            encoder_lr_mult=float(tok.get("encoder_lr_mult", 1.0)),
             **build_optimization(tok, "tokenizer"),
         )
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from barlab.errors import ConfigError
+from barlab.tokenizer.pretrained import freeze, gray_to_rgb, load_state_strict, read_state_file
 
 _KNOB = "weights_path"
 # ``weight``: the perceptual loss's weight, applied by the caller (0 turns the loss off)
@@ -22,8 +23,10 @@ _VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 
                                      512, 512, 512, "M", 512, 512, 512, "M")
 # Index in ``features`` of the ReLU that produces each named activation.
 VGG16_LAYERS: dict[str, int] = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22, "relu5_3": 29}
-_MEAN = (0.485, 0.456, 0.406)
-_STD = (0.229, 0.224, 0.225)
+# what a user must get (torchvision's IMAGENET1K_V1 VGG16 weights)
+_VGG_FILE = "VGG16 state dict (torchvision vgg16-397923af.pth)"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def vgg16_features() -> nn.Sequential:
@@ -39,31 +42,31 @@ def vgg16_features() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def load_vgg16_features_state(weights_path: str | os.PathLike | None) -> dict[str, Tensor]:
+def load_vgg16_features_state(weights_path: str | os.PathLike | None, knob: str = _KNOB, *,
+                              user: str = "the perceptual loss", fix: str = _FIX) -> dict[str, Tensor]:
     """Read a VGG16 state dict and return it with features-only keys (``"0.weight"``, ...).
 
     Accepts a full torchvision vgg16 state dict (``features.N.*``; ``classifier.*`` is ignored) or a
-    features-only one (``N.*``). A missing path raises ConfigError on ``weights_path``.
+    features-only one (``N.*``). A missing path raises ConfigError on ``knob`` (default ``weights_path``).
     """
-    if weights_path is None or not os.path.isfile(os.fspath(weights_path)):
-        raise ConfigError(
-            _KNOB,
-            f"{weights_path!r} not found; the perceptual loss needs a local VGG16 state dict, nothing is downloaded",
-            fix=_FIX,
-        )
-    try:
-        state = torch.load(os.fspath(weights_path), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ConfigError(_KNOB, f"{os.fspath(weights_path)!r} is not a readable torch state dict ({err})",
-                          fix=_FIX) from err
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ConfigError(_KNOB, f"{os.fspath(weights_path)!r} holds a {type(state).__name__}, not a state dict",
-                          fix=_FIX)
+    state = read_state_file(weights_path, knob, user=user, expected=_VGG_FILE, fix=fix)
     if any(k.startswith("features.") for k in state):
         state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     return state
+
+
+def vgg16_features_from_file(weights_path: str | os.PathLike | None, knob: str = _KNOB, *,
+                             user: str = "the perceptual loss", fix: str = _FIX,
+                             last: int | None = None) -> nn.Sequential:
+    """A frozen ``vgg16().features`` loaded strictly from ``weights_path`` (see load_vgg16_features_state),
+    cut after module index ``last`` (None: all 31 modules); state-dict keys ``"0.weight"``, ... unchanged.
+    A wrong file is one ConfigError line on ``knob``."""
+    features = vgg16_features()
+    state = load_vgg16_features_state(weights_path, knob, user=user, fix=fix)
+    load_state_strict(features, state, weights_path, knob, expected=_VGG_FILE, fix=fix)
+    if last is not None:
+        features = features[: last + 1]
+    return freeze(features)
 
 
 class VGGPerceptualLoss(nn.Module):
@@ -91,20 +94,11 @@ class VGGPerceptualLoss(nn.Module):
                 f"unknown or empty layer list {list(layers)!r}; choose from {list(VGG16_LAYERS)}",
                 fix="layers=[relu1_2,relu2_2,relu3_3,relu4_3,relu5_3]",
             )
-        state = load_vgg16_features_state(weights_path)
-        features = vgg16_features()
-        try:
-            features.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()[0]
-            raise ConfigError(_KNOB, f"{os.fspath(weights_path)!r} is not a VGG16 state dict: {first}",
-                              fix=_FIX) from err
         self.layer_ids = sorted(VGG16_LAYERS[name] for name in layers)
-        self.features = features[: self.layer_ids[-1] + 1]  # drop what no chosen layer needs; keys unchanged
-        for p in self.features.parameters():
-            p.requires_grad_(False)
-        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+        # drop what no chosen layer needs; keys unchanged
+        self.features = vgg16_features_from_file(weights_path, last=self.layer_ids[-1])
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.eval()
 
     def train(self, mode: bool = True) -> VGGPerceptualLoss:
@@ -112,11 +106,7 @@ class VGGPerceptualLoss(nn.Module):
         return super().train(False)
 
     def _prepare(self, x: Tensor) -> Tensor:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        elif x.shape[1] != 3:
-            raise ValueError(f"VGGPerceptualLoss expects 1 or 3 channels, got {x.shape[1]}")
-        return ((x.float() + 1) / 2 - self.mean) / self.std
+        return ((gray_to_rgb(x, "VGGPerceptualLoss").float() + 1) / 2 - self.mean) / self.std
 
     def _feats(self, x: Tensor) -> list[Tensor]:
         out = []

@@ -26,8 +26,11 @@ class Tokenizer(nn.Module):
 
     Args:
         encoder: (B, C, H, W) -> (B, D, h, w); must expose ``downsample`` (f).
-        quantizer: a ``Quantizer`` with ``latent_channels == D``.
-        decoder: (B, D, h, w) -> (B, C, H, W).
+        quantizer: a ``Quantizer`` with ``latent_channels == D``; its ``out_channels`` (if it has one,
+            e.g. ``BinaryFSQ(1152, 16, out_channels=1024)`` for the paper's tokenizer; else D) is the
+            width it hands the decoder.
+        decoder: (B, D_out, h, w) -> (B, C, H, W), ``in_channels`` (if it has one) equal to the
+            quantizer's out width.
 
     Errors name the argument: ``latent_channels`` (the width encoder, quantizer and decoder must
     share), ``upsample`` (the decoder's factor), ``image_size``, ``grid``, ``quantizer``.
@@ -37,13 +40,15 @@ class Tokenizer(nn.Module):
         super().__init__()
         if not isinstance(getattr(encoder, "downsample", None), int):
             raise TypeError(f"{type(encoder).__name__} must expose an int attribute `downsample` (the factor f)")
-        enc_d = getattr(encoder, "out_channels", quantizer.latent_channels)
-        dec_d = getattr(decoder, "in_channels", quantizer.latent_channels)
-        if not enc_d == quantizer.latent_channels == dec_d:
+        q_in = quantizer.latent_channels
+        q_out = getattr(quantizer, "out_channels", q_in)
+        enc_d = getattr(encoder, "out_channels", q_in)
+        dec_d = getattr(decoder, "in_channels", q_out)
+        if not (enc_d == q_in and q_out == dec_d):
+            q_text = f"{q_in}" if q_in == q_out else f"in {q_in}, out {q_out}"
             raise ConfigError(
                 "latent_channels",
-                f"encoder out ({enc_d}), quantizer ({quantizer.latent_channels}) and decoder in ({dec_d}) "
-                "widths differ",
+                f"encoder out ({enc_d}), quantizer ({q_text}) and decoder in ({dec_d}) widths differ",
                 fix="latent_channels=<one width for all three>",
             )
         dec_f = getattr(decoder, "upsample", encoder.downsample)
@@ -101,6 +106,20 @@ class Tokenizer(nn.Module):
         """x (B, C, H, W) in [-1, 1] -> (reconstruction (B, C, H, W), QuantizerOutput)."""
         out = self.encode(x)
         return self.decode(out.latent), out
+
+    def forward_with_distillation(self, x: Tensor) -> tuple[Tensor, QuantizerOutput, Tensor]:
+        """x (B, C, H, W) -> (reconstruction (B, C, H, W), QuantizerOutput, prediction (B, h*w, D_t)).
+
+        The prediction is the decoder's distillation head (BAR-FSQ: decoder block 2 -> MLP), compared
+        with a frozen teacher's features by the training loss. The decoder must have
+        ``forward_with_distillation`` (``ViTDecoder`` has).
+        """
+        if not hasattr(self.decoder, "forward_with_distillation"):
+            raise ConfigError("decoder", f"{type(self.decoder).__name__} has no distillation head",
+                              fix="a ViTDecoder, or distillation weight 0")
+        out = self.encode(x)
+        recon, prediction = self.decoder.forward_with_distillation(out.latent)
+        return recon, out, prediction
 
     def encode_bits(self, x: Tensor) -> Tensor:
         """x (B, C, H, W) -> token bits (B, L, k) in {0, 1}, L = h * w in raster order (row by row)."""

@@ -68,7 +68,7 @@ class ProgressLog(L.Callback):
         shown = ", ".join(f"{name} {float(value):.4g}" for name, value in metrics.items()
                           if name != "v_num" and _is_number(value))
         rate = (step - self.start_step) / elapsed if elapsed > 0 else 0.0
-        tail = f"{rate:.3g} steps/s"
+        tail = f"{rate:.0f} steps/s" if rate >= 100 else f"{rate:.3g} steps/s"  # never 1.08e+03
         if max_steps > 0 and rate > 0:
             tail += f", {format_duration((max_steps - step) / rate)} left"
         return f"{head}: {shown} | {tail}" if shown else f"{head} | {tail}"

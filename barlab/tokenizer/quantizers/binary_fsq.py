@@ -26,7 +26,7 @@ class BinaryFSQ(Quantizer):
         u = Conv1x1(D -> k)(z)                        # (B, k, h, w), in fp32
         q = bound(u) rounded to {-1, +1}              # straight-through gradient, see below
         bits = (q + 1) / 2                            # (B, h, w, k) in {0, 1}
-        latent = Conv1x1(k -> D)(q)                   # (B, D, h, w)
+        latent = Conv1x1(k -> D_out)(q)               # (B, D_out, h, w), D_out = out_channels (default D)
 
     ``bound`` (knob ``tokenizer.quantizer.bound``):
 
@@ -43,10 +43,17 @@ class BinaryFSQ(Quantizer):
 
     A pre-activation exactly on the threshold maps to +1 in both.
 
+    The official BAR-FSQ projects 1152 -> k -> 1024 (``in_proj`` / ``out_proj``, SigLIP2 width in, ViT-L
+    decoder width out): ``out_channels`` gives the second width. Its ``nn.Linear`` weights map to the 1x1
+    convs here by a reshape, (k, D) -> (k, D, 1, 1) for ``proj_in`` and (D_out, k) -> (D_out, k, 1, 1) for
+    ``proj_out``; the biases are the same. (Officially the FSQ is built after ``BAR_FSQ._init_weights``
+    runs, so its Linears keep torch's default init, as the convs here do.)
+
     Args:
-        latent_channels: D, encoder output / decoder input width.
+        latent_channels: D, encoder output width (the input of ``proj_in``).
         bits: k, bits per token (C = 2^k); knob ``tokenizer.bits``.
         bound: ``centred`` or ``official`` (above).
+        out_channels: D_out, decoder input width (the output of ``proj_out``); None: D.
     """
 
     is_discrete = True
@@ -55,7 +62,7 @@ class BinaryFSQ(Quantizer):
     # the official FSQ's half-width for 2 levels, (2 - 1) * (1 + eps) / 2 with eps = 1e-3
     HALF_WIDTH = (1 + 1e-3) / 2
 
-    def __init__(self, latent_channels: int, bits: int, bound: str = "centred"):
+    def __init__(self, latent_channels: int, bits: int, bound: str = "centred", out_channels: int | None = None):
         super().__init__()
         if bound not in self.BOUNDS:
             raise ConfigError("bound", f"must be one of {', '.join(self.BOUNDS)}, got {bound!r}", fix="bound=centred")
@@ -63,8 +70,10 @@ class BinaryFSQ(Quantizer):
         self.latent_channels = check_int(latent_channels, "latent_channels", fix="latent_channels=64")
         self.k = check_int(bits, "bits", fix="bits=16")
         self.bits_per_token = self.k
+        self.out_channels = check_int(out_channels, "out_channels", fix=f"out_channels={self.latent_channels}",
+                                      allow_none=True) or self.latent_channels
         self.proj_in = nn.Conv2d(self.latent_channels, self.k, kernel_size=1)
-        self.proj_out = nn.Conv2d(self.k, self.latent_channels, kernel_size=1)
+        self.proj_out = nn.Conv2d(self.k, self.out_channels, kernel_size=1)
 
     def quantize(self, u: Tensor) -> Tensor:
         """(B, k, h, w) pre-activations -> (B, k, h, w) values in {-1, +1} with the bound's STE gradient."""
@@ -83,7 +92,7 @@ class BinaryFSQ(Quantizer):
             return self.proj_in(z.float())
 
     def forward(self, z: Tensor) -> QuantizerOutput:
-        """z (B, D, h, w) -> QuantizerOutput(latent (B, D, h, w), bits/codes (B, h, w, k), loss 0)."""
+        """z (B, D, h, w) -> QuantizerOutput(latent (B, D_out, h, w), bits/codes (B, h, w, k), loss 0)."""
         q = self.quantize(self.project_in(z))
         bits = rearrange((q.detach() + 1) / 2, "b k h w -> b h w k")
         latent = self.proj_out(q.contiguous().to(self.proj_out.weight.dtype))
@@ -102,7 +111,7 @@ class BinaryFSQ(Quantizer):
         return rearrange((q + 1) / 2, "b k h w -> b h w k")
 
     def decode_bits(self, bits: Tensor) -> Tensor:
-        """bits (B, h, w, k) in {0, 1} (float, bool or long) -> latent (B, D, h, w).
+        """bits (B, h, w, k) in {0, 1} (float, bool or long) -> latent (B, D_out, h, w).
 
         Gives exactly ``forward(z).latent`` when ``bits == encode_bits(z)``. Values other than 0/1
         are not checked; anything > 0.5 counts as a one.

@@ -117,9 +117,13 @@ def build_trainer(cfg: DictConfig, stage_cfg: DictConfig, callbacks: list, logge
     """The ``trainer`` config with the stage's ``max_steps`` / ``val_every`` and atomic checkpoints.
 
     The progress bar is drawn only on a terminal; elsewhere ``callbacks.progress_log`` logs lines.
+    With ``val_every >= max_steps`` the training loop does not validate: the only validation would fall
+    on the last step, and every stage validates right after training (``final_eval``) anyway.
     """
     extra = {"max_steps": stage_cfg.max_steps, "val_check_interval": stage_cfg.val_every,
              "enable_progress_bar": bars_shown(cfg.trainer.get("enable_progress_bar", True))}
+    if stage_cfg.val_every >= stage_cfg.max_steps:
+        extra["limit_val_batches"] = 0
     if cfg.trainer.get("precision") == "auto":
         extra["precision"] = auto_precision()
     install_child_command()

@@ -34,6 +34,8 @@ def tokenizer_identity(tokenizer: nn.Module) -> dict[str, Any]:
     if hasattr(q, "levels"):
         facts["tokenizer.quantizer.levels"] = [int(level) for level in q.levels]
     facts["tokenizer.latent_channels"] = int(q.latent_channels)
+    if getattr(q, "out_channels", q.latent_channels) != q.latent_channels:  # BAR-FSQ: 1152 -> k -> 1024
+        facts["tokenizer.quantizer.out_channels"] = int(q.out_channels)
     facts["tokenizer.encoder.downsample"] = int(tokenizer.encoder.downsample)
     facts["data.channels"] = int(tokenizer.encoder.in_channels)
     return facts

@@ -77,10 +77,22 @@ def test_binary_fsq_official_bound_matches_the_official_formula():
     assert values.flatten().tolist() == [-1.0, -1.0, 1.0, 1.0, 1.0]  # centred would give -1 at -3.7 and +1 at 0 only
     values.sum().backward()
     expected = 1.001 / torch.cosh(u.detach() + shift) ** 2
-    torch.testing.assert_close(u.grad, expected)
+    torch.testing.assert_close(u.grad, expected, rtol=1e-4, atol=1e-7)  # the shift is float32, as officially
     assert u.grad.flatten()[3] < 3e-3  # at u = 0 the official STE passes almost nothing
     centred = BinaryFSQ(latent_channels=4, bits=5)
     assert centred.quantize(u.detach()).flatten().tolist() == [-1.0, -1.0, -1.0, 1.0, 1.0]
+
+
+def test_binary_fsq_official_threshold_is_the_float32_one():
+    """The official shift is atanh(0.5 / 0.5005) computed in float32 (3.8006849), not in float64
+    (3.8007011): pre-activations between the two thresholds give bit 0 officially (the official FSQ, run
+    on u = -s64 and -s64 + 1e-5, gave bit 0 for both, where a float64 shift gives 1)."""
+    q = BinaryFSQ(latent_channels=4, bits=3, bound="official")
+    s32 = float(torch.atanh(torch.tensor(0.5, dtype=torch.float32) / torch.tensor(0.5005, dtype=torch.float32)))
+    s64 = math.atanh(0.5 / 0.5005)
+    assert 1.5e-5 < s64 - s32 < 1.7e-5
+    u = torch.tensor([-s64 + 1e-6, -s32 - 1e-6, -s32 + 1e-6], dtype=torch.float32).view(1, 3, 1, 1)
+    assert q.quantize(u).flatten().tolist() == [-1.0, -1.0, 1.0]
 
 
 def test_binary_fsq_official_bound_round_trips_and_refuses_unknown_bounds():

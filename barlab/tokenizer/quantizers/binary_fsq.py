@@ -7,8 +7,6 @@ Memory and compute are O(D * k), so k = 256 is as cheap as k = 16.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from einops import rearrange
 from torch import Tensor, nn
@@ -33,7 +31,9 @@ class BinaryFSQ(Quantizer):
     - ``official``: the official ``FSQ`` with 2 levels (``modeling/quantizer.py``):
       b = h * tanh(u + atanh(0.5 / h)) - 0.5 with h = (1 + 1e-3) / 2, rounded with a straight-through
       estimator to {-1, 0}, then q = 2 * round(b) + 1. The threshold sits at u = -atanh(0.5 / h)
-      ~= -3.80, and dq/du = 2h * sech^2(u + 3.80): largest at u ~= -3.80, ~0.002 at u = 0.
+      ~= -3.80, and dq/du = 2h * sech^2(u + 3.80): largest at u ~= -3.80, ~0.002 at u = 0. The shift
+      atanh(0.5 / h) is computed in float32, as officially (3.8006849; in float64 it is 3.8007011,
+      which would move the threshold by 1.6e-5 and flip the bits of pre-activations in between).
     - ``centred`` (barlab's default): s = tanh(u), q = where(s >= 0, +1, -1) with dq/du = sech^2(u).
       The same function shifted by 3.80 (and scaled by 1/1.001), so the threshold and the steepest
       gradient sit at u = 0, where a freshly initialised projection puts its outputs. With a learnt
@@ -61,6 +61,8 @@ class BinaryFSQ(Quantizer):
     BOUNDS = ("centred", "official")
     # the official FSQ's half-width for 2 levels, (2 - 1) * (1 + eps) / 2 with eps = 1e-3
     HALF_WIDTH = (1 + 1e-3) / 2
+    # atanh(0.5 / HALF_WIDTH) in float32, as the official computes it (its threshold, to the last bit)
+    OFFICIAL_SHIFT = float(torch.atanh(torch.tensor(0.5) / torch.tensor(HALF_WIDTH)))
 
     def __init__(self, latent_channels: int, bits: int, bound: str = "centred", out_channels: int | None = None):
         super().__init__()
@@ -80,7 +82,7 @@ class BinaryFSQ(Quantizer):
         u = u.float()
         if self.bound == "official":
             h = self.HALF_WIDTH
-            b = torch.tanh(u + math.atanh(0.5 / h)) * h - 0.5      # in (-1.0005, 0.0005)
+            b = torch.tanh(u + self.OFFICIAL_SHIFT) * h - 0.5      # in (-1.0005, 0.0005)
             return 2 * (b + (b.round() - b).detach()) + 1          # round to {-1, 0}, then {-1, +1}
         soft = torch.tanh(u)
         hard = torch.where(soft >= 0, 1.0, -1.0).to(soft.dtype)

@@ -44,13 +44,14 @@ class StepProbe(L.Callback):
         self.rows.append((self._start, moved))
 
 
-def gan_module() -> TokenizerModule:
-    """A tiny BAR-FSQ tokenizer with a PatchGAN discriminator that joins at ``GAN_START``."""
+def gan_module(alternate: bool = False) -> TokenizerModule:
+    """A tiny BAR-FSQ tokenizer with a PatchGAN discriminator that joins at ``GAN_START`` (``alternate``:
+    the official BAR-FSQ schedule, the two alternating batches)."""
     torch.manual_seed(0)
     tokenizer = Tokenizer(ConvEncoder(3, width=8, depth=1, downsample=4, out_channels=8), BinaryFSQ(8, bits=4),
                           ConvDecoder(3, width=8, depth=1, upsample=4, in_channels=8))
     return TokenizerModule(tokenizer, image_size=16, discriminator=PatchDiscriminator(3, width=8, n_layers=2),
-                           gan_weight=0.1, gan_start_step=GAN_START,
+                           gan_weight=0.1, gan_start_step=GAN_START, gan_alternate=alternate,
                            optimizer=partial(torch.optim.AdamW, lr=LR, betas=(0.9, 0.999), weight_decay=0.0),
                            scheduler=partial(warmup_cosine_scheduler, warmup_steps=WARMUP, min_lr_ratio=MIN_RATIO))
 
@@ -188,3 +189,42 @@ def test_gan_smoke_run_trains_max_steps_generator_steps(tmp_path):
                 "discriminator_steps": adam_steps(last["optimizer_states"][1])}
     assert observed == {"global_step": 20, "lr_schedule_steps": 20, "generator_steps": {20},
                         "discriminator_steps": {15}}
+
+
+class TokenizerProbe(StepProbe):
+    """StepProbe, and per batch whether the tokenizer's weights moved."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokenizer_moved: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self._tok = [p.detach().clone() for p in pl_module.tokenizer.parameters()]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        after = list(pl_module.tokenizer.parameters())
+        self.tokenizer_moved.append(any(not torch.equal(a, b.detach()) for a, b in zip(self._tok, after)))
+
+
+def test_official_alternating_gan_phase_gives_each_batch_to_one_network(tmp_path):
+    """gan_alternate (the official BAR-FSQ loop): from GAN_START on, the tokenizer steps at even
+    distances from it and the discriminator at odd ones; every batch is one step; each schedule
+    advances with its own optimiser only."""
+    module = gan_module(alternate=True)
+    probe = TokenizerProbe()
+    gen = torch.Generator().manual_seed(0)
+    batches = [{"image": torch.rand(4, 3, 16, 16, generator=gen) * 2 - 1} for _ in range(MAX_STEPS)]
+    trainer = L.Trainer(max_steps=MAX_STEPS, accelerator="cpu", logger=False, limit_val_batches=0, callbacks=[probe],
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                        default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    d_turns = list(range(GAN_START + 1, MAX_STEPS, 2))
+    assert trainer.global_step == MAX_STEPS
+    assert [start for start, _ in probe.rows] == list(range(MAX_STEPS))        # one step per batch
+    assert [start for start, moved in probe.rows if moved] == d_turns
+    assert [i for i, moved in enumerate(probe.tokenizer_moved) if not moved] == d_turns
+    g_sched, d_sched = module.lr_schedulers()
+    assert (g_sched.last_epoch, d_sched.last_epoch) == (MAX_STEPS - len(d_turns), len(d_turns))
+    assert adam_steps(module.optimizers()[1].optimizer.state_dict()) == {len(d_turns)}

@@ -11,6 +11,11 @@ One training step, written out (manual optimisation, because the GAN needs two o
    rounded to 8 bits first, as the official BAR-FSQ — not counted as a training step (see
    ``step_uncounted``)
 
+With ``gan_alternate`` (the official BAR-FSQ loop) the GAN phase alternates instead: from
+``gan_start_step`` on, the tokenizer steps on the batches at an even distance from it and the
+discriminator (on a reconstruction made without gradients, in eval mode) on the others, each batch
+one counted training step, each optimiser's schedule stepped with its own optimiser.
+
 The frozen networks the losses use (perceptual, Gram, the distillation teacher) come from their own
 files: they are never trained and never written to a checkpoint (see ``FROZEN_LOSS_NETS``). The
 encoder's trainable parameters can take a multiple of the learning rate (``encoder_lr_mult``,
@@ -66,6 +71,8 @@ class TokenizerModule(L.LightningModule):
     gram: an optional frozen Gram-matrix loss module, weighted by ``gram_weight``.
     encoder_lr_mult: learning-rate multiple of the encoder's trainable parameters.
     gan_quantize_fake: the discriminator's step sees reconstructions clamped and rounded to 8 bits.
+    gan_alternate: once the GAN is on, the official BAR-FSQ schedule: batches alternate between the
+        tokenizer's step and the discriminator's step, and each counts as a training step.
     """
 
     def __init__(
@@ -89,6 +96,7 @@ class TokenizerModule(L.LightningModule):
         gram_weight: float = 0.0,
         encoder_lr_mult: float = 1.0,
         gan_quantize_fake: bool = False,
+        gan_alternate: bool = False,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -110,6 +118,7 @@ class TokenizerModule(L.LightningModule):
         self.gram_weight = gram_weight
         self.encoder_lr_mult = encoder_lr_mult
         self.gan_quantize_fake = gan_quantize_fake
+        self.gan_alternate = gan_alternate
         self.register_state_dict_post_hook(_drop_frozen_loss_nets)
         self.register_load_state_dict_pre_hook(_keep_frozen_loss_nets)
 
@@ -200,6 +209,8 @@ class TokenizerModule(L.LightningModule):
         schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
 
         gan_on = self.gan_active  # once per batch: the generator's step below moves global_step on
+        if gan_on and self.gan_alternate and opt_d is not None and (self.global_step - self.gan_start_step) % 2:
+            return self.alternate_discriminator_step(images, opt_d, schedulers[1])
         loss, logs, recon = self.autoencoder_loss(images, gan_on)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -207,7 +218,7 @@ class TokenizerModule(L.LightningModule):
         opt_g.step()
         schedulers[0].step()
 
-        if gan_on and opt_d is not None:
+        if gan_on and opt_d is not None and not self.gan_alternate:
             d_loss = self.discriminator_loss(images, recon)
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
@@ -226,6 +237,22 @@ class TokenizerModule(L.LightningModule):
                       sync_dist=True)
         self.log("loss", loss.detach().float(), prog_bar=True, logger=False, batch_size=n)
         return loss.detach()
+
+    def alternate_discriminator_step(self, images: torch.Tensor, opt_d, scheduler) -> torch.Tensor:
+        """The official GAN phase's discriminator batch: reconstruct without gradients (tokenizer in eval
+        mode), one hinge step of the discriminator, counted as a training step; the tokenizer rests."""
+        with torch.no_grad():
+            self.tokenizer.eval()
+            recon, _ = self.tokenizer(images)
+            self.tokenizer.train()
+        d_loss = self.discriminator_loss(images, recon)
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        self.clip_gradients(opt_d, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+        opt_d.step()  # through Lightning: counts as this batch's training step
+        scheduler.step()
+        self.log("train/disc", d_loss.detach().float(), on_step=True, batch_size=images.shape[0], sync_dist=True)
+        return d_loss.detach()
 
     # ---------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:

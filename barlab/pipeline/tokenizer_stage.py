@@ -76,6 +76,7 @@ def build_tokenizer_module(cfg: DictConfig) -> TokenizerModule:
             gan_weight=gan.weight,
             gan_start_step=gan.start_step,
             gan_quantize_fake=bool(gan.get("quantize_fake", False)),
+            gan_alternate=bool(gan.get("alternate", False)),
             teacher=teacher,
             distill_weight=distill.weight if teacher is not None else 0.0,
             gram=gram_net,

@@ -67,6 +67,7 @@ COMPOSITION = T + ("test_tokenizer_loss_composition.py::"
 DETACHED = T + ("test_tokenizer_loss_composition.py::"
                 "test_discriminator_step_is_fed_the_real_images_and_a_detached_reconstruction")
 PAPER_SUM = T + "test_paper_tokenizer_smoke.py::test_the_loss_is_the_official_weighted_sum_of_its_terms"
+CONVERTED = T + "test_convert.py::test_tiny_official_generators_give_the_official_conditions_and_logits"
 LIMITS = T + ("test_generator_pipeline.py::"
               "test_pretokenization_limits_encode_the_first_images_and_refuse_other_shards")
 BUGS = [
@@ -293,6 +294,18 @@ BUGS = [
         "TokenizerModule.training_step", "(self.global_step - self.gan_start_step) % 2",
         "(self.global_step - self.gan_start_step + 1) % 2",
         T + "test_gan_steps.py::test_official_alternating_gan_phase_gives_each_batch_to_one_network"),
+    # ------------------------------------------------------------------ released official checkpoints
+    bug("official RoPE pairs not permuted", "barlab/generator/official_checkpoint.py", "rope_permutation",
+        "return torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])",
+        "return torch.arange(head_dim)", CONVERTED),
+    bug("official final adaLN halves not swapped", "barlab/generator/official_checkpoint.py",
+        "convert_official_state", "torch.cat([shift, scale])", "torch.cat([scale, shift])", CONVERTED),
+    bug("official class ids read without their offset", "barlab/generator/official_checkpoint.py",
+        "convert_official_state", "state[\"embeddings.weight\"][CLASS_OFFSET:]",
+        "state[\"embeddings.weight\"][CLASS_OFFSET - 1:-1]", CONVERTED),
+    bug("official tokenizer's quantizer projection not reshaped", "barlab/tokenizer/official_checkpoint.py",
+        "official_tokenizer_to_barlab", "value = value[:, :, None, None]", "value = value",
+        T + "test_convert.py::test_full_size_official_tokenizer_converts_and_loads_strictly"),
     bug("a missing pretrained file is not refused", "barlab/pipeline/preflight.py", "check_pretrained_files",
         "if location is None or not os.path.exists(str(location)):", "if location is None:",
         T + "test_paper_tokenizer_smoke.py::test_a_missing_pretrained_file_is_refused_before_anything_is_built"),

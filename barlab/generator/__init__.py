@@ -16,6 +16,7 @@ from barlab.generator.heads import (
                                     linear_head_params,
 )
 from barlab.generator.kv_cache import KVCache
+from barlab.generator.official_checkpoint import official_generator_to_barlab, read_official_geometry
 from barlab.generator.order import random_ratio, sample_orders
 from barlab.generator.rope import Rope2D, Rotation
 from barlab.generator.sampler import ARSampler
@@ -41,7 +42,9 @@ __all__ = [
     "cosine_allocation",
     "guidance_scale",
     "linear_head_params",
+    "official_generator_to_barlab",
     "random_ratio",
+    "read_official_geometry",
     "sample_orders",
     "shuffle",
     "unshuffle",

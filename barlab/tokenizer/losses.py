@@ -10,7 +10,8 @@ from torch.nn import functional as F
 from barlab.errors import ConfigError
 
 
-def _weight(value: object, knob: str, default: float) -> float:
+def check_weight(value: object, knob: str, default: float) -> float:
+    """A loss weight: a non-negative real number, else ConfigError on ``knob``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
         raise ConfigError(knob, f"must be a non-negative number, got {value!r}", fix=f"{knob}={default}")
     return float(value)
@@ -25,8 +26,8 @@ class ReconstructionLoss(nn.Module):
 
     def __init__(self, l1_weight: float = 0.1, l2_weight: float = 1.0):
         super().__init__()
-        self.l1_weight = _weight(l1_weight, "l1_weight", 0.1)
-        self.l2_weight = _weight(l2_weight, "l2_weight", 1.0)
+        self.l1_weight = check_weight(l1_weight, "l1_weight", 0.1)
+        self.l2_weight = check_weight(l2_weight, "l2_weight", 1.0)
 
     def forward(self, recon: Tensor, target: Tensor) -> dict[str, Tensor]:
         """recon, target (B, C, H, W) -> dict of scalars l1, l2, loss."""

@@ -11,7 +11,6 @@ State-dict keys: ``lpips.features.N.*``, ``lpips.lin{0..4}.model.1.weight`` and 
 
 from __future__ import annotations
 
-import numbers
 import os
 
 import torch
@@ -20,16 +19,11 @@ from torch.nn import functional as F
 
 from barlab.errors import ConfigError
 from barlab.tokenizer.convnext import CONVNEXT_SMALL_DEPTHS, CONVNEXT_SMALL_DIMS, ConvNeXt, load_convnext
+from barlab.tokenizer.losses import check_weight
 from barlab.tokenizer.lpips import LPIPS
 from barlab.tokenizer.perceptual import IMAGENET_MEAN, IMAGENET_STD
 from barlab.tokenizer.pretrained import freeze, gray_to_rgb
 from barlab.utils.integers import check_int
-
-
-def _weight(value: object, knob: str, default: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-        raise ConfigError(knob, f"must be a non-negative number, got {value!r}", fix=f"{knob}={default}")
-    return float(value)
 
 
 class PaperPerceptualLoss(nn.Module):
@@ -55,8 +49,8 @@ class PaperPerceptualLoss(nn.Module):
                  convnext_weight: float = 0.1, convnext_dims: tuple[int, ...] = CONVNEXT_SMALL_DIMS,
                  convnext_depths: tuple[int, ...] = CONVNEXT_SMALL_DEPTHS, resize: int = 224):
         super().__init__()
-        self.lpips_weight = _weight(lpips_weight, "lpips_weight", 1.0)
-        self.convnext_weight = _weight(convnext_weight, "convnext_weight", 0.1)
+        self.lpips_weight = check_weight(lpips_weight, "lpips_weight", 1.0)
+        self.convnext_weight = check_weight(convnext_weight, "convnext_weight", 0.1)
         if self.lpips_weight + self.convnext_weight == 0:
             raise ConfigError("lpips_weight", "and convnext_weight are both 0: the perceptual loss has no part",
                               fix="lpips_weight=1.0")

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from barlab.cli import hydra_tool
 from barlab.config.instantiate import instantiate_checked
+from barlab.metrics.classifier_training import dataset_name
 from barlab.utils.image_grid import float_to_uint8
 from barlab.utils.image_sets import write_npz, write_png_folder
 
@@ -24,7 +25,7 @@ from barlab.utils.image_sets import write_npz, write_png_folder
 def run(cfg: DictConfig) -> dict:
     datamodule = instantiate_checked(cfg.data, "data")
     out_dir = Path(str(cfg.out_dir)) if cfg.out_dir else Path(str(cfg.paths.data_dir)) / "export" / \
-        f"{Path(str(cfg.data.shards_dir)).name}_{cfg.split}"
+        f"{dataset_name(cfg)}_{cfg.split}"
     images, labels, index = [], [], 0
     for batch in datamodule.eval_dataset(str(cfg.split), cfg.max_samples, batch_size=500):
         chunk, chunk_labels = float_to_uint8(batch["image"]), batch["label"]

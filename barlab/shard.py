@@ -3,8 +3,11 @@
     python -m barlab.shard fashion-mnist --out /data/fm_shards [--idx-dir DIR]
     python -m barlab.shard imagefolder --root /data/imagenet/train --val-root ... --max-size 64 --out DIR
     python -m barlab.shard synthetic --num-train 512 --num-val 128 --out DIR
+    ... --workers 4    # write shards in 4 processes (the same shards as with 1)
 
-An existing finished folder is kept unless ``--force``. Errors print one ``error: ...`` line and exit 2.
+An existing finished folder is kept unless ``--force``. An interrupted run leaves its finished shards in
+``.OUT.partial`` beside OUT; the same command again writes only the missing ones. Errors print one
+``error: ...`` line and exit 2.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", choices=["fashion-mnist", "imagefolder", "synthetic"])
     p.add_argument("--out", required=True, help="output folder (becomes data.shards_dir)")
     p.add_argument("--maxcount", type=int, default=2000, help="samples per shard")
+    p.add_argument("--workers", type=int, default=1, help="processes writing shards (same output for any number)")
     p.add_argument("--force", action="store_true", help="rewrite even if OUT already holds a finished dataset")
     g = p.add_argument_group("fashion-mnist")
     g.add_argument("--idx-dir", help="folder with the 4 IDX files (default: Debian package folder, else download)")
@@ -78,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         with knob_names(SOURCE_KNOBS):
             source = make_source(args)
         if args.force or read_manifest(args.out) is None:
-            with knob_names(out_dir="data.shards_dir"):
-                manifest = write_shards(source, args.out, maxcount=args.maxcount) if args.force \
-                    else ensure_shards(args.out, source, maxcount=args.maxcount)
+            with knob_names(out_dir="data.shards_dir", maxcount="--maxcount", workers="--workers"):
+                manifest = write_shards(source, args.out, maxcount=args.maxcount, workers=args.workers) \
+                    if args.force else ensure_shards(args.out, source, maxcount=args.maxcount, workers=args.workers)
         else:
             manifest = read_manifest(args.out)
             print(f"{args.out} already holds a finished dataset (use --force to rewrite)")

@@ -319,9 +319,9 @@ def test_ensure_shards_prepares_once_under_concurrency(tmp_path):
     class CountingSource(SyntheticSource):
         calls = 0
 
-        def iter_samples(self, split):
+        def iter_range(self, split, start, stop):   # what the shard writer reads, one call per shard
             CountingSource.calls += 1
-            yield from super().iter_samples(split)
+            yield from super().iter_range(split, start, stop)
 
     source = CountingSource(num_train=30, num_val=10, image_size=8)
     results = []
@@ -331,7 +331,7 @@ def test_ensure_shards_prepares_once_under_concurrency(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    assert CountingSource.calls == 2  # train + val written once
+    assert CountingSource.calls == 2  # train + val written once (one shard each)
     assert len(results) == 3 and all(r == results[0] for r in results)
     assert ensure_shards(str(tmp_path / "x"), None)["splits"]["train"]["num_samples"] == 30
 

@@ -153,6 +153,10 @@ class FashionMNISTSource:
 
     def iter_samples(self, split: str) -> Iterator[tuple[str, Image.Image, int]]:
         """Yield ``(key, image "L" 28x28, label)`` for every sample of ``split``, in file order."""
+        return self.iter_range(split, 0, self.num_samples(split))
+
+    def iter_range(self, split: str, start: int, stop: int) -> Iterator[tuple[str, Image.Image, int]]:
+        """The samples at positions ``[start, stop)`` of ``split``, in file order."""
         images, labels = self.load(split)
-        for i in range(len(labels)):
+        for i in range(start, min(stop, len(labels))):
             yield sample_key(split, i), Image.fromarray(images[i]), int(labels[i])

@@ -36,14 +36,17 @@ class ImageShardDataModule(L.LightningDataModule):
 
     Args mirror the ``data`` config group; see the module docstring for the batch format.
     ``num_classes``, ``class_names``, ``channels``, ``manifest`` are available right after
-    construction (they read, and if needed prepare, the shards).
+    construction (they read, and if needed prepare, the shards). ``shard_workers``: processes writing
+    the shards on first use (the same shards for any number); not in the configs, so that they and the
+    cache keys stay as they were: set it with ``+data.shard_workers=N``.
     """
 
     def __init__(self, shards_dir: str, source=None, image_size: int = 32, channels: int | None = None,
                  batch_size: int = 64, val_batch_size: int | None = None, num_workers: int = 1,
                  epoch_length: int = 60000, shuffle_buffer: int = 2000, flip: bool = True,
                  random_crop: bool = True, max_val_samples: int | None = None, seed: int = 0,
-                 pin_memory: bool = False, shard_size: int = 2000):
+                 pin_memory: bool = False, shard_size: int = 2000,
+                 shard_workers: int = 1):
         super().__init__()
         if not shards_dir:
             raise ConfigError("shards_dir", "is empty", fix="shards_dir=/path/to/shards")
@@ -67,6 +70,7 @@ class ImageShardDataModule(L.LightningDataModule):
         self.flip, self.random_crop = bool(flip), bool(random_crop)
         self.seed, self.pin_memory = int(seed), bool(pin_memory)
         self.shard_size = check_int(shard_size, "shard_size", fix="shard_size=2000")
+        self.shard_workers = check_int(shard_workers, "shard_workers", fix="shard_workers=1")
         self._manifest: dict | None = None
         self._counters: list[SkipCounter] = []
 
@@ -99,7 +103,8 @@ class ImageShardDataModule(L.LightningDataModule):
     def _ensure_shards(self) -> dict:
         """:func:`ensure_shards` of ``shards_dir``; its errors on ``out_dir`` name ``shards_dir``."""
         try:
-            return ensure_shards(self.shards_dir, self.source, maxcount=self.shard_size)
+            return ensure_shards(self.shards_dir, self.source, maxcount=self.shard_size,
+                                 workers=self.shard_workers)
         except ConfigError as err:
             raise (err.renamed("shards_dir") if err.knob == "out_dir" else err) from None
 

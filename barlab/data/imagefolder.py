@@ -120,7 +120,12 @@ class ImageFolderSource:
 
     def iter_samples(self, split: str) -> Iterator[tuple[str, Image.Image, int]]:
         """Yield ``(key, RGB image, label)``; unreadable files are logged, counted and skipped."""
-        for i, (path, label) in enumerate(self.files(split)):
+        return self.iter_range(split, 0, len(self.files(split)))
+
+    def iter_range(self, split: str, start: int, stop: int) -> Iterator[tuple[str, Image.Image, int]]:
+        """The samples at positions ``[start, stop)`` of ``split`` (only those files are read); an unreadable
+        file is logged, counted and skipped, leaving a hole."""
+        for i, (path, label) in enumerate(self.files(split)[start:stop], start=start):
             try:
                 with Image.open(path) as raw:
                     img = raw.convert("RGB")

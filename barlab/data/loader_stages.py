@@ -1,7 +1,7 @@
 """Loader pipeline stages over tar shards: (shuffle), decode + transform, batch; reading is in ``tar_samples``.
 
 Each stage is a callable ``stage(iterator) -> iterator`` usable in ``webdataset.DataPipeline``.
-Bad data never crashes a stage: a corrupt sample (bad PNG, bad or missing ``.cls``) or an
+Bad data never crashes a stage: a corrupt sample (bad or missing image, bad or missing ``.cls``) or an
 unreadable / truncated shard is logged, counted in a ``SkipCounter`` and skipped. Batches are
 ``{"image": float32 (B, C, H, W) in [-1, 1], "label": int64 (B,), "skipped": int}`` where
 ``skipped`` is the number of samples (plus unreadable shard tails) this worker skipped since
@@ -154,20 +154,31 @@ class Shuffle:
         yield from buf
 
 
+# image members a sample may hold (the first present one is used), with the one PIL format each may be
+IMAGE_KEYS = {"jpg": "JPEG", "png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
 class Decode:
-    """Sample dicts -> ``(uint8 array (C, H, W), label)`` via PIL + ``transform.array``; bad samples are skipped."""
+    """Sample dicts -> ``(uint8 array (C, H, W), label)`` via PIL + ``transform.array``; bad samples are skipped.
+
+    The image is the first of the members ``jpg``, ``png``, ``jpeg``, ``webp`` the sample has (barlab's
+    own shards hold ``png``; the official BAR / ImageNet WebDataset shards ``jpg``), decoded as that
+    format only; the label is ``cls`` (ASCII integer). A sample with no image member is a bad sample.
+    """
 
     def __init__(self, transform: ImageTransform, num_classes: int, counter: SkipCounter, seed: int = 0):
         self.transform, self.num_classes, self.counter = transform, int(num_classes), counter
         self.seed, self._calls = int(seed), 0
 
     def _parse(self, sample: dict) -> tuple[Image.Image, int]:
-        if "png" not in sample or "cls" not in sample:
-            raise KeyError(f"needs .png and .cls members, has {sorted(k for k in sample if not k.startswith('__'))}")
+        key = next((k for k in IMAGE_KEYS if k in sample), None)
+        if key is None or "cls" not in sample:
+            raise KeyError(f"needs a .jpg/.png/.jpeg/.webp and a .cls member, "
+                           f"has {sorted(k for k in sample if not k.startswith('__'))}")
         label = int(sample["cls"].decode("ascii").strip())
         if not 0 <= label < self.num_classes:
             raise ValueError(f"label {label} outside 0..{self.num_classes - 1}")
-        img = Image.open(io.BytesIO(sample["png"]), formats=("PNG",))
+        img = Image.open(io.BytesIO(sample[key]), formats=(IMAGE_KEYS[key],))
         img.load()
         return img, label
 

@@ -9,7 +9,9 @@ Layout of a finished folder::
 
 :func:`write_shard_folder` builds the folder under a temporary sibling name and renames it into
 place when complete, so a crashed or killed writer never leaves a folder that looks finished; a
-full disk raises :class:`barlab.errors.DiskFull` after the temporary folder is removed.
+full disk raises :class:`barlab.errors.DiskFull` after the temporary folder is removed. With
+``resumable=True`` the folder is built in the fixed sibling :func:`partial_dir` instead, which a
+failure other than a full disk leaves in place, so that a re-run can keep what was finished.
 :func:`read_shard_manifest` reads the manifest back with a schema check.
 """
 
@@ -24,9 +26,11 @@ from typing import Callable
 import webdataset as wds
 
 from barlab.errors import ConfigError, DataError
-from barlab.utils.io import disk_full_as_error
+from barlab.utils.io import disk_full_as_error, disk_full_cause
 
 MANIFEST = "manifest.json"
+# fixed member metadata: equal samples give byte-identical tars
+TAR_OPTIONS = {"user": "", "group": "", "mode": 0o444, "encoder": False, "mtime": 0}
 
 
 class SplitShards:
@@ -55,9 +59,8 @@ class SplitShards:
     def add(self, key: str, members: dict[str, bytes]) -> None:
         if self._writer is None:
             pattern = os.path.join(self.folder.replace("%", "%%"), f"{self.split}-%06d.tar")
-            self._writer = wds.ShardWriter(pattern, maxcount=self.maxcount,
-                                           post=self._finished, verbose=0, user="", group="", mode=0o444,
-                                           encoder=False, mtime=0)
+            self._writer = wds.ShardWriter(pattern, maxcount=self.maxcount, post=self._finished, verbose=0,
+                                           **TAR_OPTIONS)
         self._writer.write({"__key__": key, **members})
 
     def _close_writer(self) -> None:
@@ -87,13 +90,44 @@ def _replace(tmp: str, out_dir: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_shard_folder(out_dir: str, fill: Callable[[str], dict]) -> dict:
+def write_tar(path: str, samples) -> int:
+    """Write ``samples`` (dicts ``{"__key__": KEY, ext: bytes, ...}``) as the tar ``path``, with
+    :data:`TAR_OPTIONS`; returns the number of samples. The tar is written as ``path + ".tmp"``,
+    synced, then renamed, so ``path`` exists only complete."""
+    tmp = path + ".tmp"
+    count = 0
+    try:
+        with open(tmp, "wb") as f:
+            with wds.TarWriter(f, **TAR_OPTIONS) as tar:
+                for sample in samples:
+                    tar.write(sample)
+                    count += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return count
+
+
+def partial_dir(out_dir: str) -> str:
+    """The in-progress folder of a resumable write of ``out_dir``: the sibling ``.<name>.partial``."""
+    parent, base = os.path.split(os.path.abspath(os.path.expanduser(str(out_dir))))
+    return os.path.join(parent, f".{base}.partial")
+
+
+def write_shard_folder(out_dir: str, fill: Callable[[str], dict], resumable: bool = False) -> dict:
     """Build a shard folder at ``out_dir`` atomically; returns its manifest.
 
     ``fill(tmp)`` writes the shards into the temporary folder ``tmp`` and returns the manifest,
     which is then written as ``manifest.json``. An existing ``out_dir`` is replaced if it is empty
     or holds a previous shard folder (has a manifest); any other non-empty folder raises
-    ConfigError naming ``out_dir`` (foreign files are never deleted).
+    ConfigError naming ``out_dir`` (foreign files are never deleted). ``resumable``: ``tmp`` is
+    :func:`partial_dir` (created if missing, else handed to ``fill`` with what an earlier attempt
+    left there) and is kept when ``fill`` fails, unless the disk is full; ``fill`` decides what of it
+    to reuse.
     """
     out_dir = os.path.abspath(os.path.expanduser(str(out_dir)))
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, MANIFEST)):
@@ -102,15 +136,20 @@ def write_shard_folder(out_dir: str, fill: Callable[[str], dict]) -> dict:
     with disk_full_as_error(out_dir):
         parent, base = os.path.split(out_dir)
         os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-")
+        if resumable:
+            tmp = partial_dir(out_dir)
+            os.makedirs(tmp, exist_ok=True)
+        else:
+            tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-")
         try:
             manifest = fill(tmp)
             with open(os.path.join(tmp, MANIFEST), "w") as f:
                 json.dump(manifest, f, indent=1)
             os.chmod(tmp, 0o755)  # mkdtemp made it private
             _replace(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException as err:
+            if not resumable or disk_full_cause(err) is not None:  # a full disk: free it
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
     return manifest
 

@@ -35,6 +35,9 @@ class ImageSource(Protocol):
 
     def iter_samples(self, split: str) -> Iterator[tuple[str, Image.Image, int]]: ...
 
+    # optional: ``iter_range(split, start, stop)``, the samples at positions [start, stop) of ``split``
+    # (the parallel shard writer reads each shard's slice with it; without it, iter_samples is sliced)
+
     def num_samples(self, split: str) -> int: ...
 
     def spec(self) -> dict: ...

@@ -86,6 +86,10 @@ class SyntheticSource:
 
     def iter_samples(self, split: str) -> Iterator[tuple[str, Image.Image, int]]:
         """Yield ``(key, image, label)`` for ``num_samples(split)`` samples."""
-        for i in range(self.num_samples(check_split(split))):
+        return self.iter_range(split, 0, self.num_samples(check_split(split)))
+
+    def iter_range(self, split: str, start: int, stop: int) -> Iterator[tuple[str, Image.Image, int]]:
+        """The samples at positions ``[start, stop)`` of ``split`` (only those are made)."""
+        for i in range(start, min(stop, self.num_samples(check_split(split)))):
             img, label = self.make(split, i)
             yield sample_key(split, i), img, label

@@ -29,9 +29,16 @@ log = logging.getLogger("barlab")
 CLASSIFIER_KNOBS = {name: f"metrics.classifier.{name}" for name in ("max_steps", "batch_size", "width", "path")}
 
 
+def dataset_name(cfg: DictConfig) -> str:
+    """The data's folder name: barlab's shards folder (``data.shards_dir``), or the folder of the shards
+    ``data.train_urls`` names (existing WebDataset shards, ``data=webdataset``)."""
+    folder = cfg.data.get("shards_dir") or Path(str(cfg.data.get("train_urls"))).parent
+    return Path(str(folder)).name
+
+
 def dataset_key(cfg: DictConfig) -> str:
     """Names the dataset as prepared: ``<shards folder>_<size>px`` (e.g. ``fashion_mnist_32px``)."""
-    name, size = Path(str(cfg.data.shards_dir)).name, f"{cfg.data.image_size}px"
+    name, size = dataset_name(cfg), f"{cfg.data.image_size}px"
     return name if name.endswith(size) else f"{name}_{size}"
 
 

@@ -125,6 +125,7 @@ def check_config(cfg: DictConfig) -> None:
     check_global_batches(cfg)
     check_pretrained_files(cfg)
 
+    check_shard_urls(cfg)
     source = cfg.data.get("source")
     if isinstance(source, DictConfig):
         for key in ("idx_dir", "root", "val_root"):
@@ -132,6 +133,18 @@ def check_config(cfg: DictConfig) -> None:
             if path is not None and not os.path.isdir(str(path)):
                 raise ConfigError(f"data.source.{key}", f"folder {path} does not exist",
                                   fix=f"data.source.{key}=/path/to/data" + (" or null" if key != "root" else ""))
+
+
+def check_shard_urls(cfg: DictConfig) -> None:
+    """``data.train_urls`` / ``data.val_urls`` (``data=webdataset``): every file of the brace patterns exists
+    and is readable, else one line naming the knob and the first missing file."""
+    for key in ("train_urls", "val_urls"):
+        if key in cfg.data:
+            from barlab.data.wds_datamodule import expand_urls
+
+            value = cfg.data[key]
+            expand_urls(value if value is None or isinstance(value, str) else OmegaConf.to_container(value),
+                        f"data.{key}")
 
 
 def check_generator(cfg: DictConfig) -> None:
@@ -207,7 +220,7 @@ def build_generator_on_meta(cfg: DictConfig, bits: int, grid: tuple[int, int], p
     import torch
 
     source = cfg.data.get("source")
-    num_classes = source.get("num_classes") if isinstance(source, DictConfig) else None
+    num_classes = source.get("num_classes") if isinstance(source, DictConfig) else cfg.data.get("num_classes")
     extra = {}
     if is_a(cfg.head, "head", LinearHead) and cfg.head.get("batch_tokens") is None:
         extra["batch_tokens"] = int(cfg.generator.data.batch_size) * (grid[0] // p) * (grid[1] // p)

@@ -40,7 +40,7 @@ RUN_FILE = "run.json"
 # What defines a run: changing any of these between a job and its restart is refused.
 RECIPE_KEYS = ("stage", "seed", "tokenizer_ckpt", "data", "tokenizer", "generator", "head")
 # ... except these, which may differ between attempts (loader processes, machine-specific paths).
-VOLATILE = ("num_workers", "shards_dir", "download_dir", "idx_dir")
+VOLATILE = ("num_workers", "shards_dir", "download_dir", "idx_dir", "train_urls", "val_urls")
 
 
 def is_rank_zero() -> bool:

@@ -26,7 +26,7 @@ from typing import Callable
 import webdataset as wds
 
 from barlab.errors import ConfigError, DataError
-from barlab.utils.io import disk_full_as_error, disk_full_cause
+from barlab.utils.io import disk_full_as_error, disk_full_cause, replaced_atomically
 
 MANIFEST = "manifest.json"
 # fixed member metadata: equal samples give byte-identical tars
@@ -94,21 +94,12 @@ def write_tar(path: str, samples) -> int:
     """Write ``samples`` (dicts ``{"__key__": KEY, ext: bytes, ...}``) as the tar ``path``, with
     :data:`TAR_OPTIONS`; returns the number of samples. The tar is written as ``path + ".tmp"``,
     synced, then renamed, so ``path`` exists only complete."""
-    tmp = path + ".tmp"
     count = 0
-    try:
-        with open(tmp, "wb") as f:
-            with wds.TarWriter(f, **TAR_OPTIONS) as tar:
-                for sample in samples:
-                    tar.write(sample)
-                    count += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with replaced_atomically(path, "wb", tmp=path + ".tmp") as f:
+        with wds.TarWriter(f, **TAR_OPTIONS) as tar:
+            for sample in samples:
+                tar.write(sample)
+                count += 1
     return count
 
 

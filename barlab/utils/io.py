@@ -55,21 +55,36 @@ def disk_full_as_error(path: str | os.PathLike) -> Iterator[None]:
         raise DiskFull(str(path), cause.strerror or errno.errorcode.get(cause.errno, "no space")) from err
 
 
+@contextlib.contextmanager
+def replaced_atomically(path: str | os.PathLike, mode: str, tmp: str | os.PathLike | None = None) -> Iterator[Any]:
+    """Write ``path`` through a temporary file in its folder: the block writes to the yielded handle;
+    afterwards the file is synced and ``os.replace``d onto ``path``; on any error it is removed and
+    ``path`` keeps its previous contents. ``tmp``: the temporary file's name (default: a fresh hidden
+    ``.<name>.*.tmp``)."""
+    path = Path(path)
+    if tmp is None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        handle = os.fdopen(fd, mode)
+    else:
+        handle = open(tmp, mode)
+    try:
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str) -> Path:
     path = Path(path)
     with disk_full_as_error(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, mode) as handle:
-                write(handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with replaced_atomically(path, mode) as handle:
+            write(handle)
     return path
 
 

@@ -163,6 +163,7 @@ def convert_tokenizer(cfg: DictConfig, ckpt: Path, state: dict) -> dict:
     from barlab.bench.models import compose_generator
     from barlab.tokenizer.checkpoint import build_tokenizer, save_tokenizer
     from barlab.tokenizer.official_checkpoint import official_tokenizer_sizes, official_tokenizer_to_barlab
+    from barlab.tokenizer.pretrained import state_mismatch
 
     try:
         sizes = official_tokenizer_sizes(state)
@@ -177,12 +178,8 @@ def convert_tokenizer(cfg: DictConfig, ckpt: Path, state: dict) -> dict:
     train_cfg = compose_generator("tiny", "mbm", overrides)
     with torch.device("meta"):
         tokenizer = build_tokenizer(train_cfg.tokenizer)
-    own = tokenizer.state_dict()
-    missing = [k for k in own if k not in converted]
-    shapes = [f"{k} {tuple(converted[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
-              if k in converted and converted[k].shape != v.shape]
-    unexpected = [k for k in converted if k not in own]
-    for what, names in (("missing key", missing), ("unexpected key", unexpected), ("wrong shape of key", shapes)):
+    mismatch = state_mismatch(tokenizer.state_dict(), converted)
+    for what, names in zip(("missing key", "unexpected key", "wrong shape of key"), mismatch.values()):
         if names:
             raise CheckpointError(f"ckpt={ckpt}: {what} {names[0]!r} for tokenizer=bar_fsq_paper with "
                                   f"{sizes['bits']} bits on a {sizes['grid']}x{sizes['grid']} grid"

@@ -75,17 +75,20 @@ def _few(names: Sequence[str], limit: int = 3) -> str:
     return f"[{shown}{f', ... {len(names) - limit} more' if len(names) > limit else ''}]"
 
 
+def state_mismatch(own: dict[str, Tensor], state: dict[str, Tensor]) -> dict[str, list[str]]:
+    """How ``state`` fails to load strictly into a module whose state dict is ``own``:
+    ``{"missing keys": [...], "unexpected keys": [...], "wrong shapes": ["key (got) != (expected)", ...]}``."""
+    return {"missing keys": [k for k in own if k not in state],
+            "unexpected keys": [k for k in state if k not in own],
+            "wrong shapes": [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
+                             if k in state and state[k].shape != v.shape]}
+
+
 def load_state_strict(module: nn.Module, state: dict[str, Tensor], path: str | os.PathLike | None, knob: str, *,
                       expected: str, fix: str) -> None:
     """``module.load_state_dict(state, strict=True)``, but a mismatch is one ConfigError line on ``knob``:
     ``'<path>' is not a <expected>: missing keys [...], unexpected keys [...], wrong shapes [...]``."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
-              if k in state and state[k].shape != v.shape]
-    problems = [f"{what} {_few(names)}" for what, names in
-                (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes)) if names]
+    problems = [f"{what} {_few(names)}" for what, names in state_mismatch(module.state_dict(), state).items() if names]
     if problems:
         raise ConfigError(knob, f"{os.fspath(path)!r} is not a {expected}: {', '.join(problems)}", fix=fix)
     module.load_state_dict(state, strict=True)

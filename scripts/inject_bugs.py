@@ -70,6 +70,7 @@ PAPER_SUM = T + "test_paper_tokenizer_smoke.py::test_the_loss_is_the_official_we
 CONVERTED = T + "test_convert.py::test_tiny_official_generators_give_the_official_conditions_and_logits"
 LIMITS = T + ("test_generator_pipeline.py::"
               "test_pretokenization_limits_encode_the_first_images_and_refuse_other_shards")
+PRETOK = T + "test_pretokenize_ranks.py::"
 BUGS = [
     # ------------------------------------------------------------------ the first fifteen
     bug("binary FSQ STE gradient doubled", "barlab/tokenizer/quantizers/binary_fsq.py", "BinaryFSQ.quantize",
@@ -88,12 +89,22 @@ BUGS = [
     bug("MBM temperature not annealed", "barlab/generator/heads/mbm.py", "MBMHead.sample",
         "tau = temperature * (1 - s / num_steps)", "tau = temperature",
         T + "test_sampling.py::test_mbm_sampler_keeps_the_most_confident_bits_with_decaying_temperature"),
-    bug("flipped copy flips vertically", "barlab/data/pretokenize.py", "_encode_split",
+    bug("flipped copy flips vertically", "barlab/data/pretokenize.py", "_encoded",
         "x.flip(-1)", "x.flip(-2)",
         T + "test_generator_pipeline.py::test_pretokenization_stores_original_and_flip_and_reads_back"),
-    bug("pretokenization limit ignored", "barlab/data/pretokenize.py", "_encode_split",
-        "images.eval_dataset(split, max_images,", "images.eval_dataset(split, None,",
+    bug("pretokenization limit ignored", "barlab/data/pretokenize.py", "_encoded",
+        "images.eval_dataset(shard.split, shard.limit,", "images.eval_dataset(shard.split, None,",
         LIMITS),
+    bug("token shards sized without the flips", "barlab/data/pretokenize.py", "plan_token_shards",
+        "shard_size // (views * max(sizes[0], 1))", "shard_size // max(sizes[0], 1)",
+        PRETOK + "test_plan_groups_whole_image_shards_to_fill_shard_size",
+        PRETOK + "test_the_layout_and_keys"),
+    bug("a resumed pretokenization encodes finished shards again", "barlab/data/pretokenize.py",
+        "pretokenize.encode_mine", "if not os.path.isfile(os.path.join(folder, s.name))", "if True",
+        PRETOK + "test_a_killed_run_resumes_with_only_the_missing_shards"),
+    bug("rank 0 publishes the token folder before the other ranks finish", "barlab/data/pretokenize.py",
+        "pretokenize.fill", "_wait(lambda: all(", "_wait(lambda: any(",
+        PRETOK + "test_ranks_share_the_work_and_write_the_shards_of_one_process"),
     bug("pretokenization limits not recorded", "barlab/data/pretokenize.py", "pretokenize",
         '**({"pretokenize": limits.as_dict()}', '**({"pretokenize_limits": limits.as_dict()}',
         LIMITS),

@@ -16,9 +16,11 @@ REPO = Path(__file__).resolve().parent.parent
 SMOKE_RUN_ARGS = ("experiment=smoke", "run_name=smoke")
 
 
-def run_module(module: str, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python -m <module> <args>`` with outputs and data under ``cwd`` (never the repo)."""
-    env = dict(os.environ)
+def run_module(module: str, *args: str, cwd: Path, timeout: int = 600,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` with outputs and data under ``cwd`` (never the repo); ``env``: more
+    environment variables."""
+    env = {**os.environ, **(env or {})}
     env.update({
         "BARLAB_ROOT": str(cwd),
         "BARLAB_DATA_DIR": str(cwd / "data"),

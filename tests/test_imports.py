@@ -106,11 +106,12 @@ LAYERS = (
     ("barlab.lightning",),                                                      # LightningModules, callbacks
     ("barlab.pipeline",),                                                       # stages, trainer, results
     ("barlab.analysis", "barlab.bench", "barlab.cli", "barlab.train", "barlab.sample", "barlab.evaluate",
-     "barlab.shard", "barlab.export", "barlab.convert"),                        # entry points and readers
+     "barlab.shard", "barlab.export", "barlab.convert", "barlab.pretokenize"),  # entry points and readers
 )
 PLAIN = ("barlab.data", "barlab.tokenizer", "barlab.generator", "barlab.metrics")
 WIRING = ("barlab.lightning", "barlab.pipeline", "barlab.runtime", "barlab.cli", "barlab.train", "barlab.sample",
-          "barlab.evaluate", "barlab.shard", "barlab.export", "barlab.convert", "barlab.analysis", "barlab.bench")
+          "barlab.evaluate", "barlab.shard", "barlab.export", "barlab.convert", "barlab.analysis", "barlab.bench",
+          "barlab.pretokenize")
 # Among the plain packages, the only import allowed: the generator's image generator loads its tokenizer.
 PLAIN_ALLOWED = {("barlab.generator", "barlab.tokenizer")}
 

@@ -116,7 +116,11 @@ class ImageShardDataModule(L.LightningDataModule):
         self._manifest = self._ensure_shards()
 
     # ---- loaders --------------------------------------------------------------------------
-    def _urls(self, split: str) -> tuple[list[str], list[int]]:
+    def split_shards(self, split: str) -> tuple[list[str], list[int | None]]:
+        """``(shard paths, stored samples of each or None)`` of ``split``, in manifest order."""
+        return self._urls(split)
+
+    def _urls(self, split: str) -> tuple[list[str], list[int | None]]:
         entry = self.manifest["splits"].get(split)
         if entry is None:
             raise DataError(f"{self.shards_dir}: manifest has no {split!r} split; re-run python -m barlab.shard")
@@ -151,14 +155,18 @@ class ImageShardDataModule(L.LightningDataModule):
         return self.eval_dataset("val", self.max_val_samples, per_rank=True)
 
     def eval_dataset(self, split: str, max_samples: int | None = None, batch_size: int | None = None,
-                     per_rank: bool = False) -> wds.DataPipeline:
+                     per_rank: bool = False, shards: list[int] | None = None) -> wds.DataPipeline:
         """One deterministic, unaugmented pass over ``split`` (e.g. to pretokenize the train split).
 
         max_samples: only the first that many stored samples of the split (over all ranks together).
         per_rank: only this rank's share of the samples (Lightning's validation under DDP); off, the
-        whole split, whatever the rank (pretokenization and scoring run on rank 0 alone).
+        whole split, whatever the rank (scoring runs on rank 0 alone).
+        shards: only these shards of the split (indices into :meth:`split_shards`, in this order);
+        ``max_samples`` then counts from the first of them (a rank's part of a pretokenization).
         """
         urls, sizes = self._urls(split)
+        if shards is not None:
+            urls, sizes = [urls[i] for i in shards], [sizes[i] for i in shards]
         counter = self._counter()
         transform = ImageTransform(self.image_size, self.channels, train=False)
         return eval_pipeline(urls, sizes, counter, Decode(transform, self.num_classes, counter),

@@ -22,7 +22,6 @@ import logging
 import math
 import multiprocessing
 import os
-import tarfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from datetime import datetime, timezone
@@ -31,7 +30,15 @@ from typing import Callable, Iterator
 
 from PIL import Image
 
-from barlab.data.shard_folder import MANIFEST, read_shard_manifest, write_shard_folder, write_tar
+from barlab.data.shard_folder import (
+    MANIFEST,
+    PARTIAL,
+    check_partial,
+    count_samples,
+    read_shard_manifest,
+    write_shard_folder,
+    write_tar,
+)
 from barlab.data.source import SPLITS, ImageSource
 from barlab.errors import ConfigError, DataError
 from barlab.utils.integers import check_int
@@ -40,7 +47,6 @@ from barlab.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-PARTIAL = "partial.json"  # in the in-progress folder: what it is being filled with
 
 
 def _version() -> str:
@@ -89,12 +95,6 @@ def write_one_shard(source: ImageSource, folder: str, split: str, index: int, ma
     return write_tar(path, _encoded(source, split, index * maxcount, (index + 1) * maxcount))
 
 
-def _count_samples(path: str) -> int:
-    """Samples in a finished shard: its distinct member keys (``KEY.ext``)."""
-    with tarfile.open(path) as tar:
-        return len({name.split(".", 1)[0] for name in tar.getnames()})
-
-
 _worker_source: ImageSource | None = None
 
 
@@ -136,23 +136,6 @@ def _run(source: ImageSource, folder: str, todo: list[tuple[str, int]], maxcount
             submit()
 
 
-def _check_partial(folder: str, wanted: dict) -> None:
-    """Refuse an in-progress folder that was being filled with something else; else mark it as ours."""
-    path = os.path.join(folder, PARTIAL)
-    if os.path.isfile(path):
-        try:
-            with open(path) as f:
-                found = json.load(f)
-        except (OSError, ValueError) as err:
-            found = {"unreadable": repr(err)}
-        if found != wanted:
-            raise ConfigError("out_dir", f"{folder} holds an unfinished write of {found}, not {wanted}",
-                              fix=f"delete {folder}, or re-run with the same source and maxcount")
-    else:
-        with open(path, "w") as f:
-            json.dump(wanted, f, indent=1)
-
-
 def _fill_splits(source: ImageSource, folder: str, splits, maxcount: int, workers: int,
                  on_shard: Callable[[str, int, int], None] | None) -> dict:
     """Write the missing shards of ``splits`` into ``folder``; returns the manifest's ``splits``."""
@@ -166,7 +149,7 @@ def _fill_splits(source: ImageSource, folder: str, splits, maxcount: int, worker
         for index in range(n_shards):
             path = os.path.join(folder, shard_name(split, index))
             if os.path.isfile(path):
-                counts[split, index] = _count_samples(path)
+                counts[split, index] = count_samples(path)
             else:
                 todo.append((split, index))
     total = sum(plan.values())
@@ -220,7 +203,7 @@ def write_shards(source: ImageSource, out_dir: str, maxcount: int = 2000, splits
     splits = tuple(splits)
 
     def fill(folder: str) -> dict:
-        _check_partial(folder, {"source": source.name, "source_spec": _spec(source), "maxcount": maxcount,
+        check_partial(folder, {"source": source.name, "source_spec": _spec(source), "maxcount": maxcount,
                                 "splits": list(splits)})
         manifest = {
             "source": source.name,

@@ -1,26 +1,54 @@
-"""Pretokenization: image shards → token shards, with a trained tokenizer.
+"""Pretokenization: image shards → token shards, with a trained tokenizer, over any number of ranks.
 
 Every training image is stored twice, as itself and as its horizontal flip (as in the paper);
 validation images once. Images go through the evaluation transform (resize + centre crop).
 :class:`PretokenizeLimits` can limit both splits to their first images and drop the flips; by
 default everything is encoded.
+
+**Layout.** Token shard ``g`` of a split holds the sequences of a run of consecutive image shards
+(:func:`plan_token_shards`: as many as fill about ``shard_size`` sequences), in their order, keys
+``{split}_{image position:07d}_{view}`` (view 0: the image, 1: its mirror image). The layout depends
+on the image shards and ``shard_size`` only, never on the number of ranks.
+
+**Ranks.** ``world`` processes (DDP ranks, SLURM tasks) share the work: rank ``r`` encodes token
+shards ``r, r + world, ...`` of the list of all splits' shards, each written whole or not at all
+(``NAME.tar.tmp``, renamed when complete). Rank 0 holds a file lock on ``out_dir + ".lock"`` (one
+writing job at a time), marks the in-progress folder with its attempt id (the other ranks start when
+they see it), waits for every shard, then writes the manifest and publishes the folder. One process
+(``world=1``) is the same with no waiting.
+
+**Resuming.** The shards are written into ``partial_dir(out_dir)`` and kept there when a run is
+killed; a new run with the same tokenizer, limits and ``shard_size`` encodes only the missing shards
+(``partial.json`` records what the folder is filled with; anything else is refused).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from barlab.data.image_datamodule import ImageShardDataModule
-from barlab.data.token_shards import write_token_shards
-from barlab.errors import ConfigError
+from barlab.data.shard_folder import (
+    MANIFEST,
+    PARTIAL,
+    check_partial,
+    count_samples,
+    partial_dir,
+    write_shard_folder,
+    write_tar,
+)
+from barlab.data.token_shards import pack_bits, read_token_manifest
+from barlab.errors import ConfigError, DataError
 from barlab.utils.integers import check_int
+from barlab.utils.io import atomic_write_json
+from barlab.utils.locks import exclusive_lock
 from barlab.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -66,41 +94,128 @@ class PretokenizeLimits:
                               fix="write the shards to a new folder, or ask for the limits they have")
 
 
+
+ATTEMPT = "attempt.json"  # in the in-progress folder: the attempt whose ranks are filling it
+
+
+@dataclass(frozen=True)
+class TokenShard:
+    """One token shard of a split: the images of image shards ``shards`` (indices in manifest order),
+    the first of which is at position ``start`` of the split; ``limit``: only the first that many of
+    them (None: all)."""
+
+    split: str
+    index: int
+    shards: tuple[int, ...]
+    start: int
+    limit: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.index:06d}.tar"
+
+
+def plan_token_shards(split: str, sizes: list[int | None], views: int, shard_size: int,
+                      max_images: int | None = None) -> list[TokenShard]:
+    """The token shards of one split whose image shards hold ``sizes`` images each.
+
+    Each token shard takes ``max(1, shard_size // (views * sizes[0]))`` consecutive image shards (about
+    ``shard_size`` sequences of ``views`` per image); ``max_images`` keeps the first images of the
+    split only. Raises DataError if a size is unknown (a manifest written without ``shard_sizes``).
+    """
+    if None in sizes:
+        raise DataError(f"the {split} image shards have no recorded sizes (shard_sizes); re-shard them "
+                        "with python -m barlab.shard")
+    per_token_shard = max(1, shard_size // (views * max(sizes[0], 1))) if sizes else 1
+    plan, start = [], 0
+    for first in range(0, len(sizes), per_token_shard):
+        run = tuple(range(first, min(first + per_token_shard, len(sizes))))
+        count = sum(sizes[i] for i in run)
+        if max_images is not None and start >= max_images:
+            break
+        limit = None if max_images is None or start + count <= max_images else max_images - start
+        plan.append(TokenShard(split, len(plan), run, start, limit))
+        start += count
+    return plan
+
+
 @torch.no_grad()
-def _encode_split(tokenizer, images: ImageShardDataModule, split: str, flip: bool, device: torch.device,
-                  batch_size: int, max_images: int | None = None) -> Iterator[tuple[str, np.ndarray, int]]:
-    dataset = images.eval_dataset(split, max_images, batch_size=batch_size)
-    index, start = 0, time.monotonic()
-    with progress_bar(f"pretokenizing {split}", unit="img") as bar:
-        for batch in DataLoader(dataset, batch_size=None, num_workers=min(1, images.num_workers)):
-            x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)  # ~25% faster convs on CPU
-            views = [x, x.flip(-1)] if flip else [x]
-            encoded = [tokenizer.encode_bits(v).to(torch.uint8).cpu().numpy() for v in views]
-            for i, label in enumerate(batch["label"].tolist()):
-                for aug, bits in enumerate(encoded):
-                    yield f"{split}_{index + i:07d}_{aug}", bits[i], label
-            index += x.shape[0]
-            bar.update(x.shape[0])
-            if index % (20 * batch_size) < x.shape[0]:
-                log.info("pretokenize %s: %d images (%.0f/s)", split, index, index / (time.monotonic() - start))
-    log.info("pretokenize %s: %d images, %d sequences", split, index, index * len(views) if index else 0)
+def _encoded(tokenizer, images: ImageShardDataModule, shard: TokenShard, flip: bool, device: torch.device,
+             batch_size: int, on_batch: Callable[[int], None]) -> Iterator[dict]:
+    """The tar samples (``__key__``, ``bits``, ``cls``) of ``shard``; ``on_batch(images)`` after each batch."""
+    dataset = images.eval_dataset(shard.split, shard.limit, batch_size=batch_size, shards=list(shard.shards))
+    index = shard.start
+    for batch in DataLoader(dataset, batch_size=None, num_workers=min(1, images.num_workers)):
+        x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)  # ~25% faster convs on CPU
+        views = [x, x.flip(-1)] if flip else [x]
+        encoded = [tokenizer.encode_bits(v).to(torch.uint8).cpu().numpy() for v in views]
+        for i, label in enumerate(batch["label"].tolist()):
+            for view, bits in enumerate(encoded):
+                yield {"__key__": f"{shard.split}_{index + i:07d}_{view}", "bits": pack_bits(bits[i]),
+                       "cls": str(int(label)).encode("ascii")}
+        index += x.shape[0]
+        on_batch(x.shape[0])
+
+
+def _wait(done: Callable[[], bool], progress: Callable[[], int], what: str, stall_timeout_s: float) -> None:
+    """Return once ``done()``; raise DataError if ``progress()`` (a count that grows while the other
+    ranks work) stays the same for ``stall_timeout_s`` seconds."""
+    last, since = progress(), time.monotonic()
+    while not done():
+        time.sleep(0.5)
+        now = progress()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since > stall_timeout_s:
+            raise DataError(f"{what}: nothing new for {stall_timeout_s:.0f} s (did a rank fail?)")
+
+
+def _files(folder: str) -> int:
+    try:
+        return len(os.listdir(folder))
+    except FileNotFoundError:
+        return 0
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def pretokenize(tokenizer, images: ImageShardDataModule, out_dir: str, meta: dict | None = None,
                 batch_size: int = 256, device: str | torch.device = "cpu", shard_size: int = 20000,
-                limits: PretokenizeLimits | None = None) -> dict:
+                limits: PretokenizeLimits | None = None, rank: int = 0, world: int = 1, attempt: str = "",
+                stall_timeout_s: float = 3600.0) -> dict:
     """Encode the ``train`` (original + flip) and ``val`` splits of ``images`` into token shards.
 
     tokenizer: a discrete :class:`barlab.tokenizer.Tokenizer` in eval mode.
-    shard_size: sequences per token shard (more shards than ranks lets every rank read its own).
+    shard_size: about this many sequences per token shard (the image shards are not split).
     limits: the first images of each split only, flips or not (default: everything, with flips).
-    Returns the token manifest (``seq_len``, ``bits``, ``grid``, class names, ...).
+    rank, world, attempt: this process among the ``world`` that share the work, and the id their
+        attempt shares (module docstring); every rank must call with the same arguments.
+    stall_timeout_s: a rank waiting for the others gives up after that long without a new file.
+    Returns the token manifest (``seq_len``, ``bits``, ``grid``, class names, ``splits``, ...), on every rank.
     """
     limits = limits or PretokenizeLimits()
+    shard_size = check_int(shard_size, "shard_size", fix="shard_size=20000")
+    if not 0 <= rank < world:
+        raise ConfigError("rank", f"must be in 0..{world - 1}, got {rank}", fix="rank=0 world=1")
+    out_dir = os.path.abspath(os.path.expanduser(str(out_dir)))
+    finished = read_token_manifest(out_dir)
+    if finished is not None:
+        return finished
     device = torch.device(device)
     tokenizer = tokenizer.to(device).eval()
     tokenizer.encoder.to(memory_format=torch.channels_last)
     grid = tokenizer.grid_size(images.image_size)
+    views = {"train": 2 if limits.flip else 1, "val": 1}
+    max_images = {"train": limits.train_images, "val": limits.val_images}
+    plan = [shard for split in ("train", "val")
+            for shard in plan_token_shards(split, images.split_shards(split)[1], views[split], shard_size,
+                                           max_images[split])]
     manifest_meta = {
         "seq_len": grid[0] * grid[1],
         "bits": tokenizer.bits_per_token,
@@ -113,8 +228,67 @@ def pretokenize(tokenizer, images: ImageShardDataModule, out_dir: str, meta: dic
         **({"pretokenize": limits.as_dict()} if limits != PretokenizeLimits() else {}),
         **(meta or {}),
     }
-    splits = {
-        "train": _encode_split(tokenizer, images, "train", limits.flip, device, batch_size, limits.train_images),
-        "val": _encode_split(tokenizer, images, "val", False, device, batch_size, limits.val_images),
-    }
-    return write_token_shards(splits, out_dir, manifest_meta, maxcount=shard_size)
+    wanted = {"tokens": manifest_meta, "shard_size": shard_size, "shards": len(plan)}
+    folder = partial_dir(out_dir)
+
+    def encode_mine() -> None:
+        """Write this rank's token shards that the folder does not hold yet."""
+        todo = [s for s in plan[rank::world] if not os.path.isfile(os.path.join(folder, s.name))]
+        total = sum(s.limit if s.limit is not None else
+                    sum(images.split_shards(s.split)[1][i] for i in s.shards) for s in todo)
+        if len(todo) < len(plan[rank::world]):
+            log.info("pretokenize (rank %d/%d): keeping %d finished shard(s), encoding %d", rank, world,
+                     len(plan[rank::world]) - len(todo), len(todo))
+        start, done = time.monotonic(), 0
+        with progress_bar(f"pretokenizing (rank {rank}/{world})" if world > 1 else "pretokenizing",
+                          total=total, unit="img") as bar:
+            def on_batch(n: int) -> None:
+                nonlocal done
+                done += n
+                bar.update(n)
+
+            for shard in todo:
+                count = write_tar(os.path.join(folder, shard.name),
+                                  _encoded(tokenizer, images, shard, views[shard.split] == 2, device, batch_size,
+                                           on_batch))
+                log.info("pretokenize: %s, %d sequences (rank %d/%d, %.1f img/s)", shard.name, count, rank, world,
+                         done / max(time.monotonic() - start, 1e-9))
+
+    def fill(tmp: str) -> dict:
+        check_partial(tmp, wanted)
+        atomic_write_json(os.path.join(tmp, ATTEMPT), {"attempt": attempt})
+        encode_mine()
+        _wait(lambda: all(os.path.isfile(os.path.join(tmp, s.name)) for s in plan), lambda: _files(tmp),
+              f"waiting for the other ranks' token shards in {tmp}", stall_timeout_s)
+        for name in os.listdir(tmp):
+            if name.endswith(".tmp") or name in (ATTEMPT, PARTIAL):
+                os.remove(os.path.join(tmp, name))
+        manifest = {"kind": "tokens", **manifest_meta, "splits": {}}
+        for split in ("train", "val"):
+            names, sizes = [], []
+            for shard in (s for s in plan if s.split == split):
+                count = count_samples(os.path.join(tmp, shard.name))
+                if count:
+                    names.append(shard.name)
+                    sizes.append(count)
+                else:  # every image of it was skipped as unreadable
+                    os.remove(os.path.join(tmp, shard.name))
+            manifest["splits"][split] = {"num_samples": sum(sizes), "shards": names, "shard_sizes": sizes}
+            log.info("pretokenize %s: %d sequences in %d shards", split, sum(sizes), len(names))
+        return manifest
+
+    if rank == 0:
+        with exclusive_lock(out_dir + ".lock", out_dir):  # one writing job at a time
+            finished = read_token_manifest(out_dir)
+            return finished if finished is not None else write_shard_folder(out_dir, fill, resumable=True)
+    # other ranks: start once rank 0 of this attempt has claimed the folder, then wait for its manifest
+    def published() -> bool:
+        return os.path.isfile(os.path.join(out_dir, MANIFEST))
+
+    _wait(lambda: published() or (_read_json(os.path.join(folder, ATTEMPT)) or {}).get("attempt") == attempt,
+          lambda: _files(folder), f"rank {rank}: waiting for rank 0 to start {folder}", stall_timeout_s)
+    if not published():
+        encode_mine()
+        _wait(published, lambda: _files(folder), f"rank {rank}: waiting for rank 0 to publish {out_dir}",
+              stall_timeout_s)
+    return read_token_manifest(out_dir)

@@ -37,11 +37,11 @@ from barlab.pipeline.trainer import (
     log_config,
     resume_point,
 )
-from barlab.runtime.distributed import apply_global_batch
+from barlab.runtime.distributed import apply_global_batch, launched_ranks, rank_device
 from barlab.runtime.run_state import RunState, is_rank_zero, stream_seed, wait_for_manifest
+from barlab.runtime.tokenizer_cache import attempt_token
 from barlab.tokenizer.checkpoint import TOKENIZER_KNOBS, load_tokenizer
 from barlab.utils.io import link_folder
-from barlab.utils.locks import exclusive_lock
 
 log = logging.getLogger("barlab")
 
@@ -83,26 +83,29 @@ def _checked(limits: PretokenizeLimits, manifest: dict, tokens_dir: Path) -> dic
 def token_shards_for(cfg: DictConfig, tokenizer, info: dict, tokens_dir: Path) -> dict:
     """The token shards of ``tokens_dir``, pretokenized first if the folder has no manifest.
 
-    Rank 0 writes them (once among parallel jobs too: a file lock); the other ranks wait for the
-    manifest. What is encoded follows ``generator.data.pretokenize``; shards written with other limits
-    are refused. A finished folder is reused as it is, also by a restarted job, without taking the lock
-    (nothing is written beside it, not even the lock file).
+    The ranks an external launcher started (SLURM tasks, torchrun) share the encoding, each on its own
+    GPU where there is one; rank 0 publishes the folder (once among parallel jobs too: a file lock), and
+    a killed run's finished shards are kept for the next. Under Lightning's own launcher the other ranks
+    start only with training, so rank 0 encodes alone and they find the manifest. What is encoded
+    follows ``generator.data.pretokenize``; shards written with other limits are refused. A finished
+    folder is reused as it is, also by a restarted job, without taking the lock.
     """
     limits = pretokenize_limits(cfg)
-    if not is_rank_zero():
-        return _checked(limits, wait_for_manifest(tokens_dir, read_token_manifest), tokens_dir)
     finished = read_token_manifest(str(tokens_dir))
     if finished is not None:
         return _checked(limits, finished, tokens_dir)
-    with exclusive_lock(str(tokens_dir) + ".lock", str(tokens_dir)):  # one writer among parallel jobs
-        manifest = read_token_manifest(str(tokens_dir))
-        if manifest is None:
-            images = instantiate_checked(cfg.data, "data")
-            log.info("pretokenizing %s into %s", images.shards_dir, tokens_dir)
-            with knob_names(TOKENIZER_KNOBS, out_dir="generator.data.shards_dir", shards_dir="data.shards_dir"):
-                manifest = pretokenize(tokenizer, images, str(tokens_dir),
-                                       meta={"tokenizer": str(info.get("path", ""))},
-                                       shard_size=cfg.generator.data.shard_size, limits=limits)
+    rank, world = launched_ranks()
+    if world == 1 and not is_rank_zero():
+        return _checked(limits, wait_for_manifest(tokens_dir, read_token_manifest), tokens_dir)
+    images = instantiate_checked(cfg.data, "data")
+    if rank == 0:
+        log.info("pretokenizing %s into %s over %d rank(s)", images.shards_dir, tokens_dir, world)
+    with knob_names(TOKENIZER_KNOBS, out_dir="generator.data.shards_dir", shards_dir="data.shards_dir",
+                    shard_size="generator.data.shard_size"):
+        manifest = pretokenize(tokenizer, images, str(tokens_dir), meta={"tokenizer": str(info.get("path", ""))},
+                               shard_size=cfg.generator.data.shard_size, limits=limits,
+                               device=rank_device(cfg.trainer.get("accelerator", "auto")),
+                               rank=rank, world=world, attempt=attempt_token() if world > 1 else "")
     return _checked(limits, manifest, tokens_dir)
 
 

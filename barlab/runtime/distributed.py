@@ -10,6 +10,9 @@
   ranks (killing them after a grace period), destroys the process group and restores the
   ``MASTER_*`` / ``*RANK`` / ``WORLD_SIZE`` variables, so that the next job of an in-process sweep
   starts its own ranks and no process outlives the job.
+- **Work before training.** :func:`launched_ranks` says which processes an external launcher
+  (SLURM, torchrun) started, so that they can share work before Lightning joins them (pretokenization);
+  :func:`rank_device` is the GPU of this process for that work.
 - **Sizing the batch.** :func:`split_global_batch` turns a global batch into the per-rank batch and
   the gradient accumulation for the world size at hand, so 1 GPU and 8 GPUs train the same recipe.
 """
@@ -100,6 +103,29 @@ def track_launcher(trainer) -> None:
     launcher = getattr(trainer.strategy, "launcher", None)
     if launcher is not None and launcher not in _LAUNCHERS:
         _LAUNCHERS.append(launcher)
+
+
+def launched_ranks() -> tuple[int, int]:
+    """``(rank, world size)`` of the processes an external launcher started for this job: SLURM's tasks
+    (``srun``, as Lightning's SLURM environment detects them) or torchrun's ranks. ``(0, 1)`` otherwise:
+    Lightning's own launcher (``trainer=ddp`` on one machine) starts the other ranks only when training
+    begins, so before that this process is alone."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if TorchElasticEnvironment.detect():
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if SLURMEnvironment.detect():
+        return int(os.environ.get("SLURM_PROCID", 0)), int(os.environ.get("SLURM_NTASKS", 1))
+    return 0, 1
+
+
+def rank_device(accelerator: str = "auto") -> torch.device:
+    """This process's device for work outside the trainer: its node-local GPU (``LOCAL_RANK`` or
+    ``SLURM_LOCALID``) when ``accelerator`` allows a GPU and CUDA is there, else the CPU."""
+    if str(accelerator) not in ("gpu", "cuda", "auto") or not torch.cuda.is_available():
+        return torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
+    return torch.device("cuda", local % torch.cuda.device_count())
 
 
 def split_global_batch(global_batch: int, world: int, max_per_rank: int, knob: str,

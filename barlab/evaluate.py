@@ -4,10 +4,15 @@
     python -m barlab.evaluate samples=<folder of PNGs> metrics.backend=inception
     python -m barlab.evaluate samples=samples.npz ref=VIRTUAL_imagenet256_labeled.npz metrics.backend=inception
 
-Writes JSON with FID, KID, Inception-Score-style score, improved precision/recall (k = 3) and
-class accuracy (when the set has labels and the feature network a classifier), always next to
-``backend`` / ``feature_net`` / ``feature_label``: an FID from barlab's classifier says it is not
-comparable to an Inception FID.
+Writes JSON with FID, KID, an Inception Score, improved precision/recall (k = 3) and class accuracy
+(when the set has labels and the feature network a classifier), and with ``metrics.backend=inception``
+ADM's sFID (and ADM's Inception Score, given ``metrics.inception.logits_path``), always next to
+``backend`` / ``feature_net`` / ``feature_label`` and each metric's ``*_label``: an FID from barlab's
+classifier says it is not comparable to an Inception FID, a metric not computed says why.
+
+    python -m barlab.evaluate samples=samples_50k.npz ref=VIRTUAL_imagenet256_labeled.npz \
+        metrics.backend=inception metrics.inception.logits_path=pt_inception-2015-12-05-6726825d.pth \
+        metrics.max_pr_samples=null
 """
 
 from __future__ import annotations

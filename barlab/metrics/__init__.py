@@ -1,4 +1,5 @@
-"""Image metrics as plain modules: feature networks, FID/KID/IS via torchmetrics, precision/recall.
+"""Image metrics as plain modules: feature networks, FID/sFID/KID/IS (ADM's definitions with the standard
+Inception), precision/recall.
 
 - :class:`FeatureNet` and its three backends: :class:`TFInception` (the standard FID network),
   :class:`ClassifierFeatures` (barlab's domain classifier) and :class:`RandomFeatures` (tests only);

@@ -4,7 +4,8 @@
   statistics are cached like any reference): rFID, KID, precision/recall.
 - ``sample_class_balanced``: ``per_class`` samples of every class, as uint8 images + labels.
 - ``evaluate_generator``: those samples against the reference statistics (training split by
-  default): gFID, class accuracy, IS, precision/recall, KID; the samples are kept as an ADM npz.
+  default): gFID, class accuracy, IS, precision/recall, KID (and sFID with the standard Inception);
+  the samples are kept as an ADM npz.
 
 Every returned dict carries ``metrics_backend`` and ``metrics_label`` (what produced the numbers).
 """
@@ -30,12 +31,12 @@ from barlab.utils.progress import progress, show_progress
 
 log = logging.getLogger("barlab")
 
-HEADLINE = ("fid", "kid", "precision", "recall", "inception_score", "class_accuracy")
+HEADLINE = ("fid", "kid", "precision", "recall", "inception_score", "class_accuracy", "sfid")
 
 
 def headline(prefix: str, result: dict) -> dict[str, Any]:
     """The numbers a sweep table shows, flat: ``rfid`` (``prefix="r"``, tokenizers: + kid, precision,
-    recall) or ``gfid`` (``"g"``, generators: + class accuracy and IS), with the backend and its label."""
+    recall) or ``gfid`` (``"g"``, generators: + class accuracy, IS and sFID), with the backend and its label."""
     keys = HEADLINE if prefix == "g" else HEADLINE[:4]
     out = {(f"{prefix}fid" if k == "fid" else k): result[k] for k in keys if k in result}
     out["metrics_backend"] = result.get("backend")
@@ -93,7 +94,8 @@ def sample_class_balanced(generate: Callable[..., torch.Tensor], num_classes: in
 def score_images(cfg: DictConfig, net: FeatureNet, reference: Reference,
                  chunks: Iterable[tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, Any]:
     """Score uint8 image chunks ``(images (B, C, H, W), labels (B,) or None)`` against ``reference``:
-    FID, KID, IS, P/R, class accuracy, plus the reference and the classifier's own accuracy."""
+    FID, sFID, KID, IS, P/R, class accuracy (each with what produced it: ``feature_label``, ``sfid_label``,
+    ``inception_score_label``, ``pr_label``, ``kid_label``), plus the reference and the classifier's own accuracy."""
     metrics = new_metrics(cfg, net)
     metrics.set_reference(reference)
     for images, labels in chunks:

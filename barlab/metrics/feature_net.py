@@ -1,7 +1,8 @@
 """The feature network behind every FID / KID / IS / precision-recall number.
 
-A :class:`FeatureNet` maps uint8 images (N, C, H, W) to features (N, D) and, when it has a
-classifier head, to logits (N, num_classes). It carries a ``name`` (stored with cached reference
+A :class:`FeatureNet` maps uint8 images (N, C, H, W) to features (N, D), when it has a
+classifier head to logits (N, num_classes), and (the standard Inception only) to the spatial
+features of ADM's sFID (N, S). It carries a ``name`` (stored with cached reference
 statistics, so statistics from another network are refused) and a human ``label`` that is written
 next to every number it produces: an FID from anything but the standard Inception says so.
 """
@@ -16,10 +17,11 @@ from torch import nn
 
 @dataclass
 class Features:
-    """features: (N, D) float32; logits: (N, num_classes) float32 or None."""
+    """features: (N, D) float32; logits: (N, num_classes) float32 or None; spatial: (N, S) float32 or None."""
 
     features: torch.Tensor
     logits: torch.Tensor | None = None
+    spatial: torch.Tensor | None = None
 
 
 class FeatureNet(nn.Module):
@@ -30,6 +32,8 @@ class FeatureNet(nn.Module):
     backend: ``inception`` | ``classifier`` | ``random``.
     comparable: True only for the standard FID Inception (numbers comparable with papers).
     num_features: D. num_classes: size of the logits, or 0 when there are none.
+    class_logits: whether the logits are the dataset's classes (then they judge class accuracy).
+    num_spatial: S, the size of the sFID features, or 0 when there are none; spatial_label: what they are.
     """
 
     name: str = "feature-net"
@@ -38,6 +42,9 @@ class FeatureNet(nn.Module):
     comparable: bool = False
     num_features: int = 0
     num_classes: int = 0
+    class_logits: bool = True
+    num_spatial: int = 0
+    spatial_label: str = ""
 
     def extract(self, images: torch.Tensor) -> Features:
         """images: uint8 (N, C, H, W), C in {1, 3} → :class:`Features`."""
@@ -51,6 +58,12 @@ class FeatureNet(nn.Module):
         """The fields written next to every metric: backend, network name, label, comparability."""
         return {"backend": self.backend, "feature_net": self.name, "feature_label": self.label,
                 "comparable_to_papers": self.comparable}
+
+    def not_computed(self) -> dict[str, str]:
+        """``metric -> why this network does not give it``, written as ``<metric>_label`` next to the numbers."""
+        if self.num_spatial:
+            return {}
+        return {"sfid": "only the standard FID Inception (backend inception) has ADM's spatial features"}
 
 
 def as_rgb(images: torch.Tensor) -> torch.Tensor:

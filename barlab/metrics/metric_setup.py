@@ -29,7 +29,8 @@ log = logging.getLogger("barlab")
 
 BACKENDS = ("classifier", "inception", "random")
 # What the feature networks' errors name -> the knob: "" is a network as a whole (the backend chosen)
-FEATURE_NET_KNOBS = {"": "metrics.backend", "backend": "metrics.backend", "path": "metrics.inception.path"}
+FEATURE_NET_KNOBS = {"": "metrics.backend", "backend": "metrics.backend", "path": "metrics.inception.path",
+                     "logits_path": "metrics.inception.logits_path"}
 
 
 def build_feature_net(cfg: DictConfig, device: torch.device | str = "cpu") -> FeatureNet:
@@ -43,7 +44,7 @@ def build_feature_net(cfg: DictConfig, device: torch.device | str = "cpu") -> Fe
         elif backend == "inception":
             from barlab.metrics.inception import TFInception
 
-            net = TFInception(cfg.metrics.inception.get("path"))
+            net = TFInception(cfg.metrics.inception.get("path"), logits_path=cfg.metrics.inception.get("logits_path"))
         elif backend == "random":
             from barlab.metrics.random_net import RandomFeatures
 

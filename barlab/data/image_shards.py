@@ -32,8 +32,6 @@ from PIL import Image
 
 from barlab.data.shard_folder import (
     MANIFEST,
-    PARTIAL,
-    check_partial,
     count_samples,
     read_shard_manifest,
     write_shard_folder,
@@ -44,6 +42,7 @@ from barlab.errors import ConfigError, DataError
 from barlab.utils.integers import check_int
 from barlab.utils.locks import exclusive_lock
 from barlab.utils.progress import progress_bar
+from barlab.utils.resumable import PARTIAL, check_partial
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,6 @@ from torch.utils.data import DataLoader
 from barlab.data.image_datamodule import ImageShardDataModule
 from barlab.data.shard_folder import (
     MANIFEST,
-    PARTIAL,
-    check_partial,
     count_samples,
     partial_dir,
     write_shard_folder,
@@ -50,6 +48,8 @@ from barlab.utils.integers import check_int
 from barlab.utils.io import atomic_write_json
 from barlab.utils.locks import exclusive_lock
 from barlab.utils.progress import progress_bar
+from barlab.utils.resumable import PARTIAL, check_partial
+from barlab.utils.waiting import folder_state, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -157,26 +157,6 @@ def _encoded(tokenizer, images: ImageShardDataModule, shard: TokenShard, flip: b
         on_batch(x.shape[0])
 
 
-def _wait(done: Callable[[], bool], progress: Callable[[], int], what: str, stall_timeout_s: float) -> None:
-    """Return once ``done()``; raise DataError if ``progress()`` (a count that grows while the other
-    ranks work) stays the same for ``stall_timeout_s`` seconds."""
-    last, since = progress(), time.monotonic()
-    while not done():
-        time.sleep(0.5)
-        now = progress()
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since > stall_timeout_s:
-            raise DataError(f"{what}: nothing new for {stall_timeout_s:.0f} s (did a rank fail?)")
-
-
-def _files(folder: str) -> int:
-    try:
-        return len(os.listdir(folder))
-    except FileNotFoundError:
-        return 0
-
-
 def _read_json(path: str) -> dict | None:
     try:
         with open(path) as f:
@@ -258,8 +238,8 @@ def pretokenize(tokenizer, images: ImageShardDataModule, out_dir: str, meta: dic
         check_partial(tmp, wanted)
         atomic_write_json(os.path.join(tmp, ATTEMPT), {"attempt": attempt})
         encode_mine()
-        _wait(lambda: all(os.path.isfile(os.path.join(tmp, s.name)) for s in plan), lambda: _files(tmp),
-              f"waiting for the other ranks' token shards in {tmp}", stall_timeout_s)
+        wait_until(lambda: all(os.path.isfile(os.path.join(tmp, s.name)) for s in plan), lambda: folder_state(tmp),
+                   f"waiting for the other ranks' token shards in {tmp}", stall_timeout_s)
         for name in os.listdir(tmp):
             if name.endswith(".tmp") or name in (ATTEMPT, PARTIAL):
                 os.remove(os.path.join(tmp, name))
@@ -285,10 +265,10 @@ def pretokenize(tokenizer, images: ImageShardDataModule, out_dir: str, meta: dic
     def published() -> bool:
         return os.path.isfile(os.path.join(out_dir, MANIFEST))
 
-    _wait(lambda: published() or (_read_json(os.path.join(folder, ATTEMPT)) or {}).get("attempt") == attempt,
-          lambda: _files(folder), f"rank {rank}: waiting for rank 0 to start {folder}", stall_timeout_s)
+    wait_until(lambda: published() or (_read_json(os.path.join(folder, ATTEMPT)) or {}).get("attempt") == attempt,
+               lambda: folder_state(folder), f"rank {rank}: waiting for rank 0 to start {folder}", stall_timeout_s)
     if not published():
         encode_mine()
-        _wait(published, lambda: _files(folder), f"rank {rank}: waiting for rank 0 to publish {out_dir}",
-              stall_timeout_s)
+        wait_until(published, lambda: folder_state(folder), f"rank {rank}: waiting for rank 0 to publish {out_dir}",
+                   stall_timeout_s)
     return read_token_manifest(out_dir)

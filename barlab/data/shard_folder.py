@@ -27,10 +27,9 @@ from typing import Callable
 import webdataset as wds
 
 from barlab.errors import ConfigError, DataError
-from barlab.utils.io import atomic_write_json, disk_full_as_error, disk_full_cause, replaced_atomically
+from barlab.utils.io import disk_full_as_error, disk_full_cause, replaced_atomically
 
 MANIFEST = "manifest.json"
-PARTIAL = "partial.json"  # in the in-progress folder of a resumable write: what it is being filled with
 # fixed member metadata: equal samples give byte-identical tars
 TAR_OPTIONS = {"user": "", "group": "", "mode": 0o444, "encoder": False, "mtime": 0}
 
@@ -115,27 +114,6 @@ def count_samples(path: str) -> int:
     """Samples in a finished shard: its distinct member keys (``KEY.ext``)."""
     with tarfile.open(path) as tar:
         return len({name.split(".", 1)[0] for name in tar.getnames()})
-
-
-def check_partial(folder: str, wanted: dict) -> None:
-    """Refuse an in-progress folder that was being filled with something else; else mark it as ours.
-
-    ``wanted`` (JSON-able) describes what the resumable write puts into ``folder``; it is kept there as
-    :data:`PARTIAL` (written atomically, so that ranks starting together read it whole) and compared on
-    every later start. Raises ConfigError naming ``out_dir`` if an earlier write wanted something else.
-    """
-    path = os.path.join(folder, PARTIAL)
-    if not os.path.isfile(path):
-        atomic_write_json(path, wanted)
-        return
-    try:
-        with open(path) as f:
-            found = json.load(f)
-    except (OSError, ValueError) as err:
-        found = {"unreadable": repr(err)}
-    if found != json.loads(json.dumps(wanted)):
-        raise ConfigError("out_dir", f"{folder} holds an unfinished write of {found}, not {wanted}",
-                          fix=f"delete {folder}, or re-run with the same settings")
 
 
 def write_shard_folder(out_dir: str, fill: Callable[[str], dict], resumable: bool = False) -> dict:

@@ -32,7 +32,7 @@ class SampleGrid(L.Callback):
     @torch.no_grad()
     def render(self, pl_module: L.LightningModule):
         """The grid as an (H, W, 3) uint8 array: ``per_class`` seeded samples of each class, a row each."""
-        from barlab.metrics.evaluation import sample_class_balanced
+        from barlab.metrics.class_balanced import sample_class_balanced
 
         classes = min(pl_module.num_classes, self.max_classes)
         images, _ = sample_class_balanced(pl_module.generate, classes, self.per_class, self.batch_size,

@@ -2,7 +2,6 @@
 
 - ``evaluate_tokenizer``: reconstructions against the originals of the validation split (their
   statistics are cached like any reference): rFID, KID, precision/recall.
-- ``sample_class_balanced``: ``per_class`` samples of every class, as uint8 images + labels.
 - ``evaluate_generator``: those samples against the reference statistics (training split by
   default): gFID, class accuracy, IS, precision/recall, KID (and sFID with the standard Inception);
   the samples are kept as an ADM npz.
@@ -21,6 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from barlab.config.instantiate import instantiate_checked
+from barlab.metrics.class_balanced import sample_class_balanced
 from barlab.metrics.feature_net import FeatureNet
 from barlab.metrics.metric_setup import build_feature_net, load_reference, new_metrics, split_reference
 from barlab.metrics.reference import Reference
@@ -72,23 +72,6 @@ def evaluate_tokenizer(cfg: DictConfig, tokenizer: torch.nn.Module) -> dict[str,
     result["wall_time_s"] = round(time.time() - start, 1)
     log.info("rFID %.3f on %d validation images (%s)", result["fid"], result["num_samples"], result["feature_label"])
     return result
-
-
-@torch.no_grad()
-def sample_class_balanced(generate: Callable[..., torch.Tensor], num_classes: int, per_class: int,
-                          batch_size: int = 250, seed: int = 0, show_bar: bool = True,
-                          **sampling) -> tuple[torch.Tensor, torch.Tensor]:
-    """``per_class`` samples of each class → (uint8 images (N, C, H, W), labels (N,)), class-major order.
-
-    generate: ``(labels, generator=..., **sampling) -> images in [-1, 1]`` (an ImageGenerator's
-    or GeneratorModule's ``generate``). The random stream is seeded, so reruns give the same images.
-    """
-    labels = torch.arange(num_classes).repeat_interleave(per_class)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    images = []
-    for chunk in progress(labels.split(batch_size), "sampling", unit="batch", enabled=show_bar):
-        images.append(float_to_uint8(generate(chunk, generator=generator, **sampling).cpu()))
-    return torch.cat(images), labels
 
 
 def score_images(cfg: DictConfig, net: FeatureNet, reference: Reference,

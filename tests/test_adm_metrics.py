@@ -309,5 +309,25 @@ def test_precision_recall_keeps_every_feature_with_no_cap_and_labels_a_cap():
     assert outs[None]["pr_num_samples"] == [30, 50]
     assert outs[None]["pr_label"] == "improved precision/recall, k=3, on 30 reference and 50 generated feature vectors"
     assert outs[20]["pr_num_samples"] == [20, 20]
-    assert outs[20]["pr_label"].endswith("(the first 20 of 30 reference, the first 20 of 50 generated: "
+    assert outs[20]["pr_label"].endswith("(a random 20 of 30 reference, a random 20 of 50 generated: "
                                          "max_pr_samples; ADM uses all)")
+
+
+def test_a_capped_side_is_a_seeded_uniform_subset_of_the_whole_stream():
+    """Past max_pr_samples the kept features come from the whole stream, in stream order, the same on
+    every run: a class-ordered set keeps every class, not its first ones."""
+    net = RandomFeatures(num_features=4)
+    metrics = ImageMetrics(net, max_pr_samples=100)
+    rows = torch.arange(1000, dtype=torch.float32)[:, None].repeat(1, 4)     # row i: the value i
+    for chunk in rows.split(64):
+        metrics._keep("fake", chunk, metrics.fake_features)
+    kept = torch.cat(metrics.fake_features)[:, 0]
+    assert kept.shape == (100,) and torch.equal(kept, kept.sort().values) and len(kept.unique()) == 100
+    assert kept.max() > 900 and kept.min() < 100          # spread over the stream, not its first 100
+    assert (kept < 500).sum().item() in range(35, 66)     # about half from each half
+    again = ImageMetrics(net, max_pr_samples=100)
+    again._keep("fake", rows, again.fake_features)          # one chunk instead of 16: the same subset
+    assert torch.equal(torch.cat(again.fake_features)[:, 0], kept)
+    small = ImageMetrics(net, max_pr_samples=100)
+    small._keep("real", rows[:80], small.real_features)     # under the cap: everything, in order
+    assert torch.equal(torch.cat(small.real_features)[:, 0], rows[:80, 0])

@@ -79,8 +79,9 @@ class ImageMetrics:
     """Accumulate real and generated images, then :meth:`compute` every metric the inputs allow.
 
     net: the feature network. k: neighbourhood size of precision/recall (3, as in ADM).
-    max_pr_samples: at most this many features per side (the first ones) are kept for precision/recall
-    and KID; None keeps all (ADM: all samples against all reference images).
+    max_pr_samples: at most this many features per side are kept for precision/recall and KID (past
+    it a seeded uniform subset, see ``_keep``); None keeps all (ADM: all samples against all
+    reference images).
     kid_subset_size: KID subset size (capped by the sample counts). is_splits: IS splits of the
     classifier's score. is_split_size: rows per split of the standard Inception's (ADM) score.
     """
@@ -100,14 +101,25 @@ class ImageMetrics:
         self.reference: Reference | None = None
         self._kept = {"real": 0, "fake": 0}
         self._seen = {"real": 0, "fake": 0}
+        self._keys: dict[str, list[torch.Tensor]] = {"real": [], "fake": []}
+        self._subset_rng = {side: torch.Generator().manual_seed(seed) for side, seed in (("real", 0), ("fake", 1))}
 
     # ------------------------------------------------------------------ inputs
     def _keep(self, side: str, feats: torch.Tensor, store: list) -> None:
+        """Keep ``feats`` (B, D) for precision/recall and KID: all of them up to ``max_pr_samples`` per
+        side; past it, a uniform random subset of everything seen (the ``max_pr_samples`` smallest of
+        one seeded random key per row, kept in stream order), so a class-ordered set (ADM's 50k
+        samples, an ImageFolder split) is not cut down to its first classes."""
         self._seen[side] += feats.shape[0]
-        room = feats.shape[0] if self.max_pr_samples is None else self.max_pr_samples - self._kept[side]
-        if room > 0:
-            store.append(feats[:room].cpu())
-            self._kept[side] += min(room, feats.shape[0])
+        keys = torch.rand(feats.shape[0], generator=self._subset_rng[side], dtype=torch.float64)
+        store.append(feats.cpu())
+        self._keys[side].append(keys)
+        if self.max_pr_samples is not None and self._seen[side] > self.max_pr_samples:
+            pooled, pooled_keys = torch.cat(store), torch.cat(self._keys[side])
+            kept = pooled_keys.topk(self.max_pr_samples, largest=False).indices.sort().values
+            store[:] = [pooled[kept]]
+            self._keys[side][:] = [pooled_keys[kept]]
+        self._kept[side] = sum(x.shape[0] for x in store)
 
     def _file_statistics(self, ref: Reference) -> list[tuple[str, FrechetInceptionDistance, np.ndarray, np.ndarray]]:
         """(what, metric, mu, sigma) for FID and, when both the network and ``ref`` have them, sFID."""
@@ -205,7 +217,7 @@ class ImageMetrics:
         """What precision/recall were computed on, and whether that is ADM's whole sets."""
         text = (f"improved precision/recall, k={self.k}, on {self._kept['real']} reference and "
                 f"{self._kept['fake']} generated feature vectors")
-        capped = [f"the first {self._kept[side]} of {self._seen[side]} {name}" for side, name in
+        capped = [f"a random {self._kept[side]} of {self._seen[side]} {name}" for side, name in
                   (("real", "reference"), ("fake", "generated")) if self._seen[side] > self._kept[side]]
         return text + (f" ({', '.join(capped)}: max_pr_samples; ADM uses all)" if capped else "")
 

@@ -13,6 +13,10 @@ classifier says it is not comparable to an Inception FID, a metric not computed 
     python -m barlab.evaluate samples=samples_50k.npz ref=VIRTUAL_imagenet256_labeled.npz \
         metrics.backend=inception metrics.inception.logits_path=pt_inception-2015-12-05-6726825d.pth \
         metrics.max_pr_samples=null
+    python -m barlab.evaluate tokenizer_ckpt=tokenizer.pt data=webdataset ... metrics.backend=inception   # rFID
+
+``tokenizer_ckpt=`` scores a tokenizer instead: rFID (+ KID, precision/recall) of its reconstructions of
+the validation split of ``data`` (ImageNet's 50,000 with ``data=webdataset``) against the same images.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import logging
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from barlab.cli import hydra_tool, require
 from barlab.errors import ConfigError
@@ -43,7 +47,9 @@ def run(cfg: DictConfig) -> dict:
     from barlab.metrics.reference import Reference
     from barlab.utils.image_sets import iter_image_set
 
-    require(cfg, "samples", "samples=/path/to/samples.npz (or a folder of images)")
+    if cfg.get("tokenizer_ckpt"):
+        return run_rfid(cfg)
+    require(cfg, "samples", "samples=/path/to/samples.npz (or a folder of images), or tokenizer_ckpt=... for rFID")
     samples = Path(str(cfg.samples))
     if not samples.exists():
         raise ConfigError("samples", f"{samples} does not exist", fix="samples=/path/to/samples.npz or a folder")
@@ -62,6 +68,27 @@ def run(cfg: DictConfig) -> dict:
     atomic_write_json(out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "class_accuracy_per_class"}, indent=2))
     log.info("metrics written to %s", out)
+    return result
+
+
+def run_rfid(cfg: DictConfig) -> dict:
+    """rFID of ``tokenizer_ckpt``: its reconstructions of the validation split of ``data`` (all of it, or
+    ``metrics.rfid.max_samples``) against the same images, as the tokenizer stage scores itself."""
+    from barlab.metrics.evaluation import evaluate_tokenizer
+    from barlab.tokenizer.checkpoint import load_tokenizer
+
+    if not OmegaConf.is_missing(cfg, "samples") and cfg.samples is not None:
+        raise ConfigError("samples", "give samples=... (score an image set) or tokenizer_ckpt=... (rFID), not both",
+                          fix="drop one of them")
+    tokenizer, info = load_tokenizer(str(cfg.tokenizer_ckpt))
+    if info.get("image_size") not in (None, cfg.data.image_size):
+        raise ConfigError("data.image_size", f"is {cfg.data.image_size}, but {cfg.tokenizer_ckpt} was made for "
+                          f"{info['image_size']} px images", fix=f"data.image_size={info['image_size']}")
+    result = {"tokenizer": str(cfg.tokenizer_ckpt), **evaluate_tokenizer(cfg, tokenizer)}
+    out = Path(str(cfg.out)) if cfg.out else Path(str(cfg.tokenizer_ckpt)).with_suffix(".rfid.json")
+    atomic_write_json(out, result)
+    print(json.dumps(result, indent=2))
+    log.info("rFID written to %s", out)
     return result
 
 

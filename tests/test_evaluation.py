@@ -58,6 +58,27 @@ def test_evaluate_on_the_runs_samples_gives_the_runs_scores(smoke_run):
         assert again[key] == scores[key], key
 
 
+@pytest.mark.quick
+def test_evaluate_scores_a_tokenizer_file_as_its_run_did(smoke_run):
+    """``barlab.evaluate tokenizer_ckpt=...``: the rFID of the run's tokenizer.pt on the same validation
+    images, with the same classifier, is the run's own; samples and a tokenizer together are refused."""
+    root, run = smoke_run.root, smoke_run.run
+    rfid = ("metrics.rfid.max_samples=64", "metrics.max_pr_samples=256")
+    proc = call_main("barlab.evaluate", *SMOKE_DATA, *SMOKE_METRICS, *rfid, f"tokenizer_ckpt={run / 'tokenizer.pt'}",
+                     f"out={root / 'rfid.json'}", cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again, scores = read_json(root / "rfid.json"), read_json(run / "results.json")["tokenizer"]["rfid_eval"]
+    assert again["tokenizer"] == str(run / "tokenizer.pt") and again["split"] == "val"
+    assert again["num_samples"] == scores["num_samples"] == 64
+    assert again["fid"] == pytest.approx(scores["fid"], rel=1e-4)
+    both = call_main("barlab.evaluate", *SMOKE_DATA, f"tokenizer_ckpt={run / 'tokenizer.pt'}",
+                     f"samples={run / 'samples.npz'}", cwd=root)
+    assert both.returncode == 2 and error_lines(both.stderr)[0].startswith("error: samples: give samples=")
+    size = call_main("barlab.evaluate", "data=synthetic", "data.image_size=32",
+                     f"tokenizer_ckpt={run / 'tokenizer.pt'}", cwd=root)
+    assert size.returncode == 2 and error_lines(size.stderr)[0].startswith("error: data.image_size: is 32")
+
+
 @pytest.mark.slow
 def test_sample_writes_adm_npz_and_pngs_reproducibly(smoke_run):
     root, run = smoke_run.root, smoke_run.run

@@ -79,14 +79,14 @@ def test_the_layout_and_keys(tmp_path):
     assert not Path(partial_dir(str(tmp_path / "tokens"))).exists()
 
 
-def run_ranks(world: int, tokenizer, images, out: Path, **kwargs) -> list[dict]:
+def run_ranks(world: int, tokenizer, images, out: Path, shard_size: int = 24, **kwargs) -> list[dict]:
     """``pretokenize`` as ``world`` ranks of one attempt, each in its own thread; their manifests."""
     results: list = [None] * world
 
     def rank(r: int) -> None:
         try:
-            results[r] = pretokenize(tokenizer, images, str(out), batch_size=4, shard_size=24, rank=r, world=world,
-                                     attempt="attempt-1", stall_timeout_s=30, **kwargs)
+            results[r] = pretokenize(tokenizer, images, str(out), batch_size=4, shard_size=shard_size, rank=r,
+                                     world=world, attempt="attempt-1", stall_timeout_s=30, **kwargs)
         except BaseException as err:  # noqa: BLE001 - re-raised below, in the test's thread
             results[r] = err
 
@@ -121,6 +121,21 @@ def test_ranks_share_the_work_and_write_the_shards_of_one_process(tmp_path, monk
         by_thread.setdefault(thread, set()).add(name)
     assert sorted(map(sorted, by_thread.values())) == [["train-000000.tar", "val-000000.tar"],
                                                       ["train-000001.tar"], ["train-000002.tar"]]
+
+
+def test_ranks_at_256_px_match_one_process(tmp_path):
+    """ImageNet's size: 256 px images (in shards of 3) and a tokenizer with a 16x16 grid of 6-bit tokens."""
+    images = ImageShardDataModule(str(tmp_path / "img"), SyntheticSource(num_train=7, num_val=2, image_size=256,
+                                                                         num_classes=3), image_size=256,
+                                  batch_size=4, num_workers=0, shard_size=3)
+    torch.manual_seed(0)
+    tokenizer = Tokenizer(ConvEncoder(3, width=4, depth=1, downsample=16, out_channels=4), BinaryFSQ(4, bits=6),
+                          ConvDecoder(3, width=4, depth=1, upsample=16, in_channels=4)).eval()
+    one = pretokenize(tokenizer, images, str(tmp_path / "one"), batch_size=4, shard_size=6)
+    assert (one["seq_len"], one["bits"], one["grid"], one["image_size"]) == (256, 6, [16, 16], 256)
+    assert one["splits"]["train"]["shard_sizes"] == [6, 6, 2] and one["splits"]["val"]["shard_sizes"] == [2]
+    assert run_ranks(2, tokenizer, images, tmp_path / "two", shard_size=6) == [one, one]
+    assert digests(tmp_path / "two") == digests(tmp_path / "one")
 
 
 def test_a_killed_run_resumes_with_only_the_missing_shards(tmp_path, monkeypatch):

@@ -52,12 +52,18 @@ def analytic_flops(module, batch_size: int) -> int:
     return 6 * matmuls + 12 * b.depth * batch_size * slots**2 * b.width
 
 
-def train_step_flops(trainer, batch) -> int:
-    """FLOPs of one forward + backward as FlopCounterMode counts them (matmuls, convolutions, SDPA)."""
+def counted_flops(fn) -> int:
+    """FLOPs of ``fn()`` as FlopCounterMode counts them (matmuls, convolutions, SDPA)."""
     with FlopCounterMode(display=False) as counter:
-        trainer.forward_backward(batch)
-    trainer.zero_grad()
+        fn()
     return int(counter.get_total_flops())
+
+
+def train_step_flops(trainer, batch) -> int:
+    """FLOPs of one forward + backward of ``trainer`` (a bare training step) on ``batch``."""
+    flops = counted_flops(lambda: trainer.forward_backward(batch))
+    trainer.zero_grad()
+    return flops
 
 
 def step_row(name: str, trainer, inputs, counted: int, precision: str, ctx: BenchContext, **extra) -> dict:

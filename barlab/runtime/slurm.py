@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import yaml
 
@@ -27,6 +28,34 @@ SINFO_TIMEOUT_S = 30
 def selects_slurm(argv: list[str]) -> bool:
     """Whether the command line picks ``hydra/launcher=slurm``."""
     return any(arg.lstrip("+") == KNOB for arg in argv)
+
+
+def _flag_value(argv: list[str], names: tuple[str, ...]) -> str | None:
+    """The value of the last ``-x value`` / ``--long value`` / ``--long=value`` flag of ``names``."""
+    found = None
+    for i, arg in enumerate(argv):
+        if arg in names and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif arg.startswith("--") and arg.split("=", 1)[0] in names and "=" in arg:
+            found = arg.split("=", 1)[1]
+    return found
+
+
+def config_selects_slurm(argv: list[str]) -> bool:
+    """Whether the primary config named on the command line (``-cd <folder> -cn <name>``, e.g. a file of
+    ``sweeps/``) picks the SLURM launcher in its defaults list (``override hydra/launcher: slurm``), and
+    the command line picks no other launcher."""
+    if any(arg.lstrip("+").startswith("hydra/launcher=") for arg in argv):
+        return False
+    name, folder = _flag_value(argv, ("-cn", "--config-name")), _flag_value(argv, ("-cd", "--config-dir"))
+    if name is None or folder is None:
+        return False
+    path = Path(folder) / (name if name.endswith(".yaml") else f"{name}.yaml")
+    try:
+        defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults") or []
+    except (OSError, yaml.YAMLError):
+        return False  # Hydra reports a missing or broken config itself
+    return any(isinstance(entry, dict) and entry.get("override hydra/launcher") == "slurm" for entry in defaults)
 
 
 def partition_of(argv: list[str]) -> str | None:
@@ -65,10 +94,16 @@ def cluster_partitions() -> list[str]:
 
 def preflight(argv: list[str]) -> None:
     """Refuse, in one line and before anything is submitted, a ``hydra/launcher=slurm`` command
-    line that cannot work here: no ``-m``, no SLURM client, no controller, unknown partition."""
-    if not selects_slurm(argv) or any(arg.split("=", 1)[0] in _INSPECT_FLAGS for arg in argv):
+    line that cannot work here: no ``-m``, no SLURM client, no controller, unknown partition.
+
+    A multirun of a config that picks the launcher itself (:func:`config_selects_slurm`, the paper-scale
+    sweep files) is checked the same way; without ``-m`` such a config runs its one job here."""
+    if any(arg.split("=", 1)[0] in _INSPECT_FLAGS for arg in argv):
         return
-    if not any(arg in ("-m", "--multirun") for arg in argv):
+    multirun = any(arg in ("-m", "--multirun") for arg in argv)
+    if not selects_slurm(argv) and not (multirun and config_selects_slurm(argv)):
+        return
+    if not multirun:
         raise ConfigError(KNOB, "only a multirun is submitted to SLURM; without -m the job would run on this "
                                 "machine", fix="add -m")
     partitions = cluster_partitions()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from torch import Tensor, nn
 
 from barlab.errors import ConfigError
+from barlab.utils.integers import check_int
 
 
 @dataclass
@@ -59,6 +60,12 @@ class Quantizer(nn.Module):
     latent_channels: int
     is_discrete: bool = False
     bits_per_token: int
+
+    def decoder_width(self, out_channels: int | None) -> int:
+        """D_out, the width ``proj_out`` gives the decoder: ``out_channels``, or D when it is None (the
+        paper tokenizer: 1152 in, 1024 out, knob ``tokenizer.quantizer.out_channels``)."""
+        return check_int(out_channels, "out_channels", fix=f"out_channels={self.latent_channels}",
+                         allow_none=True) or self.latent_channels
 
     def bits_per_image(self, grid: tuple[int, int]) -> int:
         """Bit budget of one image: ``h * w * bits_per_token`` as an exact Python int."""

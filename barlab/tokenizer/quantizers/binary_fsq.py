@@ -72,8 +72,7 @@ class BinaryFSQ(Quantizer):
         self.latent_channels = check_int(latent_channels, "latent_channels", fix="latent_channels=64")
         self.k = check_int(bits, "bits", fix="bits=16")
         self.bits_per_token = self.k
-        self.out_channels = check_int(out_channels, "out_channels", fix=f"out_channels={self.latent_channels}",
-                                      allow_none=True) or self.latent_channels
+        self.out_channels = self.decoder_width(out_channels)
         self.proj_in = nn.Conv2d(self.latent_channels, self.k, kernel_size=1)
         self.proj_out = nn.Conv2d(self.k, self.out_channels, kernel_size=1)
 

@@ -22,7 +22,7 @@ class KLLatent(Quantizer):
         mean, logvar = Conv1x1(D -> 2C)(z).chunk(2)      # each (B, C, h, w); logvar clamped to [-30, 20]
         s = mean + exp(logvar / 2) * eps  (training)     # reparameterised sample
         s = mean                          (eval)         # deterministic
-        latent = Conv1x1(C -> D)(s)                      # (B, D, h, w)
+        latent = Conv1x1(C -> D_out)(s)                  # (B, D_out, h, w), D_out = out_channels (default D)
 
     KL normalisation: ``kl = 0.5 * sum_{c,h,w}(mean^2 + var - 1 - logvar)``, averaged over the batch,
     i.e. nats per image (summed over all latent dims, like the LDM VAE). ``loss = kl_weight * kl``;
@@ -37,11 +37,15 @@ class KLLatent(Quantizer):
         channels: C latent channels; knob ``tokenizer.quantizer.channels``.
         kl_weight: weight of the KL term; knob ``tokenizer.quantizer.kl_weight``.
         bits_per_channel: storage precision used for the bit budget (16 = bf16/fp16).
+        out_channels: D_out, decoder input width (the output of ``proj_out``); None: D. As for
+            :class:`BinaryFSQ`, so that a preset with another decoder width (``tokenizer=bar_fsq_paper``:
+            SigLIP2 1152 in, ViT-L 1024 out) takes the KL latent in place of its binary FSQ.
     """
 
     is_discrete = False
 
-    def __init__(self, latent_channels: int, channels: int, kl_weight: float = 1e-6, bits_per_channel: int = 16):
+    def __init__(self, latent_channels: int, channels: int, kl_weight: float = 1e-6, bits_per_channel: int = 16,
+                 out_channels: int | None = None):
         super().__init__()
         self.latent_channels = check_int(latent_channels, "latent_channels", fix="latent_channels=64")
         self.channels = check_int(channels, "channels", fix="channels=16")
@@ -52,10 +56,11 @@ class KLLatent(Quantizer):
         self.bits_per_channel = bpc
         self.bits_per_token = self.channels * bpc
         self.proj_in = nn.Conv2d(self.latent_channels, 2 * self.channels, kernel_size=1)
-        self.proj_out = nn.Conv2d(self.channels, self.latent_channels, kernel_size=1)
+        self.out_channels = self.decoder_width(out_channels)
+        self.proj_out = nn.Conv2d(self.channels, self.out_channels, kernel_size=1)
 
     def forward(self, z: Tensor) -> QuantizerOutput:
-        """z (B, D, h, w) -> QuantizerOutput(latent (B, D, h, w), bits None, codes None, loss = weight * KL)."""
+        """z (B, D, h, w) -> QuantizerOutput(latent (B, D_out, h, w), bits None, codes None, loss = weight * KL)."""
         mean, logvar = self.proj_in(z).float().chunk(2, dim=1)
         logvar = logvar.clamp(_LOGVAR_MIN, _LOGVAR_MAX)
         if self.training:

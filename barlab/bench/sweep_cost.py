@@ -43,6 +43,7 @@ from barlab.bench.paper_tokenizer import ESTIMATE
 from barlab.bench.stand_in_weights import FULL_SIZES, TINY_OVERRIDES, TINY_SIZES, pretrained_overrides, write_stand_ins
 from barlab.config.sweeps import compose_sweep, sweep_points
 from barlab.errors import ConfigError
+from barlab.runtime.distributed import world_size
 
 SWEEPS = ("bit_budget_paper", "head_type_paper")
 # the launcher must allow this many times the estimated wall time (the utilisation is an assumption)
@@ -64,10 +65,6 @@ SIZES = {
 def gpu_hours(flops: float) -> float:
     """GPU-hours of ``flops`` at the assumed utilisation (:data:`ESTIMATE`)."""
     return flops / (ESTIMATE["bf16_peak_tflops"] * 1e12 * ESTIMATE["mfu"]) / 3600
-
-
-def world_size(cfg: DictConfig) -> int:
-    return int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
 
 
 def tokenizer_step_flops(cfg: DictConfig, flop_batch: int) -> dict[str, float]:
@@ -105,7 +102,7 @@ def tokenizer_training_flops(cfg: DictConfig, per_image: dict[str, float]) -> fl
     from ``loss.gan.start_step`` on (alternating: every other step the discriminator's, on a reconstruction
     made for it; else both in every step, the discriminator on the tokenizer's reconstruction)."""
     tok = cfg.tokenizer
-    batch = int(tok.global_batch_size or int(cfg.data.batch_size) * world_size(cfg))
+    batch = int(tok.global_batch_size or int(cfg.data.batch_size) * world_size(cfg.trainer))
     steps = int(tok.max_steps)
     gan = tok.loss.gan
     gan_steps = max(0, steps - int(gan.start_step)) if "gan_g" in per_image else 0
@@ -181,7 +178,7 @@ class SweepCost:
 
     def point(self, name: str, point: list[str]) -> tuple[dict, DictConfig]:
         cfg = self.compose(name, point)
-        row = {"sweep": name, "point": " ".join(point), "gpus": world_size(cfg)}
+        row = {"sweep": name, "point": " ".join(point), "gpus": world_size(cfg.trainer)}
         per_image = self.tokenizer(cfg)
         if cfg.stage == "tokenizer":
             row["tokenizer_tflop"] = tokenizer_training_flops(cfg, per_image) / 1e12
@@ -193,7 +190,7 @@ class SweepCost:
             except ConfigError as err:
                 return {**row, "status": "refused", "reason": str(err), "gpu_hours": 0.0, "wall_hours": 0.0}, cfg
             gen = cfg.generator
-            batch = int(gen.global_batch_size or int(gen.data.batch_size) * world_size(cfg))
+            batch = int(gen.global_batch_size or int(gen.data.batch_size) * world_size(cfg.trainer))
             per_sequence = generator_step_flops(cfg)
             row["tflop_per_sequence"] = per_sequence / 1e12
             row["generator_tflop"] = per_sequence * int(gen.max_steps) * batch / 1e12

@@ -103,7 +103,7 @@ BUGS = [
         "pretokenize.encode_mine", "if not os.path.isfile(os.path.join(folder, s.name))", "if True",
         PRETOK + "test_a_killed_run_resumes_with_only_the_missing_shards"),
     bug("rank 0 publishes the token folder before the other ranks finish", "barlab/data/pretokenize.py",
-        "pretokenize.fill", "_wait(lambda: all(", "_wait(lambda: any(",
+        "pretokenize.fill", "wait_until(lambda: all(", "wait_until(lambda: any(",
         PRETOK + "test_ranks_share_the_work_and_write_the_shards_of_one_process"),
     bug("pretokenization limits not recorded", "barlab/data/pretokenize.py", "pretokenize",
         '**({"pretokenize": limits.as_dict()}', '**({"pretokenize_limits": limits.as_dict()}',

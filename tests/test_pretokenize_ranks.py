@@ -28,15 +28,18 @@ TOKENIZER = {"encoder": {"_target_": "barlab.tokenizer.ConvEncoder", "in_channel
                          "upsample": 4, "in_channels": 8}}
 
 
-def images_and_tokenizer(tmp_path: Path) -> tuple[ImageShardDataModule, Tokenizer]:
-    """34 training images in image shards of 6 (6, 6, 6, 6, 6, 4) and 9 validation images (6, 3), 16 px;
-    a random 5-bit tokenizer on a 4x4 grid."""
-    images = ImageShardDataModule(str(tmp_path / "img"), SyntheticSource(num_train=34, num_val=9, image_size=16,
-                                                                         num_classes=4), image_size=16,
-                                  batch_size=4, num_workers=0, shard_size=6)
+def images_and_tokenizer(tmp_path: Path, num_train: int = 34, num_val: int = 9, size: int = 16, shard: int = 6,
+                         factor: int = 4, bits: int = 5) -> tuple[ImageShardDataModule, Tokenizer]:
+    """By default 34 training images in image shards of 6 (6, 6, 6, 6, 6, 4) and 9 validation images
+    (6, 3), 16 px; a random 5-bit tokenizer on a 4x4 grid (``size // factor`` tokens a side)."""
+    images = ImageShardDataModule(str(tmp_path / "img"), SyntheticSource(num_train=num_train, num_val=num_val,
+                                                                         image_size=size, num_classes=4),
+                                  image_size=size, batch_size=4, num_workers=0, shard_size=shard)
     torch.manual_seed(0)
-    tokenizer = Tokenizer(ConvEncoder(3, width=8, depth=1, downsample=4, out_channels=8), BinaryFSQ(8, bits=5),
-                          ConvDecoder(3, width=8, depth=1, upsample=4, in_channels=8)).eval()
+    width = 8 if factor == 4 else 4
+    tokenizer = Tokenizer(ConvEncoder(3, width=width, depth=1, downsample=factor, out_channels=width),
+                          BinaryFSQ(width, bits=bits),
+                          ConvDecoder(3, width=width, depth=1, upsample=factor, in_channels=width)).eval()
     return images, tokenizer
 
 
@@ -125,12 +128,7 @@ def test_ranks_share_the_work_and_write_the_shards_of_one_process(tmp_path, monk
 
 def test_ranks_at_256_px_match_one_process(tmp_path):
     """ImageNet's size: 256 px images (in shards of 3) and a tokenizer with a 16x16 grid of 6-bit tokens."""
-    images = ImageShardDataModule(str(tmp_path / "img"), SyntheticSource(num_train=7, num_val=2, image_size=256,
-                                                                         num_classes=3), image_size=256,
-                                  batch_size=4, num_workers=0, shard_size=3)
-    torch.manual_seed(0)
-    tokenizer = Tokenizer(ConvEncoder(3, width=4, depth=1, downsample=16, out_channels=4), BinaryFSQ(4, bits=6),
-                          ConvDecoder(3, width=4, depth=1, upsample=16, in_channels=4)).eval()
+    images, tokenizer = images_and_tokenizer(tmp_path, num_train=7, num_val=2, size=256, shard=3, factor=16, bits=6)
     one = pretokenize(tokenizer, images, str(tmp_path / "one"), batch_size=4, shard_size=6)
     assert (one["seq_len"], one["bits"], one["grid"], one["image_size"]) == (256, 6, [16, 16], 256)
     assert one["splits"]["train"]["shard_sizes"] == [6, 6, 2] and one["splits"]["val"]["shard_sizes"] == [2]

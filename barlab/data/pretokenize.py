@@ -235,6 +235,7 @@ def pretokenize(tokenizer, images: ImageShardDataModule, out_dir: str, meta: dic
                          done / max(time.monotonic() - start, 1e-9))
 
     def fill(tmp: str) -> dict:
+        log.info("pretokenizing %s into %s over %d rank(s)", images.shards_dir, out_dir, world)
         check_partial(tmp, wanted)
         atomic_write_json(os.path.join(tmp, ATTEMPT), {"attempt": attempt})
         encode_mine()

@@ -98,8 +98,6 @@ def token_shards_for(cfg: DictConfig, tokenizer, info: dict, tokens_dir: Path) -
     if world == 1 and not is_rank_zero():
         return _checked(limits, wait_for_manifest(tokens_dir, read_token_manifest), tokens_dir)
     images = instantiate_checked(cfg.data, "data")
-    if rank == 0:
-        log.info("pretokenizing %s into %s over %d rank(s)", images.shards_dir, tokens_dir, world)
     with knob_names(TOKENIZER_KNOBS, out_dir="generator.data.shards_dir", shards_dir="data.shards_dir",
                     shard_size="generator.data.shard_size"):
         manifest = pretokenize(tokenizer, images, str(tokens_dir), meta={"tokenizer": str(info.get("path", ""))},

@@ -227,9 +227,16 @@ class SweepCost:
         return rows, summary
 
 
+# size=ci (the suite's `bench=all`): a few points, enough to exercise every path; composing is most of the time
+CI_POINTS = {"bit_budget_paper": ["point=fsq16,kl1"], "head_type_paper": ["tokenizer.bits=16"]}
+
+
 def run(ctx: BenchContext, select: dict[str, Sequence[str]] | None = None) -> dict:
-    """Every point of :data:`SWEEPS`; ``select``: per sweep, overrides of its swept values (fewer points)."""
+    """Every point of :data:`SWEEPS` (at ``size=ci`` only :data:`CI_POINTS`); ``select``: per sweep,
+    overrides of its swept values (fewer points)."""
     s = ctx.pick(SIZES)
+    if select is None and ctx.size == "ci":
+        select = CI_POINTS
     with tempfile.TemporaryDirectory() as tmp:
         cost = SweepCost(ctx, write_stand_ins(Path(tmp), s["sizes"], ctx.seed))
         rows, sweeps = [], {}

@@ -122,7 +122,7 @@ def ddp_runs(tmp_path_factory):
         common = ("trainer=ddp_cpu", "experiment=smoke", "metrics.backend=random")
         procs = {"a": run_module("barlab.train", *common, "run_name=a", cwd=root, timeout=240)}
         assert procs["a"].returncode == 0, procs["a"].stderr[-3000:]
-        procs["sweep"] = run_module("barlab.train", "-m", *common, "head=mbm,bitwise",
+        procs["sweep"] = run_module("barlab.train", "-m", *common, "head=mbm,bitwise", "metrics.gfid.batch_size=8",
                                     f"hydra.sweep.dir={root / 'sweep'}", cwd=root, timeout=300)
         assert procs["sweep"].returncode == 0, procs["sweep"].stderr[-3000:]
         return SimpleNamespace(root=root, procs=procs, runs=root / "outputs" / "smoke" / "runs", sweep=root / "sweep")

@@ -48,7 +48,7 @@ def test_ddp_cpu_runs_the_whole_pipeline_on_two_ranks(ddp_runs):
     assert (folder / "tokenizer.pt").is_file() and (folder / "generator.pt").is_file()
     assert "pretokenizing" in rank0.read_text() and "pretokenizing" not in rank1.read_text()
     assert processes_mentioning(str(folder)) == []          # no rank outlives the job
-    # the gFID is rank 0's score of the 16 samples it wrote, not of a gathered or duplicated set:
+    # the gFID is rank 0's score of the 16 samples in samples.npz (one chunk of 64: rank 0 drew it all):
     # barlab.evaluate (in-process) on samples.npz with the same settings gives the same number
     scores = results["generator"]["gfid_eval"]
     assert results["gfid"] == scores["fid"] and scores["num_samples"] == 16 and scores["backend"] == "random"
@@ -74,3 +74,18 @@ def test_a_sweep_of_ddp_jobs_in_one_process_starts_fresh_ranks_per_job(ddp_runs)
         assert "rank 1/2 reads train token shards" in rank1
     assert not (sweep / "2").exists()                                     # no rank started a sweep of its own
     assert processes_mentioning(str(sweep)) == []
+
+
+def test_ddp_ranks_share_the_end_of_run_samples_and_join_what_one_process_draws(ddp_runs):
+    """The sweep's jobs sample 16 images in chunks of 8 (metrics.gfid.batch_size=8): rank 0 draws chunk
+    0, rank 1 chunk 1, and the joined samples.npz is what ``barlab.sample`` draws from generator.pt in
+    one process with the same seed and batch size."""
+    job = ddp_runs.sweep / "0"
+    rank0, rank1 = (job / "train.log").read_text(), (job / "train_ddp_process_1.log").read_text()
+    assert "rank 0/2 draws sample chunks [0] of 2" in rank0 and "rank 1/2 draws sample chunks [1] of 2" in rank1
+    out = ddp_runs.root / "resampled"
+    proc = call_main("barlab.sample", f"ckpt={job / 'generator.pt'}", "per_class=4", "batch_size=8", "seed=0",
+                     "png=false", "device=cpu", f"out_dir={out}", cwd=ddp_runs.root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "samples.npz").read_bytes() == (job / "samples.npz").read_bytes()
+    assert read_json(job / "results.json")["generator"]["gfid_eval"]["num_samples"] == 16

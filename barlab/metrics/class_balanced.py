@@ -13,6 +13,7 @@ the final npz when all are there.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -26,6 +27,8 @@ from barlab.utils.image_sets import write_npz, write_npz_from_parts, write_png_f
 from barlab.utils.progress import progress
 from barlab.utils.resumable import check_partial
 from barlab.utils.waiting import folder_state, wait_until
+
+log = logging.getLogger(__name__)
 
 
 def class_balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:
@@ -99,6 +102,9 @@ def sample_to_npz(generate: Callable[..., torch.Tensor], num_classes: int, per_c
     check_partial(parts, {"num_classes": num_classes, "per_class": per_class, "batch_size": batch_size,
                           "seed": seed, "sampling": sampling, **(record or {})})
     todo = [c for c in range(rank, total, world) if not (parts / part_name(c)).is_file()]
+    if world > 1 or len(todo) < len(range(rank, total, world)):
+        log.info("rank %d/%d draws sample chunks %s of %d (%d finished earlier)", rank, world, todo, total,
+                 len(range(rank, total, world)) - len(todo))
     for chunk, images, chunk_labels in sample_chunks(generate, labels, batch_size, seed, todo, show_bar, **sampling):
         if png_dir is not None:
             write_png_folder(png_dir, images, chunk_labels, start=chunk * batch_size)

@@ -20,13 +20,13 @@ import torch
 from omegaconf import DictConfig
 
 from barlab.config.instantiate import instantiate_checked
-from barlab.metrics.class_balanced import sample_class_balanced
+from barlab.metrics.class_balanced import sample_to_npz
 from barlab.metrics.feature_net import FeatureNet
 from barlab.metrics.metric_setup import build_feature_net, load_reference, new_metrics, split_reference
 from barlab.metrics.reference import Reference
 from barlab.utils.devices import pick_device
 from barlab.utils.image_grid import float_to_uint8
-from barlab.utils.image_sets import write_npz
+from barlab.utils.image_sets import images_to_tensor, read_npz
 from barlab.utils.progress import progress, show_progress
 
 log = logging.getLogger("barlab")
@@ -97,14 +97,22 @@ def evaluate_samples(cfg: DictConfig, images: torch.Tensor, labels: torch.Tensor
 
 
 def evaluate_generator(cfg: DictConfig, generate: Callable[..., torch.Tensor], num_classes: int,
-                       run_dir: Path) -> dict[str, Any]:
-    """Class-balanced samples (``metrics.gfid.per_class`` per class) → ``<run>/samples.npz`` + scores."""
+                       run_dir: Path, rank: int = 0, world: int = 1) -> dict[str, Any]:
+    """Class-balanced samples (``metrics.gfid.per_class`` per class) → ``<run>/samples.npz`` + scores.
+
+    rank, world: the processes of a DDP job share the sampling (each its own chunks, see
+    :func:`barlab.metrics.class_balanced.sample_to_npz`); rank 0 joins them and scores, the other
+    ranks return ``{}``. The npz is the one a single process writes.
+    """
     start = time.time()
     gfid = cfg.metrics.gfid
-    images, labels = sample_class_balanced(generate, num_classes, gfid.per_class, gfid.batch_size, seed=cfg.seed,
-                                           show_bar=show_progress(cfg))
+    npz = sample_to_npz(generate, num_classes, gfid.per_class, Path(run_dir) / "samples.npz", gfid.batch_size,
+                        seed=cfg.seed, rank=rank, world=world, show_bar=show_progress(cfg) and rank == 0)
+    if rank != 0:
+        return {}
     sampling_s = time.time() - start
-    npz = write_npz(Path(run_dir) / "samples.npz", images, labels)
+    data = read_npz(npz)
+    images, labels = images_to_tensor(data["arr_0"]), torch.from_numpy(data["arr_1"])
     result = evaluate_samples(cfg, images, labels)
     result.update({"samples": str(npz), "sampling_s": round(sampling_s, 1),
                    "wall_time_s": round(time.time() - start, 1)})

@@ -228,15 +228,19 @@ def fit_and_validate(cfg: DictConfig, trainer: L.Trainer, module: GeneratorModul
 
 def export_and_score(cfg: DictConfig, trainer: L.Trainer, module: GeneratorModule,
                      tokenizer_file: Path) -> tuple[Path | None, dict[str, Any]]:
-    """Rank 0: write ``generator.pt`` and, with ``metrics.gfid.enabled``, sample and score it.
-    Returns ``(generator.pt or None on other ranks, scores or {})``."""
+    """Rank 0 writes ``generator.pt``; with ``metrics.gfid.enabled`` every rank draws its share of the
+    class-balanced samples and rank 0 scores them. Returns ``(generator.pt or None on other ranks,
+    scores or {})``."""
     run_dir = Path(cfg.paths.output_dir)
-    if not trainer.is_global_zero:
-        return None, {}
-    generator_file = save_generator(run_dir / "generator.pt", cfg.generator.backbone, cfg.head, module.backbone,
-                                    module.head, tokenizer_file, grid=module.grid, token_shuffle=module.p,
-                                    num_classes=module.num_classes, sampling=sampling_settings(cfg))
-    scores = evaluate_generator(cfg, module.generate, module.num_classes, run_dir) if cfg.metrics.gfid.enabled else {}
+    generator_file = None
+    if trainer.is_global_zero:
+        generator_file = save_generator(run_dir / "generator.pt", cfg.generator.backbone, cfg.head, module.backbone,
+                                        module.head, tokenizer_file, grid=module.grid, token_shuffle=module.p,
+                                        num_classes=module.num_classes, sampling=sampling_settings(cfg))
+    if not cfg.metrics.gfid.enabled:
+        return generator_file, {}
+    scores = evaluate_generator(cfg, module.generate, module.num_classes, run_dir, rank=trainer.global_rank,
+                                world=trainer.world_size)
     return generator_file, scores
 
 

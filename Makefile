@@ -23,8 +23,10 @@ test: setup-dev lint
 XDIST ?= -n 2 --dist loadfile
 
 # Tests that start a Python process are marked `process` by tests/conftest.py; the quick tier keeps
-# those also marked `quick` (the shared smoke pipeline and one refusal per entry point).
-QUICK := not process or quick
+# those also marked `quick` (the shared smoke pipeline and one refusal per entry point), and leaves
+# out the in-process tests marked `slow` (the benchmark suite, the GPU script and the sweep cost at
+# tiny size).
+QUICK := (not process and not slow) or quick
 
 test-quick: setup-dev lint
 	$(PY) -m pytest -m "$(QUICK)" $(XDIST) $(ARGS)

@@ -62,6 +62,31 @@ def test_head_errors_name_the_knob_a_user_sets(compose_train):
     assert str(err.value) == "tokenizer.bits: must be a positive integer, got 0 (fix: tokenizer.bits=16)"
 
 
+@pytest.mark.parametrize("knob, bad", [("mask_ratio_dist", "gaussian"), ("mask_ratio_dist", None),
+                                       ("mask_ratio_mean", float("nan")), ("mask_ratio_mean", "0"),
+                                       ("mask_ratio_mean", True), ("full_mask_share", -0.1),
+                                       ("full_mask_share", 1.5), ("full_mask_share", float("nan")),
+                                       ("masked_fill", "zeros"), ("masked_fill", "MASK")])
+def test_mbm_ablation_knobs_validated(knob, bad):
+    """The §5.4 masking knobs refuse a bad value naming the argument, with the official value as the fix."""
+    with pytest.raises(ConfigError) as err:
+        MBMHead(8, 16, width=16, depth=1, **{knob: bad})
+    assert err.value.knob == knob
+    official = {"mask_ratio_dist": "logit_normal", "mask_ratio_mean": 0.0, "full_mask_share": 0.0,
+                "masked_fill": "mask"}
+    assert err.value.fix == f"{knob}={official[knob]}"
+
+
+def test_mbm_ablation_knob_errors_name_the_head_knob(compose_train):
+    from barlab.config.instantiate import instantiate_checked
+
+    cfg = compose_train(["experiment=smoke", "head=mbm", "head.mask_ratio_dist=gaussian"])
+    with pytest.raises(ConfigError) as err, torch.device("meta"):
+        instantiate_checked(cfg.head, "head", cond_dim=32, bits_per_step=16)
+    assert str(err.value) == ("head.mask_ratio_dist: must be one of logit_normal, uniform, cosine, got 'gaussian' "
+                              "(fix: head.mask_ratio_dist=logit_normal)")
+
+
 def test_linear_head_guard_refuses_before_allocating(monkeypatch):
     def no_linear(*args, **kwargs):
         raise AssertionError("nn.Linear must not be built when the guard refuses")

@@ -3,6 +3,8 @@
 Training masks a random subset of each token's k' bits (mask ratio from a logit-normal draw) and
 predicts all bits, weighting masked ones 1.0 and unmasked ones ``unmasked_weight``. Sampling
 unmasks the bits over a few steps (``allocation``), MaskGIT-style, keeping the most confident.
+The paper's masking ablations (§5.4: mask-ratio distribution, fully masked tokens, [M] vs random
+fill) are constructor arguments whose defaults are the official configuration.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from torch import Tensor, nn
 from barlab.errors import ConfigError
 from barlab.generator.heads.allocation import check_allocation, cosine_allocation, cumulative
 from barlab.generator.heads.base import Guidance, Head, HeadOutput, fp32_region, gumbel, uniform
+from barlab.generator.heads.mask_ratio import MASK_RATIO_DISTS, draw_mask_ratio
 from barlab.generator.layers import GaussianFourier, RMSNorm, SwiGLU, modulate
 from barlab.utils.integers import check_int
 
 MASK = 2  # the [M] value of a bit
+MASKED_FILLS = ("mask", "random")
 
 
 class MBMBlock(nn.Module):
@@ -50,11 +54,23 @@ class MBMHead(Head):
         mask_ratio_std: std of the logit-normal draw of t (mask ratio r = 1 − t).
         unmasked_weight: loss weight of the bits that were not masked.
         fourier_dim: number of Gaussian Fourier frequencies for the mask-ratio embedding.
+        mask_ratio_dist: training mask-ratio rule (``mask_ratio.draw_mask_ratio``): ``logit_normal``
+            (official: t ~ sigmoid(N(mask_ratio_mean, mask_ratio_std²)), r = 1 − t), ``uniform``
+            (r ~ U[1/k', 1]) or ``cosine`` (MaskGIT: r = cos(π/2·u), u ~ U(0, 1)).
+        mask_ratio_mean: μ of the logit-normal rule (official 0.0).
+        full_mask_share: share of training tokens fully masked (r = 1) whatever the rule, one Bernoulli
+            draw per token (official 0.0: none, and no extra random number is drawn).
+        masked_fill: what a masked bit holds. ``mask`` (official, and the only fill the official code
+            has): the [M] embedding, at training and sampling. ``random``: a random {0, 1} bit, fresh for
+            every masked bit at training and at every sampling step (the head never sees [M]; it learns
+            how many bits are corrupted from the ratio embedding, not which).
     """
 
     def __init__(self, cond_dim: int, bits_per_step: int, width: int = 2048, depth: int = 3,
                  mlp_ratio: float = 8 / 3, allocation: Sequence[int] | None = None, steps: int = 4,
-                 mask_ratio_std: float = 0.8, unmasked_weight: float = 0.1, fourier_dim: int = 256):
+                 mask_ratio_std: float = 0.8, unmasked_weight: float = 0.1, fourier_dim: int = 256,
+                 mask_ratio_dist: str = "logit_normal", mask_ratio_mean: float = 0.0,
+                 full_mask_share: float = 0.0, masked_fill: str = "mask"):
         super().__init__(cond_dim, bits_per_step)
         k = self.bits_per_step
         width = check_int(width, "width")
@@ -66,11 +82,28 @@ class MBMHead(Head):
             raise ConfigError("mask_ratio_std", f"must be positive, got {mask_ratio_std!r}", fix="mask_ratio_std=0.8")
         if not unmasked_weight >= 0:
             raise ConfigError("unmasked_weight", f"must be >= 0, got {unmasked_weight!r}", fix="unmasked_weight=0.1")
+        if mask_ratio_dist not in MASK_RATIO_DISTS:
+            raise ConfigError("mask_ratio_dist",
+                              f"must be one of {', '.join(MASK_RATIO_DISTS)}, got {mask_ratio_dist!r}",
+                              fix="mask_ratio_dist=logit_normal")
+        if not _is_real(mask_ratio_mean) or not math.isfinite(mask_ratio_mean):
+            raise ConfigError("mask_ratio_mean", f"must be a finite number, got {mask_ratio_mean!r}",
+                              fix="mask_ratio_mean=0.0")
+        if not _is_real(full_mask_share) or not 0 <= full_mask_share <= 1:
+            raise ConfigError("full_mask_share", f"must be a number in [0, 1], got {full_mask_share!r}",
+                              fix="full_mask_share=0.0")
+        if masked_fill not in MASKED_FILLS:
+            raise ConfigError("masked_fill", f"must be one of {', '.join(MASKED_FILLS)}, got {masked_fill!r}",
+                              fix="masked_fill=mask")
         self.allocation = (check_allocation(allocation, k, fix="allocation=null (a cosine schedule over steps)")
                            if allocation is not None else cosine_allocation(k, check_int(steps, "steps")))
         self.width = width
         self.mask_ratio_std = float(mask_ratio_std)
         self.unmasked_weight = float(unmasked_weight)
+        self.mask_ratio_dist = mask_ratio_dist
+        self.mask_ratio_mean = float(mask_ratio_mean)
+        self.full_mask_share = float(full_mask_share)
+        self.masked_fill = masked_fill
 
         bit_dim = math.ceil(width / k)
         self.bit_embed = nn.Embedding(3, bit_dim)
@@ -113,19 +146,26 @@ class MBMHead(Head):
     def mask_tokens(self, bits: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Draw one training mask per token.
 
-        t ~ sigmoid(N(0, std²)); r = clamp(1 − t, 1/k', 1); n = max(1, round(k'·r)) positions chosen
-        uniformly at random. bits (N, k') {0,1} -> (masked_bits (N, k') long in {0,1,2},
-        mask (N, k') bool, ratio (N,) fp32 = r).
+        r from ``draw_mask_ratio`` (official: t ~ sigmoid(N(0, std²)), r = clamp(1 − t, 1/k', 1));
+        n = max(1, round(k'·r)) positions chosen uniformly at random; they hold [M] (``masked_fill="mask"``)
+        or random {0, 1} bits (``"random"``, drawn last). bits (N, k') {0,1} -> (masked_bits (N, k') long,
+        in {0,1,2} or {0,1}; mask (N, k') bool; ratio (N,) fp32 = r).
         """
         n_tok, k = bits.shape
-        t = torch.sigmoid(torch.randn(n_tok, generator=generator, device=_gen_device(generator, bits),
-                                      dtype=torch.float32).to(bits.device) * self.mask_ratio_std)
-        ratio = (1 - t).clamp(min=1 / k, max=1.0)
+        ratio = draw_mask_ratio(self.mask_ratio_dist, n_tok, k, self.mask_ratio_mean, self.mask_ratio_std,
+                                generator, bits.device, self.full_mask_share)
         n_mask = torch.round(k * ratio).long().clamp(min=1, max=k)
         rank = uniform((n_tok, k), generator, bits.device).argsort(dim=-1).argsort(dim=-1)
         mask = rank < rearrange(n_mask, "n -> n 1")
-        masked = torch.where(mask, torch.full_like(bits, MASK, dtype=torch.long), bits.round().long())
+        masked = torch.where(mask, self._fill((n_tok, k), generator, bits.device), bits.round().long())
         return masked, mask, ratio
+
+    def _fill(self, shape: tuple[int, int], generator: torch.Generator | None, device: torch.device) -> Tensor:
+        """What masked bits hold, (N, k') long: MASK everywhere (``mask``, no random draw) or fresh random
+        {0, 1} bits (``random``, one uniform per bit)."""
+        if self.masked_fill == "random":
+            return (uniform(shape, generator, device) < 0.5).long()
+        return torch.full(shape, MASK, dtype=torch.long, device=device)
 
     def loss(self, cond: Tensor, bits: Tensor, generator: torch.Generator | None = None) -> HeadOutput:
         """cond (N, cond_dim), bits (N, k') {0,1} -> weighted CE (1.0 masked, ``unmasked_weight`` unmasked)."""
@@ -157,6 +197,10 @@ class MBMHead(Head):
         this call (sums to k'; the official sampler's ``tokens_allocation``); None = ``self.allocation``.
         ``on_step(s, b)`` (optional) sees the partially fixed bits b (N, k') long in {0,1,2} after each
         step. -> bits (N, k') float {0,1}.
+
+        The network sees the still-masked bits as training filled them: [M] (``masked_fill="mask"``, the
+        official and only fill of the official sampler) or, with ``"random"``, fresh random {0, 1} bits at
+        every step (drawn from ``generator`` before that step's Gumbel noise), with the same ratio input.
         """
         self._check_inputs(cond)
         n_tok, k = cond.shape[0], self.bits_per_step
@@ -167,8 +211,10 @@ class MBMHead(Head):
         for s in range(num_steps):
             ratio = torch.full((n_tok,), 1 - cum[s] / k, dtype=torch.float32, device=cond.device)
             tau = temperature * (1 - s / num_steps)
-            logits = self._guided(lambda c, bits, r: self(bits, c, r), cond, uncond, guidance, b, ratio)
             fixed = b != MASK
+            fed = b if self.masked_fill == "mask" else torch.where(
+                fixed, b, self._fill((n_tok, k), generator, b.device))
+            logits = self._guided(lambda c, bits, r: self(bits, c, r), cond, uncond, guidance, fed, ratio)
             if tau > 0:
                 logits_noisy = logits + tau * gumbel((n_tok, k, 2), generator, cond.device)
                 conf_noise = tau * gumbel((n_tok, k), generator, cond.device)
@@ -187,5 +233,5 @@ class MBMHead(Head):
         return b.float()
 
 
-def _gen_device(generator: torch.Generator | None, like: Tensor) -> torch.device:
-    return generator.device if generator is not None else like.device
+def _is_real(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)

@@ -151,8 +151,9 @@ def smoke_tokenizer(tmp_path_factory):
 # run, `python -c`, a notebook kernel) costs a Python start-up of 5-6 s and is marked `process` here,
 # automatically: its code, the helpers of its module it calls, or one of its fixtures names run_module,
 # run_modules, start_module, subprocess or Popen (helpers.call_main, in-process, is none of them).
-# `make test-quick` runs `-m "(not process and not slow) or quick"`: every in-process test but the few
-# marked `slow`, plus the few process tests marked `quick` (one smoke pipeline, one refusal per entry point). A test that starts a Python process
+# `make test-quick` runs `-m "(not process and not slow) or quick"`: every in-process test but the
+# few marked `slow`, plus the few process tests marked `quick` (one smoke pipeline, one refusal per
+# entry point). A test that starts a Python process
 # without being marked `process` fails, so the quick tier cannot grow a process start unnoticed. The
 # count of started Python processes is printed at the end of every run.
 

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from barlab.cli import hydra_tool, require
 from barlab.config.instantiate import knob_names
 from barlab.utils.devices import pick_device
-from barlab.utils.image_sets import images_to_tensor, read_npz
+from barlab.utils.image_sets import images_to_tensor, npz_shapes, read_npz
 from barlab.utils.integers import check_int
 from barlab.utils.io import atomic_write_json
 
@@ -73,10 +73,10 @@ def run(cfg: DictConfig) -> dict:
     elapsed = time.time() - start
     if rank != 0:
         return {"rank": rank, "world": world, "sampling_s": round(elapsed, 1)}
-    data = read_npz(npz)
+    count, height, width, channels = npz_shapes(npz)["arr_0"]
     summary = {"generator": info["path"], "head": type(model.head).__name__.removesuffix("Head").lower(),
-               "num_samples": int(data["arr_0"].shape[0]), "per_class": per_class,
-               "num_classes": model.num_classes, "image_shape": list(images_to_tensor(data["arr_0"][:1]).shape[1:]),
+               "num_samples": count, "per_class": per_class,
+               "num_classes": model.num_classes, "image_shape": [channels, height, width],
                "sampling": sampling, "seed": int(cfg.seed), "batch_size": batch_size, "device": str(device),
                "ranks": world, "sampling_s": round(elapsed, 1),
                "images_per_s": round(num_samples / max(elapsed, 1e-9), 2), "npz": str(npz),
@@ -86,6 +86,7 @@ def run(cfg: DictConfig) -> dict:
 
         from barlab.metrics.evaluation import evaluate_samples
 
+        data = read_npz(npz)
         images, labels = images_to_tensor(data["arr_0"]), torch.from_numpy(data["arr_1"])
         scores = {"samples": str(npz), **evaluate_samples(cfg, images, labels, device)}
         atomic_write_json(out_dir / "metrics.json", scores)

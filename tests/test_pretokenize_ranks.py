@@ -52,10 +52,12 @@ def test_plan_groups_whole_image_shards_to_fill_shard_size():
     # 24 sequences per token shard, 2 views of 5-image shards: 2 image shards (20 sequences) each
     plan = plan_token_shards("train", [5, 5, 5, 5, 3], views=2, shard_size=24)
     assert [(s.shards, s.start, s.limit) for s in plan] == [((0, 1), 0, None), ((2, 3), 10, None), ((4,), 20, None)]
+    assert [s.images for s in plan] == [10, 10, 3]
     assert [s.name for s in plan] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
     # the first 12 images: the second token shard stops 2 images into it, nothing after
     limited = plan_token_shards("train", [5, 5, 5, 5, 3], views=2, shard_size=24, max_images=12)
     assert [(s.shards, s.start, s.limit) for s in limited] == [((0, 1), 0, None), ((2, 3), 10, 2)]
+    assert [s.images for s in limited] == [10, 2]
     # a token shard smaller than one image shard still takes a whole one; one view: twice as many per shard
     assert [s.shards for s in plan_token_shards("val", [5, 5, 5], views=1, shard_size=3)] == [(0,), (1,), (2,)]
     assert [s.shards for s in plan_token_shards("val", [5, 5, 5], views=1, shard_size=10)] == [(0, 1), (2,)]

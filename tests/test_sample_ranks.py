@@ -19,7 +19,7 @@ from barlab.metrics.class_balanced import (
     sample_class_balanced,
     sample_to_npz,
 )
-from barlab.utils.image_sets import read_npz, write_npz, write_npz_from_parts
+from barlab.utils.image_sets import npz_shapes, read_npz, write_npz, write_npz_from_parts
 from tests.helpers import read_json, run_module
 from tests.test_fidelity import write_generator
 
@@ -136,6 +136,7 @@ def test_the_joined_npz_reads_like_one_written_at_once(tmp_path):
     assert joined.keys() == whole.keys() == {"arr_0", "arr_1"}
     assert np.array_equal(joined["arr_0"], whole["arr_0"]) and joined["arr_0"].shape == (9, 6, 5, 3)
     assert np.array_equal(joined["arr_1"], whole["arr_1"]) and joined["arr_1"].dtype == np.int64
+    assert npz_shapes(tmp_path / "joined.npz") == {"arr_0": (9, 6, 5, 3), "arr_1": (9,)}
     write_npz_from_parts(tmp_path / "again.npz", parts)
     digest = [hashlib.sha256((tmp_path / f).read_bytes()).hexdigest() for f in ("joined.npz", "again.npz")]
     assert digest[0] == digest[1]
@@ -152,6 +153,7 @@ def test_torchrun_ranks_sample_the_npz_of_one_process(tmp_path):
     assert two.returncode == 0, two.stderr[-2000:]
     assert (tmp_path / "one" / "samples.npz").read_bytes() == (tmp_path / "two" / "samples.npz").read_bytes()
     info = read_json(tmp_path / "two" / "sample_info.json")
+    assert info["image_shape"] == [3, 16, 16]
     assert info["ranks"] == 2 and info["num_samples"] == 9 and read_json(tmp_path / "one" / "sample_info.json")[
         "ranks"] == 1
     assert "rank 1/2: sampling 3 x 3 classes" in two.stdout + two.stderr

@@ -34,6 +34,7 @@ from barlab.data.shard_folder import (
     MANIFEST,
     count_samples,
     read_shard_manifest,
+    split_entry,
     write_shard_folder,
     write_tar,
 )
@@ -170,16 +171,9 @@ def _fill_splits(source: ImageSource, folder: str, splits, maxcount: int, worker
         _run(source, folder, todo, maxcount, workers, done)
     entries = {}
     for split, n_shards in plan.items():
-        names, sizes = [], []
-        for index in range(n_shards):
-            if counts[split, index]:
-                names.append(shard_name(split, index))
-                sizes.append(counts[split, index])
-            else:  # every sample of it was skipped: leave the empty tar out
-                os.remove(os.path.join(folder, shard_name(split, index)))
-        entries[split] = {"num_samples": sum(sizes), "shards": names, "shard_sizes": sizes}
+        entries[split] = split_entry(folder, [(shard_name(split, i), counts[split, i]) for i in range(n_shards)])
         skipped = source.num_samples(split) - entries[split]["num_samples"]
-        log.info("%s: %d samples in %d shards%s", split, entries[split]["num_samples"], len(names),
+        log.info("%s: %d samples in %d shards%s", split, entries[split]["num_samples"], len(entries[split]["shards"]),
                  f", {skipped} unreadable skipped" if skipped else "")
     return entries
 

@@ -39,6 +39,7 @@ from barlab.data.shard_folder import (
     MANIFEST,
     count_samples,
     partial_dir,
+    split_entry,
     write_shard_folder,
     write_tar,
 )
@@ -94,7 +95,6 @@ class PretokenizeLimits:
                               fix="write the shards to a new folder, or ask for the limits they have")
 
 
-
 ATTEMPT = "attempt.json"  # in the in-progress folder: the attempt whose ranks are filling it
 
 
@@ -102,13 +102,14 @@ ATTEMPT = "attempt.json"  # in the in-progress folder: the attempt whose ranks a
 class TokenShard:
     """One token shard of a split: the images of image shards ``shards`` (indices in manifest order),
     the first of which is at position ``start`` of the split; ``limit``: only the first that many of
-    them (None: all)."""
+    them (None: all); ``images``: how many that is by the manifest's shard sizes."""
 
     split: str
     index: int
     shards: tuple[int, ...]
     start: int
     limit: int | None = None
+    images: int = 0
 
     @property
     def name(self) -> str:
@@ -134,7 +135,7 @@ def plan_token_shards(split: str, sizes: list[int | None], views: int, shard_siz
         if max_images is not None and start >= max_images:
             break
         limit = None if max_images is None or start + count <= max_images else max_images - start
-        plan.append(TokenShard(split, len(plan), run, start, limit))
+        plan.append(TokenShard(split, len(plan), run, start, limit, count if limit is None else limit))
         start += count
     return plan
 
@@ -214,14 +215,12 @@ def pretokenize(tokenizer, images: ImageShardDataModule, out_dir: str, meta: dic
     def encode_mine() -> None:
         """Write this rank's token shards that the folder does not hold yet."""
         todo = [s for s in plan[rank::world] if not os.path.isfile(os.path.join(folder, s.name))]
-        total = sum(s.limit if s.limit is not None else
-                    sum(images.split_shards(s.split)[1][i] for i in s.shards) for s in todo)
         if len(todo) < len(plan[rank::world]):
             log.info("pretokenize (rank %d/%d): keeping %d finished shard(s), encoding %d", rank, world,
                      len(plan[rank::world]) - len(todo), len(todo))
         start, done = time.monotonic(), 0
         with progress_bar(f"pretokenizing (rank {rank}/{world})" if world > 1 else "pretokenizing",
-                          total=total, unit="img") as bar:
+                          total=sum(s.images for s in todo), unit="img") as bar:
             def on_batch(n: int) -> None:
                 nonlocal done
                 done += n
@@ -246,16 +245,10 @@ def pretokenize(tokenizer, images: ImageShardDataModule, out_dir: str, meta: dic
                 os.remove(os.path.join(tmp, name))
         manifest = {"kind": "tokens", **manifest_meta, "splits": {}}
         for split in ("train", "val"):
-            names, sizes = [], []
-            for shard in (s for s in plan if s.split == split):
-                count = count_samples(os.path.join(tmp, shard.name))
-                if count:
-                    names.append(shard.name)
-                    sizes.append(count)
-                else:  # every image of it was skipped as unreadable
-                    os.remove(os.path.join(tmp, shard.name))
-            manifest["splits"][split] = {"num_samples": sum(sizes), "shards": names, "shard_sizes": sizes}
-            log.info("pretokenize %s: %d sequences in %d shards", split, sum(sizes), len(names))
+            entry = split_entry(tmp, [(s.name, count_samples(os.path.join(tmp, s.name))) for s in plan
+                                      if s.split == split])
+            manifest["splits"][split] = entry
+            log.info("pretokenize %s: %d sequences in %d shards", split, entry["num_samples"], len(entry["shards"]))
         return manifest
 
     if rank == 0:

@@ -116,6 +116,20 @@ def count_samples(path: str) -> int:
         return len({name.split(".", 1)[0] for name in tar.getnames()})
 
 
+def split_entry(folder: str, shards: list[tuple[str, int]]) -> dict:
+    """A split's manifest entry ``{"num_samples", "shards", "shard_sizes"}`` from its finished shards
+    ``(name, samples)`` in ``folder``, in order; a shard with no sample (every one skipped as unreadable)
+    is deleted and left out."""
+    names, sizes = [], []
+    for name, count in shards:
+        if count:
+            names.append(name)
+            sizes.append(count)
+        else:
+            os.remove(os.path.join(folder, name))
+    return {"num_samples": sum(sizes), "shards": names, "shard_sizes": sizes}
+
+
 def write_shard_folder(out_dir: str, fill: Callable[[str], dict], resumable: bool = False) -> dict:
     """Build a shard folder at ``out_dir`` atomically; returns its manifest.
 

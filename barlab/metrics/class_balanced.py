@@ -101,10 +101,11 @@ def sample_to_npz(generate: Callable[..., torch.Tensor], num_classes: int, per_c
     parts.mkdir(parents=True, exist_ok=True)
     check_partial(parts, {"num_classes": num_classes, "per_class": per_class, "batch_size": batch_size,
                           "seed": seed, "sampling": sampling, **(record or {})})
-    todo = [c for c in range(rank, total, world) if not (parts / part_name(c)).is_file()]
-    if world > 1 or len(todo) < len(range(rank, total, world)):
+    mine = range(rank, total, world)
+    todo = [c for c in mine if not (parts / part_name(c)).is_file()]
+    if world > 1 or len(todo) < len(mine):
         log.info("rank %d/%d draws sample chunks %s of %d (%d finished earlier)", rank, world, todo, total,
-                 len(range(rank, total, world)) - len(todo))
+                 len(mine) - len(todo))
     for chunk, images, chunk_labels in sample_chunks(generate, labels, batch_size, seed, todo, show_bar, **sampling):
         if png_dir is not None:
             write_png_folder(png_dir, images, chunk_labels, start=chunk * batch_size)

@@ -165,9 +165,31 @@ def test_one_tiny_end_to_end_run_per_head(tmp_path):
         else:
             assert (loss, accuracy) == pytest.approx((gen["val_loss"], gen["val_bit_accuracy"]), abs=1e-5), head
         assert 0.0 < gen["train_bit_accuracy"] < 1.0
+        check_diagnostics(run_dir, head, results)
         grid = Image.open(run_dir / "sample_grid.png")
         # 4 classes x 2 samples per class, 16 px images with 2 px padding, enlarged x2
         assert grid.size == (2 * (2 * 18 + 2), 2 * (4 * 18 + 2))
+
+
+def check_diagnostics(run_dir, head: str, results: dict) -> None:
+    """The diagnostics of a smoke run (64 validation sequences, 20 spliced images, 16 AR steps of 6 bits)."""
+    from barlab.generator import cosine_allocation
+
+    gen = results["generator"]
+    diag = {k: v for k, v in gen.items() if k.startswith("diag_")}
+    assert diag and all(results[k] == v for k, v in diag.items())          # lifted to the top level as they are
+    assert diag["diag_sequences"] == 64 and "64 validation sequences" in gen["diagnostics_label"]
+    alloc = cosine_allocation(6, 4) if head == "mbm" else (6,)
+    assert [diag[f"diag_unmask_step{s}_bits"] for s in range(len(alloc))] == list(alloc)
+    assert f"diag_unmask_step{len(alloc)}_acc" not in diag
+    assert sorted(int(k[11:-10]) for k in diag if k.startswith("diag_splice")) == [0, 2, 4, 6, 8, 10, 12, 14, 16]
+    assert all(0.0 <= diag[k] <= 1.0 for k in diag if k.endswith("_acc"))
+    if head != "mbm":
+        # one-step heads: the first step's argmax with the true label is the teacher-forced bit accuracy
+        _, accuracy = validation_by_hand(run_dir, batches=4)
+        assert diag["diag_first_step_acc_label"] == pytest.approx(accuracy, abs=1e-6)
+    logged = (run_dir / "csv" / "generator").rglob("metrics.csv")
+    assert any("diagnostics/diag_first_step_acc_null" in p.read_text() for p in logged)
 
 
 def validation_by_hand(run_dir, batches: int) -> tuple[float, float]:

@@ -179,3 +179,34 @@ def test_optuna_search_runs_on_optuna_4_or_later_with_shared_storage(tmp_path, s
         job = read_json(sweep / str(trial.number) / "results.json")
         assert trial.values[0] == pytest.approx(job["gfid"])  # the objective is results.json's gfid
     assert (sweep / "optimization_results.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_mbm_ablation_study_in_two_parts_table_figure_and_notebook(tmp_path):
+    parts = tmp_path / "part1", tmp_path / "part2"
+    common = ("-m", "-cd", str(SWEEPS), "-cn", "mbm_ablations", "experiment=smoke", "tokenizer.bits=4",
+              "diagnostics.sequences=32", "diagnostics.splice_samples=8")
+    for folder, points in zip(parts, (("ablation=bitwise,mbm", "generator.token_shuffle=1"),
+                                      ("ablation=mbm_full_mask_10", "generator.token_shuffle=2"))):
+        proc = run_module("barlab.train", *common, *points, f"hydra.sweep.dir={folder}", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    full = read_json(parts[1] / "0" / "results.json")
+    assert full["generator"]["bits_per_step"] == 16 and full["tokenizer_cached"] is True
+    # a g x tau grid on the MBM job of part 1
+    proc = call_main("barlab.sample", "-m", f"ckpt={parts[0] / '1'}", "score=true", "per_class=2", "png=false",
+                     "data=synthetic", "data.image_size=16", "sampling.guidance=1.5,3", "sampling.temperature=1",
+                     cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = call_main("barlab.analysis", str(parts[0]), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = pd.read_csv(parts[0] / "mbm_ablations.csv")
+    assert table["ablation"].tolist() == ["bitwise", "mbm"]          # the study's order, the reference first
+    grid = pd.read_csv(parts[0] / "sampling_grid.csv")
+    mbm = table[table["ablation"] == "mbm"].iloc[0]
+    assert mbm["best_fid"] == pytest.approx(grid["fid"].min()) and pd.isna(table["best_fid"].iloc[0])
+    assert mbm["best_guidance"] == grid.loc[grid["fid"].idxmin(), "guidance"]
+    splices = sorted(c for c in table if c.startswith("diag_splice"))
+    assert len(splices) == 9 and table[splices].notna().all().all()   # 16 AR steps at p = 1: j = 0, 2, ..., 16
+    assert (parts[0] / "mbm_ablations.png").stat().st_size > 10_000
+    text = execute_notebook("mbm_ablations.ipynb", os.pathsep.join(map(str, parts)))
+    assert "2 folder(s): 3 jobs" in text and "mbm_full_mask_10" in text and "diag_first_step_acc_null" in text

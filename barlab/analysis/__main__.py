@@ -2,9 +2,10 @@
 
 Writes ``<out>/results.csv`` (one row per job: failed, refused and missing jobs included, with
 their reason) and, when the columns are there, ``bit_budget.png`` (tokenizer sweeps) and
-``heads.png`` (head sweeps). Sampling grids under the folder (``python -m barlab.sample -m ...
-score=true``) add ``sampling_grid.csv``, ``sampling_grid_best.csv`` (each generator's best point by
-FID) and ``sampling_grid.png``; a grid folder alone gives only those. ``--out`` defaults to the folder.
+``heads.png`` (head sweeps), or ``mbm_ablations.csv`` and ``mbm_ablations.png`` (study 4's sweeps).
+Sampling grids under the folder (``python -m barlab.sample -m ... score=true``) add ``sampling_grid.csv``,
+``sampling_grid_best.csv`` (each generator's best point by FID) and ``sampling_grid.png``; a grid folder
+alone gives only those. ``--out`` defaults to the folder.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from barlab.analysis.ablations import ablation_table, plot_ablations
 from barlab.analysis.collect import load_sweep
 from barlab.analysis.grid import best_points, load_grid
 from barlab.analysis.plots import plot_bit_budget, plot_heads, plot_sampling_grid
@@ -49,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
             and "head" not in frame:
         plot_bit_budget(frame, out / "bit_budget.png")
         written.append(out / "bit_budget.png")
-    if "head" in frame and "tokenizer.bits" in frame:
+    if "ablation" in frame:
+        table = ablation_table(frame, grid)
+        table.to_csv(out / "mbm_ablations.csv", index=False)
+        plot_ablations(table, out / "mbm_ablations.png")
+        written += [out / "mbm_ablations.csv", out / "mbm_ablations.png"]
+    elif "head" in frame and "tokenizer.bits" in frame:
         plot_heads(frame, out / "heads.png")
         written.append(out / "heads.png")
     import pandas as pd

@@ -27,6 +27,7 @@ from barlab.lightning.callbacks.sample_grid import SampleGrid
 from barlab.lightning.generator_module import GeneratorModule
 from barlab.lightning.optim import count_parameters
 from barlab.metrics.evaluation import evaluate_generator, headline
+from barlab.pipeline.diagnostics import run_diagnostics
 from barlab.pipeline.results import GeneratorResult
 from barlab.pipeline.trainer import (
     build_callbacks,
@@ -244,6 +245,22 @@ def export_and_score(cfg: DictConfig, trainer: L.Trainer, module: GeneratorModul
     return generator_file, scores
 
 
+def diagnostics_of(cfg: DictConfig, trainer: L.Trainer, module: GeneratorModule,
+                   datamodule: TokenShardDataModule) -> dict[str, Any]:
+    """Rank 0: the generator's diagnostics (:mod:`barlab.pipeline.diagnostics`) on validation tokens, sent to
+    the loggers; {} on other ranks or with ``diagnostics.enabled=false``."""
+    node = cfg.get("diagnostics")
+    if not trainer.is_global_zero or node is None or not node.get("enabled", True):
+        return {}
+    out = run_diagnostics(cfg, module.backbone, module.head, module.tokenizer, module.grid, module.p,
+                          datamodule.val_dataloader(), sampling_settings(cfg))
+    numbers = {f"diagnostics/{k}": float(v) for k, v in out.items() if isinstance(v, (int, float))}
+    for logger in trainer.loggers:
+        logger.log_metrics(numbers, step=trainer.global_step)
+        logger.save()
+    return out
+
+
 def run_generator_stage(cfg: DictConfig, state: RunState, trained_tokenizer: Path | None = None,
                         shared_tokens: Path | None = None) -> GeneratorResult:
     """Pretokenize (if needed), train, validate, export and score a generator. Returns the results.json body."""
@@ -258,6 +275,7 @@ def run_generator_stage(cfg: DictConfig, state: RunState, trained_tokenizer: Pat
     train_time_s = round(time.time() - start, 1)
     train = module.recent_train_metrics()
     generator_file, scores = export_and_score(cfg, trainer, module, tokenizer_file)
+    diagnostics = diagnostics_of(cfg, trainer, module, datamodule)
     return {
         "head": type(module.head).__name__,
         "bits_per_step": module.head.bits_per_step,
@@ -276,6 +294,7 @@ def run_generator_stage(cfg: DictConfig, state: RunState, trained_tokenizer: Pat
         "sampling": sampling_settings(cfg),
         **(headline("g", scores) if scores else {}),
         "gfid_eval": scores or None,
+        **diagnostics,
         "artifacts": {"sample_grid": str(grid_cb.latest), "tokens": str(tokens_dir),
                       "generator": str(generator_file) if generator_file else None,
                       "samples": scores.get("samples"),

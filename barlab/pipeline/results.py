@@ -87,6 +87,7 @@ class GeneratorResult(TypedDict, total=False):
     sampling: dict[str, Any]
     gfid: float                    # + kid, precision, recall, inception_score, class_accuracy, metrics_*
     gfid_eval: dict[str, Any] | None
+    # + diag_* numbers and diagnostics_label (barlab.pipeline.diagnostics), with diagnostics.enabled
     artifacts: dict[str, str | None]  # sample_grid, tokens, generator, samples, checkpoint
     reused: bool
 
@@ -112,6 +113,7 @@ def all_stages_summary(tokenizer: TokenizerResult, generator: GeneratorResult) -
         "head": generator["head"],
         **{name: generator.get(k) for k, name in GENERATOR_SUMMARY.items()},
         **{k: generator[k] for k in GENERATOR_SCORES if k in generator},
+        **{k: v for k, v in generator.items() if k.startswith("diag")},
         "tokenizer_cached": bool(cache and cache.get("hit")),
         "tokenizer": tokenizer,
         "generator": generator,

@@ -7,6 +7,7 @@ the token's k' bits (``bits_per_step``). Classifier-free guidance is applied on 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -127,6 +128,23 @@ class Head(nn.Module):
     def sample(self, cond: Tensor, uncond: Tensor | None, guidance: Guidance,
                temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
+
+    @torch.no_grad()
+    def sample_with_steps(self, cond: Tensor, uncond: Tensor | None, guidance: Guidance,
+                          temperature: float = 1.0, generator: torch.Generator | None = None,
+                          allocation: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+        """``sample``, and the unmasking step at which each bit was fixed: -> (bits (N, k') float {0,1},
+        step (N, k') long). A head that fixes every bit at once (linear, bitwise) reports step 0 for all;
+        ``allocation`` is for heads that unmask in steps (None: the head's own)."""
+        bits = self.sample(cond, uncond, guidance, temperature=temperature, generator=generator)
+        return bits, torch.zeros(bits.shape, dtype=torch.long, device=bits.device)
+
+    @torch.no_grad()
+    def first_step_bits(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The most likely bits given the condition alone, every bit still unknown (mask ratio r = 1),
+        without guidance: cond (N, cond_dim) -> bits (N, k') float {0,1}. For a head that fixes every bit
+        at once this is its argmax sample."""
+        return self.sample(cond, None, 1.0, temperature=0.0, generator=generator)
 
     def _guided(self, logits_fn, cond: Tensor, uncond: Tensor | None, guidance: Guidance, *rows: Tensor) -> Tensor:
         """Logits under CFG: ``logits_fn(cond, *rows)`` alone when uncond is None or guidance == 1,

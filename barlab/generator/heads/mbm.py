@@ -187,6 +187,26 @@ class MBMHead(Head):
         return HeadOutput(loss=loss, bit_accuracy=acc.detach(), metrics=metrics)
 
     @torch.no_grad()
+    def sample_with_steps(self, cond: Tensor, uncond: Tensor | None, guidance: Guidance,
+                          temperature: float = 1.0, generator: torch.Generator | None = None,
+                          allocation: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+        """``sample`` (same draws, same bits), and the unmasking step at which each bit was fixed:
+        -> (bits (N, k') float {0,1}, step (N, k') long in [0, len(allocation)))."""
+        step = torch.full((cond.shape[0], self.bits_per_step), -1, dtype=torch.long, device=cond.device)
+
+        def record(s: int, b: Tensor) -> None:
+            step.masked_fill_((step < 0) & (b != MASK), s)
+
+        bits = self.sample(cond, uncond, guidance, temperature, generator, on_step=record, allocation=allocation)
+        return bits, step
+
+    @torch.no_grad()
+    def first_step_bits(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Every bit from the fully masked input (r = 1) in one argmax step, as the sampler's first step
+        sees it, without guidance: cond (N, cond_dim) -> bits (N, k') float {0,1}."""
+        return self.sample(cond, None, 1.0, temperature=0.0, generator=generator, allocation=(self.bits_per_step,))
+
+    @torch.no_grad()
     def sample(self, cond: Tensor, uncond: Tensor | None, guidance: Guidance, temperature: float = 1.0,
                generator: torch.Generator | None = None,
                on_step: Callable[[int, Tensor], None] | None = None,

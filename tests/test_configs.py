@@ -12,7 +12,7 @@ from barlab.config.paths import CONFIG_DIR
 from barlab.errors import ConfigError
 from barlab.pipeline.preflight import check_config, encoder_factor
 
-GROUPS = ["data", "tokenizer", "tokenizer/quantizer", "generator", "head", "trainer", "logger", "callbacks",
+GROUPS = ["data", "tokenizer", "tokenizer/quantizer", "generator", "head", "trainer", "logger", "callbacks", "ablation",
           "experiment", "metrics"]
 
 
@@ -28,8 +28,10 @@ def test_every_group_has_options():
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_passes_checks(tmp_path, group, option, compose_train):
     overrides = [f"{group}={option}"]
-    if option == "kl":  # a continuous latent is a tokenizer-only study: the generator needs bits
-        overrides.append("stage=tokenizer")
+    if option == "kl":  # continuous tokens: the generator models them with the diffusion head
+        overrides.append("head=diffusion")
+    if option == "diffusion":
+        overrides.append("tokenizer/quantizer=kl")
     if option == "imagefolder":
         (tmp_path / "images" / "a").mkdir(parents=True)
         overrides.append(f"data.source.root={tmp_path / 'images'}")

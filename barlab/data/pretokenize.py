@@ -43,7 +43,7 @@ from barlab.data.shard_folder import (
     write_shard_folder,
     write_tar,
 )
-from barlab.data.token_shards import pack_bits, read_token_manifest
+from barlab.data.token_shards import CONTINUOUS, pack_bits, pack_f16, read_token_manifest
 from barlab.errors import ConfigError, DataError
 from barlab.utils.integers import check_int
 from barlab.utils.io import atomic_write_json
@@ -143,7 +143,11 @@ def plan_token_shards(split: str, sizes: list[int | None], views: int, shard_siz
 @torch.no_grad()
 def _encoded(tokenizer, images: ImageShardDataModule, shard: TokenShard, flip: bool, device: torch.device,
              batch_size: int, on_batch: Callable[[int], None]) -> Iterator[dict]:
-    """The tar samples (``__key__``, ``bits``, ``cls``) of ``shard``; ``on_batch(images)`` after each batch."""
+    """The tar samples (``__key__``, ``bits`` or, continuous tokens, ``f16``, ``cls``) of ``shard``;
+    ``on_batch(images)`` after each batch."""
+    if not tokenizer.is_discrete:
+        yield from _encoded_continuous(tokenizer, images, shard, flip, device, batch_size, on_batch)
+        return
     dataset = images.eval_dataset(shard.split, shard.limit, batch_size=batch_size, shards=list(shard.shards))
     index = shard.start
     for batch in DataLoader(dataset, batch_size=None, num_workers=min(1, images.num_workers)):
@@ -156,6 +160,32 @@ def _encoded(tokenizer, images: ImageShardDataModule, shard: TokenShard, flip: b
                        "cls": str(int(label)).encode("ascii")}
         index += x.shape[0]
         on_batch(x.shape[0])
+
+
+@torch.no_grad()
+def _encoded_continuous(tokenizer, images: ImageShardDataModule, shard: TokenShard, flip: bool, device: torch.device,
+                        batch_size: int, on_batch: Callable[[int], None]) -> Iterator[dict]:
+    """As :func:`_encoded` for a continuous tokenizer: ``f16`` = its scaled latents (L, C) as float16."""
+    dataset = images.eval_dataset(shard.split, shard.limit, batch_size=batch_size, shards=list(shard.shards))
+    index = shard.start
+    for batch in DataLoader(dataset, batch_size=None, num_workers=min(1, images.num_workers)):
+        x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
+        views = [x, x.flip(-1)] if flip else [x]
+        encoded = [tokenizer.encode_tokens(v).float().cpu().numpy() for v in views]   # (B, L, C) each
+        for i, label in enumerate(batch["label"].tolist()):
+            for view, values in enumerate(encoded):
+                yield {"__key__": f"{shard.split}_{index + i:07d}_{view}", "f16": pack_f16(values[i]),
+                       "cls": str(int(label)).encode("ascii")}
+        index += x.shape[0]
+        on_batch(x.shape[0])
+
+
+def token_meta(tokenizer) -> dict:
+    """The manifest fields that say what the tokens are: none for bits (the default), else
+    ``token_type: continuous`` and ``token_channels`` C."""
+    if tokenizer.is_discrete:
+        return {}
+    return {"token_type": CONTINUOUS, "token_channels": int(tokenizer.quantizer.channels)}
 
 
 def _read_json(path: str) -> dict | None:
@@ -172,7 +202,8 @@ def pretokenize(tokenizer, images: ImageShardDataModule, out_dir: str, meta: dic
                 stall_timeout_s: float = 3600.0) -> dict:
     """Encode the ``train`` (original + flip) and ``val`` splits of ``images`` into token shards.
 
-    tokenizer: a discrete :class:`barlab.tokenizer.Tokenizer` in eval mode.
+    tokenizer: a :class:`barlab.tokenizer.Tokenizer` in eval mode: discrete (bits, packed) or continuous
+        (its scaled latents, ``encode_tokens``, stored as float16; it needs its ``latent_scale``).
     shard_size: about this many sequences per token shard (the image shards are not split).
     limits: the first images of each split only, flips or not (default: everything, with flips).
     rank, world, attempt: this process among the ``world`` that share the work, and the id their
@@ -191,6 +222,8 @@ def pretokenize(tokenizer, images: ImageShardDataModule, out_dir: str, meta: dic
     device = torch.device(device)
     tokenizer = tokenizer.to(device).eval()
     tokenizer.encoder.to(memory_format=torch.channels_last)
+    if not tokenizer.is_discrete:
+        tokenizer.checked_latent_scale()
     grid = tokenizer.grid_size(images.image_size)
     views = {"train": 2 if limits.flip else 1, "val": 1}
     max_images = {"train": limits.train_images, "val": limits.val_images}
@@ -200,6 +233,7 @@ def pretokenize(tokenizer, images: ImageShardDataModule, out_dir: str, meta: dic
     manifest_meta = {
         "seq_len": grid[0] * grid[1],
         "bits": tokenizer.bits_per_token,
+        **token_meta(tokenizer),
         "grid": list(grid),
         "image_size": images.image_size,
         "channels": images.channels,

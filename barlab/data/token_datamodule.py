@@ -1,7 +1,8 @@
 """``TokenShardDataModule``: Lightning loaders over the token shards of :mod:`barlab.data.token_shards`.
 
-Batches are ``{"bits": float32 (B, L, k) in {0, 1}, "label": int64 (B,), "skipped": int}``. Train
-and val are the pipelines of :mod:`barlab.data.loaders`.
+Batches are ``{"bits": float32 (B, L, k) in {0, 1}, "label": int64 (B,), "skipped": int}``; for
+continuous token shards (``token_type: continuous``) ``{"tokens": float32 (B, L, C), "label", "skipped"}``
+(the stored float16 values, exactly). Train and val are the pipelines of :mod:`barlab.data.loaders`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from barlab.data.loader_stages import Batch, SkipCounter
 from barlab.data.loaders import eval_pipeline, train_pipeline
-from barlab.data.token_shards import read_token_manifest, unpack_bits
+from barlab.data.token_shards import CONTINUOUS, read_token_manifest, token_type, unpack_bits, unpack_f16
 from barlab.errors import ConfigError, DataError
 from barlab.utils.integers import check_int
 
@@ -40,6 +41,18 @@ class DecodeTokens:
                 self.counter.skip(f"token sample {sample.get('__key__')}", f"{type(err).__name__}: {err}")
 
 
+class DecodeContinuousTokens(DecodeTokens):
+    """Sample dicts → ``(values float32 (L, C), label)`` from ``KEY.f16``; corrupt samples are counted and skipped."""
+
+    def __call__(self, src: Iterable[dict]) -> Iterator[tuple[np.ndarray, int]]:
+        for sample in src:
+            try:
+                label = int(sample["cls"].decode("ascii"))
+                yield unpack_f16(sample["f16"], self.seq_len, self.bits), label
+            except (KeyError, ValueError, UnicodeDecodeError) as err:
+                self.counter.skip(f"token sample {sample.get('__key__')}", f"{type(err).__name__}: {err}")
+
+
 class TokenBatch(Batch):
     """``(bits (L, k), label)`` stream → ``{"bits": float (B, L, k) in {0, 1}, "label", "skipped"}``."""
 
@@ -47,6 +60,12 @@ class TokenBatch(Batch):
 
     def stack(self, arrays: list[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(np.stack(arrays)).float()
+
+
+class ContinuousTokenBatch(TokenBatch):
+    """``(values (L, C), label)`` stream → ``{"tokens": float (B, L, C), "label", "skipped"}``."""
+
+    key = "tokens"
 
 
 class TokenShardDataModule(L.LightningDataModule):
@@ -73,6 +92,10 @@ class TokenShardDataModule(L.LightningDataModule):
                               fix="run with stage=all, or pretokenize with a trained tokenizer first")
         self.manifest = manifest
         self.seq_len, self.bits = int(manifest["seq_len"]), int(manifest["bits"])
+        self.token_type = token_type(manifest)
+        self.continuous = self.token_type == CONTINUOUS
+        # values per token: k bits, or C channels of continuous tokens
+        self.width = int(manifest["token_channels"]) if self.continuous else self.bits
         self._counters: list[SkipCounter] = []
 
     @property
@@ -84,6 +107,13 @@ class TokenShardDataModule(L.LightningDataModule):
         self._counters.append(counter)
         return counter
 
+    def _decode(self, counter: SkipCounter) -> DecodeTokens:
+        kind = DecodeContinuousTokens if self.continuous else DecodeTokens
+        return kind(self.seq_len, self.width, counter)
+
+    def _batch(self, batch_size: int, counter: SkipCounter, partial: bool) -> TokenBatch:
+        return (ContinuousTokenBatch if self.continuous else TokenBatch)(batch_size, counter, partial=partial)
+
     def _urls(self, split: str) -> tuple[list[str], list[int | None]]:
         entry = self.manifest["splits"].get(split)
         if not entry or not entry["shards"]:
@@ -94,8 +124,7 @@ class TokenShardDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         counter = self._counter()
         pipeline = train_pipeline(self._urls("train")[0], "train token", counter,
-                                  DecodeTokens(self.seq_len, self.bits, counter),
-                                  TokenBatch(self.batch_size, counter, partial=False), seed=self.seed,
+                                  self._decode(counter), self._batch(self.batch_size, counter, False), seed=self.seed,
                                   shuffle_buffer=self.shuffle_buffer, epoch_length=self.epoch_length,
                                   num_workers=self.num_workers)
         return DataLoader(pipeline, batch_size=None, num_workers=self.num_workers,
@@ -104,7 +133,7 @@ class TokenShardDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         counter = self._counter()
         urls, sizes = self._urls("val")
-        pipeline = eval_pipeline(urls, sizes, counter, DecodeTokens(self.seq_len, self.bits, counter),
-                                 TokenBatch(self.val_batch_size, counter, partial=True),
+        pipeline = eval_pipeline(urls, sizes, counter, self._decode(counter),
+                                 self._batch(self.val_batch_size, counter, True),
                                  max_samples=self.max_val_samples, per_rank=True, where=self.shards_dir)
         return DataLoader(pipeline, batch_size=None, num_workers=0)

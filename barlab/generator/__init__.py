@@ -8,6 +8,7 @@ from barlab.generator.embeddings import BitEmbedding, ClassPrefix, PositionEmbed
 from barlab.generator.guidance import guidance_scale
 from barlab.generator.heads import (
                                     BitwiseHead,
+                                    DiffusionHead,
                                     Head,
                                     HeadOutput,
                                     LinearHead,
@@ -31,6 +32,7 @@ __all__ = [
     "BitwiseHead",
     "Block",
     "ClassPrefix",
+    "DiffusionHead",
     "Head",
     "HeadOutput",
     "KVCache",

@@ -1,5 +1,8 @@
 """The AR context model: a causal adaLN-Zero transformer over bit tokens (paper §4.1).
 
+``token_type="continuous"``: the tokens are real vectors (c·p² channels per AR step, KL latents) and a
+``Linear(c·p² -> d)`` (``token_embed``) replaces the per-bit embedding (``bit_embed``); all else is the same.
+
 Sequence (S = P + L - 1 slots, P = 1 + class_repeat)::
 
     slot:   0      1 .. P-1          P          P+1        ...  P+L-2
@@ -21,12 +24,14 @@ import torch
 from torch import Tensor, nn
 
 from barlab.errors import ConfigError
-from barlab.generator.embeddings import BitEmbedding, ClassPrefix, PositionEmbedding
+from barlab.generator.embeddings import BitEmbedding, ClassPrefix, ContinuousEmbedding, PositionEmbedding
 from barlab.generator.kv_cache import KVCache
 from barlab.generator.layers import RMSNorm
 from barlab.generator.rope import Rope2D
 from barlab.generator.transformer_block import Block
 from barlab.utils.integers import check_int
+
+TOKEN_TYPES = ("discrete", "continuous")
 
 
 def _check(ok: bool, knob: str, message: str, fix: str) -> None:
@@ -35,14 +40,20 @@ def _check(ok: bool, knob: str, message: str, fix: str) -> None:
 
 
 class ARBackbone(nn.Module):
-    """bits (B, L, k') + labels (B,) [+ order (B, L)] -> cond (B, L, cond_dim); see the module doc."""
+    """bits (B, L, k') + labels (B,) [+ order (B, L)] -> cond (B, L, cond_dim); see the module doc.
+
+    ``token_type``: ``"discrete"`` (bits {0, 1}, the default) or ``"continuous"`` (real tokens of
+    ``bits_per_step`` = c·p² channels per AR step, embedded by a linear projection).
+    """
 
     def __init__(self, bits_per_step: int, grid: tuple[int, int], num_classes: int, width: int = 768,
                  depth: int = 24, heads: int = 12, cond_dim: int = 2048, class_repeat: int = 32,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, dropout: float = 0.0,
                  attn_dropout: float = 0.0, rope: bool = True, target_aware_rope: bool = True,
-                 target_aware_pos: bool = True):
+                 target_aware_pos: bool = True, token_type: str = "discrete"):
         super().__init__()
+        _check(token_type in TOKEN_TYPES, "token_type", f"must be one of {TOKEN_TYPES}, got {token_type!r}",
+               "token_type=discrete")
         bits_per_step = check_int(bits_per_step, "bits_per_step", fix="bits_per_step=16")
         _check(len(grid) == 2 and min(grid) >= 1, "grid", f"must be (h, w) >= 1, got {grid!r}", "grid=[16,16]")
         num_classes = check_int(num_classes, "num_classes", fix="num_classes=1000")
@@ -61,6 +72,7 @@ class ARBackbone(nn.Module):
             _check(isinstance(p, (int, float)) and 0.0 <= p < 1.0, name, f"must be in [0, 1), got {p!r}",
                    f"{name}=0.0")
         self.bits_per_step = bits_per_step
+        self.token_type = token_type
         self.grid = (int(grid[0]), int(grid[1]))
         self.seq_len = self.grid[0] * self.grid[1]
         self.num_classes = num_classes
@@ -71,7 +83,10 @@ class ARBackbone(nn.Module):
         self.width, self.depth, self.heads = width, depth, heads
 
         self.prefix = ClassPrefix(num_classes, width, class_repeat)
-        self.bit_embed = BitEmbedding(bits_per_step, width)
+        if token_type == "continuous":
+            self.token_embed = ContinuousEmbedding(bits_per_step, width)
+        else:
+            self.bit_embed = BitEmbedding(bits_per_step, width)
         self.pos = PositionEmbedding(self.seq_len, width, target_aware=target_aware_pos)
         self.timestep = nn.Parameter(torch.zeros(self.max_len, width))
         self.rope = Rope2D(width // heads, self.grid, heads, target_aware=target_aware_rope) if rope else None
@@ -98,6 +113,12 @@ class ARBackbone(nn.Module):
             block.zero_init()
 
     # ------------------------------------------------------------------ core
+    def embed(self, tokens: Tensor) -> Tensor:
+        """Token inputs (..., k') -> (..., d): bits by the per-bit embedding, continuous tokens by the projection."""
+        if self.token_type == "continuous":
+            return self.token_embed(tokens)
+        return self.bit_embed(tokens)
+
     def _run(self, x: Tensor, current: Tensor, target: Tensor, start: int, class_vec: Tensor,
              cache: KVCache | None = None) -> Tensor:
         """Slots [start, start + n): x (B, n, d) inputs with their own position embedding already
@@ -112,8 +133,8 @@ class ARBackbone(nn.Module):
         return self.norm(x)
 
     def forward(self, bits: Tensor, labels: Tensor, order: Tensor | None = None) -> Tensor:
-        """Teacher forcing. bits (B, L, k') raster {0,1}; labels (B,) long; order (B, L) long or None
-        (raster) -> cond (B, L, cond_dim), cond[:, j] conditions token order[:, j]."""
+        """Teacher forcing. bits (B, L, k') raster {0,1} (continuous: real values); labels (B,) long;
+        order (B, L) long or None (raster) -> cond (B, L, cond_dim), cond[:, j] conditions token order[:, j]."""
         batch, length = bits.shape[:2]
         if length != self.seq_len or bits.shape[2] != self.bits_per_step:
             raise ValueError(f"bits {tuple(bits.shape)} do not match (B, {self.seq_len}, {self.bits_per_step})")
@@ -121,7 +142,7 @@ class ARBackbone(nn.Module):
             order = torch.arange(length, device=bits.device).expand(batch, length)
         tokens = bits.gather(1, order[:, :-1, None].expand(-1, -1, bits.shape[2]))     # (B, L-1, k')
         prefix, class_vec = self.prefix(labels)
-        images = self.bit_embed(tokens) + self.pos.current(order[:, :-1])
+        images = self.embed(tokens) + self.pos.current(order[:, :-1])
         none = order.new_full((batch, self.prefix_len), self.seq_len)
         current = torch.cat([none, order[:, :-1]], dim=1)                               # (B, S)
         target = torch.cat([order[:, :1].expand(-1, self.prefix_len - 1), order], dim=1)  # (B, S)
@@ -162,6 +183,6 @@ class ARBackbone(nn.Module):
         if index == self.seq_len - 1:
             return None
         pos = torch.full((bits.shape[0], 1), index, dtype=torch.long, device=bits.device)
-        x = self.bit_embed(bits[:, None]) + self.pos.current(pos)
+        x = self.embed(bits[:, None]) + self.pos.current(pos)
         h = self._run(x, pos, pos + 1, cache.length, cache.class_vec, cache)
         return self.out(h[:, 0])

@@ -2,6 +2,8 @@
 
 - ``BitEmbedding``: per-bit ``Embedding(3, ceil(d/k'))`` for {0, 1, [M]=2}, concatenated over the k'
   bits, then ``Linear(ceil(d/k')·k' -> d)``.
+- ``ContinuousEmbedding``: continuous tokens (..., c·p²) -> ``Linear(c·p² -> d)``, in place of the
+  per-bit embedding for continuous (KL) latents.
 - ``ClassPrefix``: the prefix ``[CLS] + class_repeat × class embedding`` (ids 0..num_classes-1,
   ``num_classes`` = null class for CFG), plus a learned per-slot prefix position embedding.
 - ``PositionEmbedding``: learned absolute embedding of the L image positions, and the RAR
@@ -33,6 +35,18 @@ class BitEmbedding(nn.Module):
     def forward(self, bits: Tensor) -> Tensor:
         e = self.table(bits.long())                                  # (..., k', e)
         return self.proj(rearrange(e, "... k e -> ... (k e)"))
+
+
+class ContinuousEmbedding(nn.Linear):
+    """Linear input projection of continuous tokens: (..., channels) float -> (..., width).
+
+    The tokens are cast to the weight's dtype (the sampler keeps them in fp32 whatever the model's)."""
+
+    def __init__(self, channels: int, width: int):
+        super().__init__(channels, width)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return super().forward(tokens.to(self.weight.dtype))
 
 
 class ClassPrefix(nn.Module):

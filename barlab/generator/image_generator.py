@@ -3,7 +3,9 @@
 :class:`ImageGenerator` = AR backbone + prediction head + frozen tokenizer: class labels → images.
 ``generator.pt`` (written at the end of the generator stage) holds the resolved backbone and head
 configs, their weights, the grid / token-shuffle facts and the whole tokenizer file, so
-``python -m barlab.sample`` needs nothing else.
+``python -m barlab.sample`` needs nothing else. A generator of continuous tokens also stores
+``"token_type": "continuous"`` (absent: discrete), which rebuilds its backbone with the linear input
+projection; its images are decoded by the tokenizer's ``decode_tokens`` instead of ``decode_bits``.
 """
 
 from __future__ import annotations
@@ -31,13 +33,23 @@ def generate_images(sampler: ARSampler, tokenizer: nn.Module, grid: tuple[int, i
                     labels: torch.Tensor, guidance: float = 1.0, schedule: str = "linear", power: float = 1.0,
                     temperature: float = 1.0, generator: torch.Generator | None = None,
                     allocation=None) -> torch.Tensor:
-    """labels (B,) → images (B, C, H, W) in [-1, 1]: AR-sample bits, undo token shuffling, decode.
+    """labels (B,) → images (B, C, H, W) in [-1, 1]: AR-sample bits (or continuous tokens), undo token
+    shuffling, decode (``decode_bits``, or ``decode_tokens`` for continuous tokens).
 
     ``allocation``: the MBM head's unmasking allocation for this call (None: the head's own)."""
     steps = sampler.sample(labels, guidance=guidance, schedule=schedule, power=power,
                            temperature=temperature, generator=generator, allocation=allocation)
-    bits = unshuffle(steps, grid, token_shuffle)
-    return tokenizer.decode_bits(bits, grid).float().clamp(-1, 1)
+    return decode_steps(tokenizer, steps, grid, token_shuffle, getattr(sampler.backbone, "token_type", "discrete"))
+
+
+def decode_steps(tokenizer: nn.Module, steps: torch.Tensor, grid: tuple[int, int], token_shuffle: int,
+                 token_type: str = "discrete") -> torch.Tensor:
+    """AR steps (B, L', k·p²) → images (B, C, H, W) in [-1, 1]: undo token shuffling, then decode the
+    raster tokens: bits by ``decode_bits``, continuous tokens (``token_type="continuous"``) by ``decode_tokens``."""
+    tokens = unshuffle(steps, grid, token_shuffle)
+    if token_type == "continuous":
+        return tokenizer.decode_tokens(tokens, grid).float().clamp(-1, 1)
+    return tokenizer.decode_bits(tokens, grid).float().clamp(-1, 1)
 
 
 class ImageGenerator(nn.Module):
@@ -76,6 +88,12 @@ def plain(value):
     return value
 
 
+def token_type_entry(backbone: nn.Module) -> dict:
+    """``{"token_type": "continuous"}`` for a backbone of continuous tokens; {} for bits (the default)."""
+    kind = getattr(backbone, "token_type", "discrete")
+    return {} if kind == "discrete" else {"token_type": kind}
+
+
 def save_generator(path: str | Path, backbone_cfg, head_cfg, backbone: nn.Module, head: nn.Module,
                    tokenizer_file: str | Path, grid: tuple[int, int], token_shuffle: int, num_classes: int,
                    sampling: dict, extra: dict[str, Any] | None = None) -> Path:
@@ -93,6 +111,7 @@ def save_generator(path: str | Path, backbone_cfg, head_cfg, backbone: nn.Module
         "num_classes": int(num_classes),
         "bits_per_step": int(head.bits_per_step),
         "sampling": {k: v for k, v in plain(sampling).items() if k in SAMPLING_KEYS},
+        **token_type_entry(backbone),
         **(extra or {}),
     }
     return atomic_torch_save(payload, path)
@@ -122,7 +141,8 @@ def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -
     grid = tuple(payload["grid"])
     p = payload["token_shuffle"]
     backbone = instantiate(payload["backbone_config"], bits_per_step=payload["bits_per_step"],
-                           grid=(grid[0] // p, grid[1] // p), num_classes=payload["num_classes"])
+                           grid=(grid[0] // p, grid[1] // p), num_classes=payload["num_classes"],
+                           **({"token_type": payload["token_type"]} if "token_type" in payload else {}))
     head = instantiate(payload["head_config"], cond_dim=payload["backbone_config"]["cond_dim"],
                        bits_per_step=payload["bits_per_step"])
     try:

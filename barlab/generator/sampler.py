@@ -12,6 +12,9 @@ official sampler's ``tokens_allocation`` does; it must sum to the bits per AR st
 
 With ``use_kv_cache=False`` every step reruns the teacher-forced forward on the tokens so far
 (the rest zero; the causal mask makes them irrelevant). Both paths give the same bits.
+
+Continuous tokens (backbone and head ``token_type == "continuous"``): the head samples real vectors
+(B, c·p²) and the token buffer is fp32 whatever the model's dtype, so they are returned unrounded.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ class ARSampler:
         if head.cond_dim != backbone.cond_dim or head.bits_per_step != backbone.bits_per_step:
             raise ValueError(f"head (cond_dim={head.cond_dim}, bits={head.bits_per_step}) does not match backbone "
                              f"(cond_dim={backbone.cond_dim}, bits={backbone.bits_per_step})")
+        head_type = getattr(head, "token_type", "discrete")
+        backbone_type = getattr(backbone, "token_type", "discrete")
+        if head_type != backbone_type:
+            raise ValueError(f"head {type(head).__name__} models {head_type} tokens, the backbone {backbone_type} ones")
         self.backbone = backbone
         self.head = head
 
@@ -52,7 +59,7 @@ class ARSampler:
     def sample(self, labels: Tensor, guidance: float = 1.0, schedule: str = "linear", power: float = 1.0,
                temperature: float = 1.0, generator: torch.Generator | None = None,
                use_kv_cache: bool = True, allocation: Sequence[int] | None = None) -> Tensor:
-        """labels (B,) long -> bits (B, L, k') float {0,1} in raster order."""
+        """labels (B,) long -> bits (B, L, k') float {0,1} (continuous: real tokens) in raster order."""
         head_kwargs = {}
         alloc = sampling_allocation(self.head, allocation)
         if alloc is not None:
@@ -73,7 +80,8 @@ class ARSampler:
         cfg = float(guidance) != 1.0
         rows = torch.cat([labels, torch.full_like(labels, model.null_class)]) if cfg else labels
         param = model.out.weight
-        tokens = torch.zeros(rows.shape[0], length, k, device=param.device, dtype=param.dtype)
+        dtype = torch.float32 if getattr(model, "token_type", "discrete") == "continuous" else param.dtype
+        tokens = torch.zeros(rows.shape[0], length, k, device=param.device, dtype=dtype)
         cache = model.new_cache(rows.shape[0]) if use_kv_cache else None
         cond = model.prefill(rows, cache) if use_kv_cache else None
         for t in range(length):

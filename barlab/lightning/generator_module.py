@@ -10,6 +10,9 @@ One training step, written out:
 
 AdamW (decay / no-decay groups), warm-up + cosine, gradient clipping. The tokenizer is held
 frozen, only to decode sample grids.
+
+Continuous tokens (a continuous backbone and head): batches hold ``"tokens"`` (B, L, C) instead of
+``"bits"``; the same steps apply, token shuffling merging C·p² channels per AR step.
 """
 
 from __future__ import annotations
@@ -89,6 +92,11 @@ class GeneratorModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[IDENTITY_KEY] = self.checkpoint_identity()
 
+    @staticmethod
+    def batch_tokens(batch: dict) -> torch.Tensor:
+        """The batch's raster tokens (B, h·w, k): ``"bits"``, or ``"tokens"`` for continuous token shards."""
+        return batch["tokens"] if "tokens" in batch else batch["bits"]
+
     def to_steps(self, bits: torch.Tensor) -> torch.Tensor:
         """(B, h·w, k) raster token bits → (B, L', k·p²) AR steps."""
         return shuffle(bits, self.grid, self.p)
@@ -107,14 +115,14 @@ class GeneratorModule(L.LightningModule):
                                generator=generator, allocation=opts.get("allocation"))
 
     def _loss(self, batch: dict, order: torch.Tensor | None, labels: torch.Tensor):
-        bits = self.to_steps(batch["bits"])
+        bits = self.to_steps(self.batch_tokens(batch))
         cond = self.backbone(bits, labels, order)                                      # (B, L', C)
         targets = bits if order is None else bits.gather(1, order[..., None].expand_as(bits))
         return self.head.loss(rearrange(cond, "b l c -> (b l) c"), rearrange(targets, "b l k -> (b l) k"))
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        bits = batch["bits"]
+        bits = self.batch_tokens(batch)
         batch_size, steps = bits.shape[0], self.backbone.seq_len
         ratio = random_ratio(self.global_step, self.total_steps(), self.rar_start, self.rar_end)
         order = sample_orders(batch_size, steps, ratio, device=bits.device)
@@ -132,7 +140,7 @@ class GeneratorModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self._loss(batch, None, batch["label"])
-        n = batch["bits"].shape[0]
+        n = self.batch_tokens(batch).shape[0]
         self.log("val/loss", out.loss, on_epoch=True, sync_dist=True, prog_bar=True, batch_size=n)
         self.log("val/bit_accuracy", out.bit_accuracy, on_epoch=True, sync_dist=True, batch_size=n)
 

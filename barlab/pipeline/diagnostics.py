@@ -14,6 +14,8 @@ and returns them flat, ready for the loggers and ``results.json`` (a sweep table
                                    steps are generated and the rest copied from a real image of that class
 =================================  ========================================================================
 
+A generator of continuous tokens (``head=diffusion``) has no bits: it gets the splice only.
+
 ``diagnostics.enabled=false`` turns them off; ``diagnostics.sequences`` and ``diagnostics.splice_samples``
 size them. Splicing needs a classifier with the dataset's classes (``metrics.backend=classifier``).
 """
@@ -39,8 +41,9 @@ from barlab.generator.diagnostics import (
     unmasking_step_accuracy,
 )
 from barlab.generator.heads import Head
+from barlab.generator.image_generator import decode_steps
 from barlab.generator.sampler import ARSampler
-from barlab.generator.token_shuffle import shuffle, unshuffle
+from barlab.generator.token_shuffle import shuffle
 from barlab.utils.image_grid import float_to_uint8
 
 log = logging.getLogger("barlab")
@@ -50,11 +53,11 @@ Classify = Callable[[torch.Tensor], torch.Tensor]
 
 
 def take_sequences(batches: Iterable[dict], count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``count`` sequences of token batches ``{"bits": (B, h·w, k), "label": (B,)}``
-    -> (bits (n, h·w, k) float, labels (n,) long), n <= count."""
+    """The first ``count`` sequences of token batches ``{"bits": (B, h·w, k), "label": (B,)}`` (continuous
+    token shards: ``"tokens"``) -> (tokens (n, h·w, k) float, labels (n,) long), n <= count."""
     bits, labels, have = [], [], 0
     for batch in batches:
-        bits.append(batch["bits"].float())
+        bits.append(batch["tokens" if "tokens" in batch else "bits"].float())
         labels.append(batch["label"].long())
         have += bits[-1].shape[0]
         if have >= count:
@@ -87,6 +90,21 @@ def diagnose(backbone: ARBackbone, head: Head, tokenizer: nn.Module, grid: tuple
         cond.append(teacher_forced(backbone, steps[lo:lo + batch_size], labels[lo:lo + batch_size].to(device)))
         uncond.append(teacher_forced(backbone, steps[lo:lo + batch_size], null[lo:lo + batch_size]))
     cond, uncond = torch.cat(cond), torch.cat(uncond)
+    out: dict[str, Any] = {} if head.token_type == "continuous" else bit_diagnostics(
+        head, cond, uncond, targets, n, length, sampling, gen, device)
+    if classify is not None and splice_samples > 0:
+        out.update(splice_class_accuracy(ARSampler(backbone, head), tokenizer, grid, token_shuffle, sampling,
+                                         steps[:splice_samples], labels[:splice_samples].to(device), classify,
+                                         max_splice_points, gen, batch_size))
+    out["diag_sequences"] = n
+    out["diag_time_s"] = round(time.time() - start, 1)
+    return out
+
+
+def bit_diagnostics(head: Head, cond: torch.Tensor, uncond: torch.Tensor, targets: torch.Tensor, n: int, length: int,
+                    sampling: dict[str, Any], gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """The first step's bit accuracy (true and null label) and the accuracy per unmasking step, on the
+    teacher-forced conditions cond/uncond (n·L, C) of the true bits targets (n·L, k')."""
     out: dict[str, Any] = {
         "diag_first_step_acc_label": first_step_accuracy(head, cond, targets, generator=gen),
         "diag_first_step_acc_null": first_step_accuracy(head, uncond, targets, generator=gen),
@@ -100,12 +118,6 @@ def diagnose(backbone: ARBackbone, head: Head, tokenizer: nn.Module, grid: tuple
         out[f"diag_unmask_step{s}_acc"] = acc
         out[f"diag_unmask_step{s}_bits"] = unmask["step_bits"][s]
     out["diag_sampled_bit_acc"] = unmask["accuracy"]
-    if classify is not None and splice_samples > 0:
-        out.update(splice_class_accuracy(ARSampler(backbone, head), tokenizer, grid, token_shuffle, sampling,
-                                         steps[:splice_samples], labels[:splice_samples].to(device), classify,
-                                         max_splice_points, gen, batch_size))
-    out["diag_sequences"] = n
-    out["diag_time_s"] = round(time.time() - start, 1)
     return out
 
 
@@ -128,8 +140,8 @@ def splice_class_accuracy(sampler: ARSampler, tokenizer: nn.Module, grid: tuple[
         mixed = splice(generated, real_steps.to(generated.dtype), j)
         right = 0
         for lo in range(0, labels.shape[0], batch_size):
-            raster = unshuffle(mixed[lo:lo + batch_size], grid, token_shuffle)
-            images = tokenizer.decode_bits(raster, grid).float().clamp(-1, 1)
+            images = decode_steps(tokenizer, mixed[lo:lo + batch_size], grid, token_shuffle,
+                                  getattr(sampler.backbone, "token_type", "discrete"))
             right += int((classify(float_to_uint8(images.cpu())).to(labels.device) == labels[lo:lo + batch_size]).sum())
         out[f"diag_splice{j}_class_acc"] = right / labels.shape[0]
     return out
@@ -170,8 +182,9 @@ def run_diagnostics(cfg: DictConfig, backbone: ARBackbone, head: Head, tokenizer
         head.train(was[1])
     out["diagnostics_label"] = (f"teacher-forced on {out['diag_sequences']} validation sequences; splice on "
                                 f"{min(splice_samples, out['diag_sequences'])}; {label}")
-    log.info("diagnostics: first-step bit accuracy %.3f (label), %.3f (null); unmasking steps %s; splice %s",
-             out["diag_first_step_acc_label"], out["diag_first_step_acc_null"],
+    log.info("diagnostics: first-step bit accuracy %s (label), %s (null); unmasking steps %s; splice %s",
+             *(round(out[k], 3) if k in out else "n/a"
+               for k in ("diag_first_step_acc_label", "diag_first_step_acc_null")),
              [round(v, 3) for k, v in out.items() if k.startswith("diag_unmask") and k.endswith("_acc")],
              {k[len("diag_splice"):-len("_class_acc")]: round(v, 3) for k, v in out.items()
               if k.startswith("diag_splice")})

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from barlab.config.instantiate import instantiate_checked, knob_names
 from barlab.data.pretokenize import PretokenizeLimits, pretokenize
 from barlab.data.token_datamodule import TokenShardDataModule
-from barlab.data.token_shards import read_token_manifest
+from barlab.data.token_shards import CONTINUOUS, read_token_manifest, token_type
 from barlab.errors import ConfigError
 from barlab.generator.image_generator import save_generator
 from barlab.generator.token_shuffle import check_shuffle
@@ -133,18 +133,20 @@ GIVEN_KNOBS = {"p": "generator.token_shuffle", "bits_per_step": "tokenizer.bits"
 
 
 def build_backbone_and_head(cfg: DictConfig, bits_per_token: int, grid: tuple[int, int], num_classes: int,
-                            **head_kwargs):
+                            token_type: str = "discrete", **head_kwargs):
     """``(backbone, head)`` of ``cfg.generator.backbone`` and ``cfg.head`` over a token grid (h, w) of
     ``bits_per_token``-bit tokens, with ``generator.token_shuffle`` applied (a p that does not divide the
     grid is refused here, in one line). Built on the current default device: the config check builds
-    them on ``meta``."""
+    them on ``meta``. ``token_type="continuous"``: tokens of ``bits_per_token`` real channels (C) instead,
+    and a backbone with the linear input projection."""
     gen = cfg.generator
     p = gen.token_shuffle
     with knob_names(GIVEN_KNOBS):
         ar_grid = check_shuffle(grid, p)
         bits_per_step = bits_per_token * p * p
+        backbone_kwargs = {} if token_type == "discrete" else {"token_type": token_type}
         backbone = instantiate_checked(gen.backbone, "generator.backbone", bits_per_step=bits_per_step,
-                                       grid=ar_grid, num_classes=num_classes)
+                                       grid=ar_grid, num_classes=num_classes, **backbone_kwargs)
         head = instantiate_checked(cfg.head, "head", cond_dim=gen.backbone.cond_dim, bits_per_step=bits_per_step,
                                    **head_kwargs)
     return backbone, head
@@ -154,7 +156,11 @@ def build_generator_module(cfg: DictConfig, tokenizer, info: dict, num_classes: 
     """The LightningModule for ``cfg.generator`` + ``cfg.head`` over ``tokenizer``'s token grid."""
     gen = cfg.generator
     grid = tuple(info["grid"])
-    backbone, head = build_backbone_and_head(cfg, info["bits_per_token"], grid, num_classes)
+    if tokenizer.is_discrete:
+        backbone, head = build_backbone_and_head(cfg, info["bits_per_token"], grid, num_classes)
+    else:  # continuous tokens: C channels per token
+        backbone, head = build_backbone_and_head(cfg, int(tokenizer.quantizer.channels), grid, num_classes,
+                                                 token_type="continuous")
     return GeneratorModule(
         backbone=backbone, head=head, tokenizer=tokenizer, grid=grid, token_shuffle=gen.token_shuffle,
         label_drop=gen.label_drop, rar_start=gen.rar.start, rar_end=gen.rar.end, sampling=sampling_settings(cfg),
@@ -162,14 +168,45 @@ def build_generator_module(cfg: DictConfig, tokenizer, info: dict, num_classes: 
     )
 
 
+def head_token_type(cfg: DictConfig) -> str:
+    """What the ``head`` option models, read from its class without building it: ``"discrete"`` (bits)
+    or ``"continuous"`` (the ``token_type`` class attribute of :class:`barlab.generator.heads.Head`)."""
+    from hydra.utils import get_class
+
+    target = cfg.head.get("_target_") if cfg.get("head") is not None else None
+    if not target:
+        return "discrete"
+    try:
+        return str(getattr(get_class(target), "token_type", "discrete"))
+    except (ImportError, ValueError):  # an unknown class is reported where the head is built
+        return "discrete"
+
+
+def check_token_types(tokenizer, head_type: str, where: str) -> None:
+    """Refuse, in one line naming the knob and the fix, a head that models the other kind of token than
+    ``tokenizer`` gives (bits vs continuous latents), and a continuous tokenizer file without its latent scale."""
+    quantizer = type(tokenizer.quantizer).__name__
+    if tokenizer.is_discrete and head_type == "continuous":
+        raise ConfigError("tokenizer/quantizer", f"the head models continuous tokens but the tokenizer in {where} "
+                          f"({quantizer}) gives bits", fix="tokenizer/quantizer=kl, or a discrete head")
+    if not tokenizer.is_discrete and head_type != "continuous":
+        raise ConfigError("head", f"the tokenizer in {where} ({quantizer}) gives continuous tokens, which a bit "
+                          "head cannot model", fix="head=diffusion, or a discrete tokenizer/quantizer")
+    if not tokenizer.is_discrete and tokenizer.latent_scale is None:
+        raise ConfigError("tokenizer_ckpt", f"{where} holds a continuous tokenizer without its latent_scale",
+                          fix="export the tokenizer again with `python -m barlab.train stage=tokenizer`")
+
+
 def load_generator_tokenizer(cfg: DictConfig, trained: Path | None) -> tuple[Path, Any, dict]:
-    """``(tokenizer file, tokenizer, its info)`` of the tokenizer the generator models; refused
-    unless it is discrete (bits to predict)."""
+    """``(tokenizer file, tokenizer, its info)`` of the tokenizer the generator models: a discrete one
+    (bits) for a discrete head, a continuous one (KL latents, with its ``latent_scale``) for a continuous
+    head (``token_type = "continuous"``); a mismatch is refused (:func:`check_token_types`)."""
     tokenizer_file = tokenizer_path(cfg, trained)
     tokenizer, info = load_tokenizer(tokenizer_file)
-    if not info.get("is_discrete", True) or tokenizer.quantizer.bits_per_token < 1:
-        raise ConfigError("tokenizer/quantizer", "the generator needs a discrete tokenizer (binary_fsq or fsq)",
+    if info.get("is_discrete", True) and tokenizer.is_discrete and tokenizer.quantizer.bits_per_token < 1:
+        raise ConfigError("tokenizer/quantizer", "the generator needs tokens of at least one bit",
                           fix="tokenizer/quantizer=binary_fsq")
+    check_token_types(tokenizer, head_token_type(cfg), str(tokenizer_file))
     return tokenizer_file, tokenizer, info
 
 
@@ -182,9 +219,12 @@ def token_data(cfg: DictConfig, tokenizer, info: dict,
     manifest = token_shards_for(cfg, tokenizer, info, shared or tokens_dir)
     if shared is not None and is_rank_zero():
         link_folder(shared, tokens_dir)
-    if manifest["bits"] != info["bits_per_token"] or list(manifest["grid"]) != list(info["grid"]):
+    wanted_type = "discrete" if tokenizer.is_discrete else CONTINUOUS
+    if (manifest["bits"] != info["bits_per_token"] or list(manifest["grid"]) != list(info["grid"])
+            or token_type(manifest) != wanted_type):
         raise ConfigError("generator.data.shards_dir", f"token shards in {tokens_dir} were made by another tokenizer "
-                          f"({manifest['bits']} bits, grid {manifest['grid']})", fix="point it to a new folder")
+                          f"({manifest['bits']} bits, grid {manifest['grid']}, {token_type(manifest)} tokens)",
+                          fix="point it to a new folder")
     with knob_names({name: f"generator.data.{name}" for name in ("shards_dir", "max_val_samples")}):
         datamodule = TokenShardDataModule(str(shared or tokens_dir), batch_size=cfg.generator.data.batch_size,
                                           num_workers=cfg.generator.data.num_workers,

@@ -17,7 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from barlab.config.instantiate import knob_names
 from barlab.errors import ConfigError
 from barlab.generator.heads import LinearHead, MBMHead
-from barlab.pipeline.generator_stage import build_backbone_and_head, pretokenize_limits, tokenizer_path
+from barlab.pipeline.generator_stage import (
+    build_backbone_and_head,
+    head_token_type,
+    pretokenize_limits,
+    tokenizer_path,
+)
 from barlab.runtime.distributed import check_global_batches
 from barlab.tokenizer.pretrained import PRETRAINED_DOWNLOADS
 from barlab.tokenizer.quantizers import FSQ, BinaryFSQ, KLLatent
@@ -155,9 +160,13 @@ def check_generator(cfg: DictConfig) -> None:
     p = check_int(gen.get("token_shuffle"), "generator.token_shuffle", fix="generator.token_shuffle=1")
     check_int(gen.data.get("batch_size"), "generator.data.batch_size", fix="generator.data.batch_size=64")
     pretokenize_limits(cfg)
-    if is_a(cfg.tokenizer.quantizer, "tokenizer.quantizer", KLLatent) and cfg.stage == "all":
-        raise ConfigError("tokenizer/quantizer", "the generator needs a discrete tokenizer, not a KL latent",
-                          fix="tokenizer/quantizer=binary_fsq, or stage=tokenizer")
+    continuous_head = head_token_type(cfg) == "continuous"
+    if cfg.stage == "all" and is_a(cfg.tokenizer.quantizer, "tokenizer.quantizer", KLLatent) != continuous_head:
+        if continuous_head:
+            raise ConfigError("tokenizer/quantizer", "the head models continuous tokens, and this tokenizer gives bits",
+                              fix="tokenizer/quantizer=kl, or a discrete head")
+        raise ConfigError("head", "a KL tokenizer gives continuous tokens, which a bit head cannot model",
+                          fix="head=diffusion, or tokenizer/quantizer=binary_fsq")
     if cfg.stage == "generator":
         tokenizer_path(cfg, trained=None)  # refuses stage=generator without tokenizer_ckpt
     sampling = cfg.sampling
@@ -183,14 +192,16 @@ def check_generator(cfg: DictConfig) -> None:
 
             with knob_names(allocation="sampling.allocation"):
                 check_allocation(allocation, facts[0] * p * p)
-        build_generator_on_meta(cfg, *facts, p)
+        build_generator_on_meta(cfg, *facts, p, token_type="continuous" if continuous_head else "discrete")
 
 
 def token_facts(cfg: DictConfig) -> tuple[int, tuple[int, int]] | None:
     """``(bits per token, token grid)`` the generator will see, known before anything trains, else None.
+    For continuous tokens (a KL latent), the channels per token instead of the bits.
 
     stage=all: from the tokenizer config (binary FSQ: ``tokenizer.bits``; FSQ:
-    ``ceil(log2(prod(levels)))``; grid ``data.image_size / tokenizer.encoder.downsample``).
+    ``ceil(log2(prod(levels)))``; KL: ``tokenizer.quantizer.channels``; grid
+    ``data.image_size / tokenizer.encoder.downsample``).
     stage=generator: from the ``tokenizer_ckpt`` file (a wrong or broken file fails here, in one line).
     """
     if cfg.stage == "generator":
@@ -198,21 +209,25 @@ def token_facts(cfg: DictConfig) -> tuple[int, tuple[int, int]] | None:
 
         tokenizer, info = load_tokenizer(cfg.tokenizer_ckpt)
         if not info.get("is_discrete", True) or tokenizer.quantizer.bits_per_token < 1:
-            return None  # refused with its own message by the generator stage
+            return None  # refused or checked with its own message by the generator stage
         return int(info["bits_per_token"]), tuple(int(g) for g in info["grid"])
     side = cfg.data.image_size // encoder_factor(cfg.tokenizer)  # both checked in check_config
     if is_a(cfg.tokenizer.quantizer, "tokenizer.quantizer", BinaryFSQ):
         return int(cfg.tokenizer.bits), (side, side)
     if is_a(cfg.tokenizer.quantizer, "tokenizer.quantizer", FSQ):
         return (math.prod(int(level) for level in cfg.tokenizer.quantizer.levels) - 1).bit_length(), (side, side)
+    if is_a(cfg.tokenizer.quantizer, "tokenizer.quantizer", KLLatent):
+        return int(cfg.tokenizer.quantizer.channels), (side, side)
     return None
 
 
-def build_generator_on_meta(cfg: DictConfig, bits: int, grid: tuple[int, int], p: int) -> None:
+def build_generator_on_meta(cfg: DictConfig, bits: int, grid: tuple[int, int], p: int,
+                            token_type: str = "discrete") -> None:
     """Build the backbone and the head from the config on the meta device (no memory, no time), so a
     bad generator or head knob fails now with a one-line ConfigError instead of after the tokenizer.
 
-    bits: bits per token; grid: the tokenizer's token grid (h, w); p: ``generator.token_shuffle``.
+    bits: bits per token (continuous: channels); grid: the tokenizer's token grid (h, w); p:
+    ``generator.token_shuffle``; token_type: ``discrete`` or ``continuous``.
     The head's size guard (``head.max_memory_gb`` of the linear head) runs in its constructor; the
     linear head is given the tokens one process trains on per step (``generator.data.batch_size`` x
     AR steps) unless ``head.batch_tokens`` is set.
@@ -225,4 +240,4 @@ def build_generator_on_meta(cfg: DictConfig, bits: int, grid: tuple[int, int], p
     if is_a(cfg.head, "head", LinearHead) and cfg.head.get("batch_tokens") is None:
         extra["batch_tokens"] = int(cfg.generator.data.batch_size) * (grid[0] // p) * (grid[1] // p)
     with torch.device("meta"):
-        build_backbone_and_head(cfg, bits, grid, int(num_classes or 10), **extra)
+        build_backbone_and_head(cfg, bits, grid, int(num_classes or 10), token_type=token_type, **extra)

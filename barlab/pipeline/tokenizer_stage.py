@@ -34,6 +34,24 @@ from barlab.runtime.run_state import RunState, stream_seed
 from barlab.tokenizer.checkpoint import TOKENIZER_KNOBS, build_tokenizer, load_tokenizer, save_tokenizer
 
 log = logging.getLogger("barlab")
+LATENT_SCALE_IMAGES = 1024  # default of ``tokenizer.latent_scale_images``
+
+
+def continuous_latent_scale(cfg: DictConfig, datamodule, state: dict, device) -> dict:
+    """``{"latent_scale": s}`` for a continuous tokenizer, {} for a discrete one: s = 1/std of the posterior
+    means of the first ``tokenizer.latent_scale_images`` training images (deterministic, unaugmented pass),
+    with the exported (EMA) weights ``state``."""
+    tokenizer = build_tokenizer(cfg.tokenizer)
+    if tokenizer.is_discrete:
+        return {}
+    tokenizer.load_state_dict(state)
+    tokenizer.to(device).eval()
+    count = int(cfg.tokenizer.get("latent_scale_images") or LATENT_SCALE_IMAGES)
+    batches = (batch["image"] for batch in datamodule.eval_dataset("train", count))
+    with knob_names(latent_scale="tokenizer.latent_scale_images"):
+        scale = tokenizer.estimate_latent_scale(batches, max_images=count)
+    log.info("tokenizer: latent scale %.6g (1/std of the latents of %d training images)", scale, count)
+    return {"latent_scale": scale}
 
 
 def build_tokenizer_module(cfg: DictConfig) -> TokenizerModule:
@@ -119,7 +137,8 @@ def run_tokenizer_stage(cfg: DictConfig, state: RunState) -> TokenizerResult:
         save_tokenizer(tokenizer_path, cfg.tokenizer, state, image_size=cfg.data.image_size,
                        channels=cfg.data.channels,
                        extra={"grid": list(grid), "bits_per_token": quantizer.bits_per_token,
-                              "is_discrete": quantizer.is_discrete, "ema": ema is not None})
+                              "is_discrete": quantizer.is_discrete, "ema": ema is not None,
+                              **continuous_latent_scale(cfg, datamodule, state, module.device)})
     trainer.strategy.barrier("tokenizer.pt")
     grid_cb = next((c for c in trainer.callbacks if isinstance(c, ReconstructionGrid)), None)
 

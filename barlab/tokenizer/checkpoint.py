@@ -2,6 +2,9 @@
 
 The file holds the tokenizer's Hydra config (so it can be rebuilt without the run's YAML), the
 EMA weights, and the facts downstream stages need: image size, channels, grid and bits per token.
+A continuous tokenizer's file also holds ``latent_scale`` (1/std of its posterior means over training
+images, the factor its generator tokens are scaled by); a continuous file written without it still
+loads, with ``latent_scale`` None, and encoding or decoding continuous tokens with it is refused.
 """
 
 from __future__ import annotations
@@ -79,5 +82,7 @@ def tokenizer_from_payload(payload: Any, where: str):
         reason = str(err).strip().splitlines()[-1].strip() if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{where}: its tokenizer weights do not match its own config ({reason})") from None
     tokenizer.eval()
+    if payload.get("latent_scale") is not None:
+        tokenizer.latent_scale = float(payload["latent_scale"])
     info = {k: v for k, v in payload.items() if k not in ("state_dict",)}
     return tokenizer, info

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import torch
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -34,7 +37,15 @@ class Tokenizer(nn.Module):
 
     Errors name the argument: ``latent_channels`` (the width encoder, quantizer and decoder must
     share), ``upsample`` (the decoder's factor), ``image_size``, ``grid``, ``quantizer``.
+
+    Continuous tokens (a continuous quantizer, e.g. ``KLLatent``): the generator models the posterior
+    mean times ``latent_scale`` (LDM-style, 1/std of the means over training images, see
+    :meth:`estimate_latent_scale`), as a (B, L, C) sequence (:meth:`encode_tokens`, :meth:`decode_tokens`).
+    ``latent_scale`` is a plain attribute (not in the state dict): ``tokenizer.pt`` stores it beside the
+    weights; None until estimated or loaded.
     """
+
+    latent_scale: float | None = None
 
     def __init__(self, encoder: nn.Module, quantizer: Quantizer, decoder: nn.Module):
         super().__init__()
@@ -145,3 +156,63 @@ class Tokenizer(nn.Module):
             )
         latent = self.quantizer.decode_bits(rearrange(bits, "b (h w) k -> b h w k", h=h, w=w))
         return self.decode(latent)
+
+    # ------------------------------------------------------------ continuous tokens
+    def _check_continuous(self) -> None:
+        if self.is_discrete:
+            raise ConfigError("quantizer", f"{type(self.quantizer).__name__} is discrete; its tokens are bits",
+                              fix="encode_bits / decode_bits, or quantizer=kl for continuous tokens")
+
+    def checked_latent_scale(self) -> float:
+        """``latent_scale``; refused in one line when a continuous tokenizer has none."""
+        if self.latent_scale is None:
+            raise ConfigError("latent_scale", "this continuous tokenizer has no latent scale (a tokenizer.pt "
+                              "written before it was stored)", fix="export the tokenizer again with "
+                              "`python -m barlab.train stage=tokenizer` (it estimates and stores latent_scale)")
+        return float(self.latent_scale)
+
+    @torch.no_grad()
+    def encode_mean(self, x: Tensor) -> Tensor:
+        """x (B, C, H, W) -> unscaled posterior mean (B, C_lat, h, w) fp32 (continuous tokenizers)."""
+        self._check_continuous()
+        self.grid_size(tuple(x.shape[-2:]))
+        return self.quantizer.encode_mean(self.encoder(x))
+
+    @torch.no_grad()
+    def estimate_latent_scale(self, images: Iterable[Tensor], max_images: int | None = None) -> float:
+        """1 / std of the posterior means (over every value) of ``images`` (an iterable of (B, C, H, W)
+        batches in [-1, 1], at most ``max_images`` of them); sets and returns ``latent_scale``."""
+        means, seen = [], 0
+        for batch in images:
+            if max_images is not None:
+                batch = batch[:max_images - seen]
+            means.append(self.encode_mean(batch.to(next(self.parameters()).device)).double().flatten().cpu())
+            seen += batch.shape[0]
+            if max_images is not None and seen >= max_images:
+                break
+        values = torch.cat(means) if means else torch.zeros(0, dtype=torch.float64)
+        if values.numel() < 2 or not float(values.std()) > 0:
+            raise ConfigError("latent_scale", f"cannot estimate it from {seen} image(s) (no spread in the latents)",
+                              fix="estimate it on more training images")
+        self.latent_scale = float(1.0 / values.std())
+        return self.latent_scale
+
+    @torch.no_grad()
+    def encode_tokens(self, x: Tensor) -> Tensor:
+        """x (B, C, H, W) -> continuous tokens (B, L, C_lat) fp32 = posterior mean * latent_scale, raster order."""
+        mean = self.encode_mean(x) * self.checked_latent_scale()
+        return rearrange(mean, "b c h w -> b (h w) c")
+
+    def decode_tokens(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Continuous tokens (B, L, C_lat), raster order, L = h * w -> images (B, C, h*f, w*f): the tokens
+        divided by ``latent_scale`` go through the quantizer's output projection and the decoder."""
+        self._check_continuous()
+        h, w = int(grid[0]), int(grid[1])
+        if tokens.ndim != 3 or tokens.shape[1] != h * w:
+            raise ConfigError(
+                "grid",
+                f"decode_tokens got tokens of shape {tuple(tokens.shape)}, expected (B, {h * w}, C) for a {h}x{w} grid",
+                fix="generate with the grid of the tokenizer's image size",
+            )
+        mean = rearrange(tokens.float() / self.checked_latent_scale(), "b (h w) c -> b c h w", h=h, w=w)
+        return self.decode(self.quantizer.decode_mean(mean))

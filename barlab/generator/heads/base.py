@@ -115,6 +115,9 @@ class Head(nn.Module):
     bits_per_step: int
     cond_dim: int
     fuse_cfg: bool = True
+    # what the head models: "discrete" bits, or "continuous" tokens (real vectors of bits_per_step
+    # channels); the generator stage pairs a continuous head only with a continuous tokenizer
+    token_type: str = "discrete"
 
     def __init__(self, cond_dim: int, bits_per_step: int):
         super().__init__()

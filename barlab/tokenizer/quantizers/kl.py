@@ -76,3 +76,12 @@ class KLLatent(Quantizer):
             loss=self.kl_weight * kl,
             metrics={"kl": kl.detach()},
         )
+
+    def encode_mean(self, z: Tensor) -> Tensor:
+        """z (B, D, h, w) -> posterior mean (B, C, h, w) fp32: the latent the AR generator models."""
+        mean, _ = self.proj_in(z).float().chunk(2, dim=1)
+        return mean
+
+    def decode_mean(self, mean: Tensor) -> Tensor:
+        """Posterior mean (or a generated latent) (B, C, h, w) -> decoder input (B, D_out, h, w), as in eval."""
+        return self.proj_out(mean.to(self.proj_out.weight.dtype))

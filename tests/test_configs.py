@@ -13,6 +13,7 @@ from barlab.errors import ConfigError
 from barlab.pipeline.preflight import check_config, encoder_factor
 
 GROUPS = ["data", "tokenizer", "tokenizer/quantizer", "generator", "head", "trainer", "logger", "callbacks", "ablation",
+          "token_head",
           "experiment", "metrics"]
 
 

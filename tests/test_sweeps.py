@@ -210,3 +210,32 @@ def test_mbm_ablation_study_in_two_parts_table_figure_and_notebook(tmp_path):
     assert (parts[0] / "mbm_ablations.png").stat().st_size > 10_000
     text = execute_notebook("mbm_ablations.ipynb", os.pathsep.join(map(str, parts)))
     assert "2 folder(s): 3 jobs" in text and "mbm_full_mask_10" in text and "diag_first_step_acc_null" in text
+
+
+@pytest.mark.slow
+def test_generation_budget_study_matches_bits_and_reports_speed(tmp_path):
+    sweep = tmp_path / "gb"
+    proc = run_module("barlab.train", "-m", "-cd", str(SWEEPS), "-cn", "generation_budget", "experiment=smoke",
+                      "token_head=fsq_bitwise,kl_diffusion", "channels_per_token=1", "diagnostics.splice_samples=0",
+                      f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = {read_json(p)["overrides"]["token_head"]: read_json(p) for p in sweep.glob("*/results.json")}
+    assert sorted(jobs) == ["fsq_bitwise", "kl_diffusion"]
+    assert {j["bits_per_image"] for j in jobs.values()} == {16 * 16}      # 16 tokens x (16 bits | 1 channel x 16)
+    assert jobs["fsq_bitwise"]["family"] == "discrete" and jobs["kl_diffusion"]["family"] == "continuous"
+    assert jobs["kl_diffusion"]["head"] == "DiffusionHead" and jobs["fsq_bitwise"]["head"] == "BitwiseHead"
+    assert all(j["sampling_images_per_s"] > 0 and j["generator_train_time_s"] > 0 for j in jobs.values())
+    job = next(p.parent for p in sweep.glob("*/results.json")
+               if read_json(p)["overrides"]["token_head"] == "kl_diffusion")
+    proc = call_main("barlab.sample", "-m", f"ckpt={job}", "score=true", "per_class=2", "png=false",
+                     "data=synthetic", "data.image_size=16", "sampling.guidance=1,3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = call_main("barlab.analysis", str(sweep), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = pd.read_csv(sweep / "generation_budget.csv")
+    assert table["token_head"].tolist() == ["fsq_bitwise", "kl_diffusion"]
+    grid = pd.read_csv(sweep / "sampling_grid.csv")
+    assert table.loc[1, "best_fid"] == pytest.approx(grid["fid"].min()) and pd.isna(table.loc[0, "best_fid"])
+    assert (sweep / "generation_budget.png").stat().st_size > 10_000
+    text = execute_notebook("generation_budget.ipynb", sweep)
+    assert "1 folder(s): 2 jobs" in text and "kl_diffusion" in text

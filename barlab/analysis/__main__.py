@@ -2,7 +2,8 @@
 
 Writes ``<out>/results.csv`` (one row per job: failed, refused and missing jobs included, with
 their reason) and, when the columns are there, ``bit_budget.png`` (tokenizer sweeps) and
-``heads.png`` (head sweeps), or ``mbm_ablations.csv`` and ``mbm_ablations.png`` (study 4's sweeps).
+``heads.png`` (head sweeps), or ``mbm_ablations.csv`` and ``mbm_ablations.png`` (study 4), or
+``generation_budget.csv`` and ``generation_budget.png`` (study 3).
 Sampling grids under the folder (``python -m barlab.sample -m ... score=true``) add ``sampling_grid.csv``,
 ``sampling_grid_best.csv`` (each generator's best point by FID) and ``sampling_grid.png``; a grid folder
 alone gives only those. ``--out`` defaults to the folder.
@@ -16,11 +17,12 @@ from pathlib import Path
 
 from barlab.analysis.ablations import ablation_table, plot_ablations
 from barlab.analysis.collect import load_sweep
+from barlab.analysis.generation_budget import budget_table, plot_generation_budget
 from barlab.analysis.grid import best_points, load_grid
 from barlab.analysis.plots import plot_bit_budget, plot_heads, plot_sampling_grid
 
 SHOWN = ["quantizer", "bits_per_image", "params_head", "psnr", "ssim", "rfid", "gfid", "class_accuracy", "precision",
-         "recall", "generator_train_time_s", "sampling_time_s", "wall_time_s", "reason"]
+         "recall", "generator_train_time_s", "sampling_time_s", "sampling_images_per_s", "wall_time_s", "reason"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
             and "head" not in frame:
         plot_bit_budget(frame, out / "bit_budget.png")
         written.append(out / "bit_budget.png")
-    if "ablation" in frame:
+    if "token_head" in frame:
+        table = budget_table(frame, grid)
+        table.to_csv(out / "generation_budget.csv", index=False)
+        plot_generation_budget(table, out / "generation_budget.png")
+        written += [out / "generation_budget.csv", out / "generation_budget.png"]
+    elif "ablation" in frame:
         table = ablation_table(frame, grid)
         table.to_csv(out / "mbm_ablations.csv", index=False)
         plot_ablations(table, out / "mbm_ablations.png")

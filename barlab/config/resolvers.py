@@ -1,5 +1,6 @@
 """barlab's OmegaConf resolvers, registered by :func:`register_resolvers` (idempotent).
 
+- ``${barlab.floordiv:a,b}`` and ``${barlab.mul:a,b}``: integer arithmetic for derived sizes.
 - ``${barlab.cwd:}``: the launch folder, for ``paths.root_dir``. Hydra's own
   ``${hydra:runtime.cwd}`` is not set yet when a sweeper resolves ``hydra.sweep.dir``, and
   ``oc.env`` resolves its default even when the variable is set.
@@ -46,8 +47,14 @@ def floordiv(a: Any, b: Any) -> int:
     return int(a) // int(b)
 
 
+def multiply(a: Any, b: Any) -> int:
+    """``a * b`` of two integers (bits per token of c channels at 16 bits: ``${barlab.mul:16,${c}}``)."""
+    return int(a) * int(b)
+
+
 RESOLVERS = {
     "barlab.floordiv": floordiv,
+    "barlab.mul": multiply,
     "barlab.cwd": os.getcwd,
     "barlab.generator_folder": generator_folder,
     "barlab.gpus_per_node": gpus_per_node,

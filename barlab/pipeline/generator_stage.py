@@ -331,6 +331,8 @@ def run_generator_stage(cfg: DictConfig, state: RunState, trained_tokenizer: Pat
         "resumed_from_step": resumed_from,
         "train_time_s": train_time_s,                # fit + final validation, this attempt
         "sampling_time_s": scores.get("sampling_s"),  # the scored class-balanced samples
+        "sampling_images_per_s": (round(scores["num_samples"] / scores["sampling_s"], 2)
+                                  if scores.get("sampling_s") and scores.get("num_samples") else None),
         "sampling": sampling_settings(cfg),
         **(headline("g", scores) if scores else {}),
         "gfid_eval": scores or None,

@@ -84,6 +84,7 @@ class GeneratorResult(TypedDict, total=False):
     resumed_from_step: int | None
     train_time_s: float
     sampling_time_s: float | None
+    sampling_images_per_s: float | None  # the scored samples over sampling_time_s
     sampling: dict[str, Any]
     gfid: float                    # + kid, precision, recall, inception_score, class_accuracy, metrics_*
     gfid_eval: dict[str, Any] | None
@@ -99,7 +100,8 @@ TOKENIZER_SUMMARY = ("quantizer", "family", "bits_per_token", "grid", "bits_per_
 collide with the generator's: they stay under ``tokenizer``)."""
 GENERATOR_SUMMARY = {"train_loss": "generator_train_loss", "train_bit_accuracy": "generator_train_bit_accuracy",
                      "val_loss": "generator_val_loss", "val_bit_accuracy": "generator_val_bit_accuracy",
-                     "train_time_s": "generator_train_time_s", "sampling_time_s": "sampling_time_s"}
+                     "train_time_s": "generator_train_time_s", "sampling_time_s": "sampling_time_s",
+                     "sampling_images_per_s": "sampling_images_per_s"}
 """The generator's keys that ``stage=all`` shows at the top level, and their names there."""
 GENERATOR_SCORES = ("gfid", "class_accuracy", "inception_score", "precision", "recall", "kid")
 

@@ -208,6 +208,11 @@ def test_mbm_ablation_study_in_two_parts_table_figure_and_notebook(tmp_path):
     splices = sorted(c for c in table if c.startswith("diag_splice"))
     assert len(splices) == 9 and table[splices].notna().all().all()   # 16 AR steps at p = 1: j = 0, 2, ..., 16
     assert (parts[0] / "mbm_ablations.png").stat().st_size > 10_000
+    proc = call_main("barlab.analysis", *map(str, parts), "--out", str(tmp_path / "both"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    both = pd.read_csv(tmp_path / "both" / "mbm_ablations.csv")           # the two parts as one table
+    assert list(zip(both["ablation"], both["generator.token_shuffle"])) == [
+        ("bitwise", 1), ("mbm", 1), ("mbm_full_mask_10", 2)]
     text = execute_notebook("mbm_ablations.ipynb", os.pathsep.join(map(str, parts)))
     assert "2 folder(s): 3 jobs" in text and "mbm_full_mask_10" in text and "diag_first_step_acc_null" in text
 

@@ -1,4 +1,4 @@
-"""``python -m barlab.analysis <sweep folder> [--out DIR]``: results.csv and the study's figures.
+"""``python -m barlab.analysis <sweep folder> [<more folders>] [--out DIR]``: results.csv and the study's figures.
 
 Writes ``<out>/results.csv`` (one row per job: failed, refused and missing jobs included, with
 their reason) and, when the columns are there, ``bit_budget.png`` (tokenizer sweeps) and
@@ -15,10 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from barlab.analysis.ablations import ablation_table, plot_ablations
-from barlab.analysis.collect import load_sweep
+from barlab.analysis.ablations import ablation_table, load_parts, plot_ablations
 from barlab.analysis.generation_budget import budget_table, plot_generation_budget
-from barlab.analysis.grid import best_points, load_grid
+from barlab.analysis.grid import best_points
 from barlab.analysis.plots import plot_bit_budget, plot_heads, plot_sampling_grid
 
 SHOWN = ["quantizer", "bits_per_image", "params_head", "psnr", "ssim", "rfid", "gfid", "class_accuracy", "precision",
@@ -27,21 +26,24 @@ SHOWN = ["quantizer", "bits_per_image", "params_head", "psnr", "ssim", "rfid", "
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m barlab.analysis", description=__doc__.splitlines()[0])
-    parser.add_argument("folder", help="a multirun folder (outputs/<task>/multiruns/<date_time>) or any folder of runs")
-    parser.add_argument("--out", default=None, help="where results.csv and the figures go (default: the folder)")
+    parser.add_argument("folder", nargs="+",
+                        help="a multirun folder (outputs/<task>/multiruns/<date_time>) or any folder of runs; several "
+                             "folders (the parts of one study run in parts) make one table")
+    parser.add_argument("--out", default=None, help="where results.csv and the figures go (default: the first folder)")
     args = parser.parse_args(argv)
-    folder = Path(args.folder)
-    if not folder.is_dir():
-        print(f"error: {folder} is not a folder "
-              "(fix: pass a sweep folder such as outputs/bit_budget/multiruns/<date_time>)",
-              file=sys.stderr)
-        return 2
-    frame, grid = load_sweep(folder), load_grid(folder)
+    folders = [Path(f) for f in args.folder]
+    for folder in folders:
+        if not folder.is_dir():
+            print(f"error: {folder} is not a folder "
+                  "(fix: pass a sweep folder such as outputs/bit_budget/multiruns/<date_time>)",
+                  file=sys.stderr)
+            return 2
+    frame, grid = load_parts(folders)
     if frame.empty and grid.empty:
-        print(f"error: no jobs under {folder} (no results.json, .hydra/overrides.yaml or sample_info.json found)",
-              file=sys.stderr)
+        print(f"error: no jobs under {', '.join(map(str, folders))} (no results.json, .hydra/overrides.yaml or "
+              "sample_info.json found)", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else folder
+    out = Path(args.out) if args.out else folders[0]
     out.mkdir(parents=True, exist_ok=True)
     written = write_grid(grid, out) if not grid.empty else []
     if frame.empty:

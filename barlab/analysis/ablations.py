@@ -31,15 +31,15 @@ def split_folders(value: str) -> list[Path]:
 
 
 def load_parts(folders: list[Path]):
-    """(jobs, grid points) of every folder, concatenated: two pandas DataFrames."""
+    """(jobs, grid points) of every folder, concatenated: two pandas DataFrames. The jobs' ``attrs["swept"]``
+    (the swept keys, :func:`barlab.analysis.load_sweep`) is the union over the folders."""
     import pandas as pd
 
-    jobs = [load_sweep(f) for f in folders]
-    grids = [load_grid(f) for f in folders]
-    return (pd.concat([j for j in jobs if not j.empty], ignore_index=True) if any(not j.empty for j in jobs)
-            else pd.DataFrame(),
-            pd.concat([g for g in grids if not g.empty], ignore_index=True) if any(not g.empty for g in grids)
-            else pd.DataFrame())
+    jobs = [j for j in (load_sweep(f) for f in folders) if not j.empty]
+    grids = [g for g in (load_grid(f) for f in folders) if not g.empty]
+    frame = pd.concat(jobs, ignore_index=True) if jobs else pd.DataFrame()
+    frame.attrs["swept"] = list(dict.fromkeys(k for j in jobs for k in j.attrs.get("swept", [])))
+    return frame, pd.concat(grids, ignore_index=True) if grids else pd.DataFrame()
 
 
 def ablation_table(jobs, grid):
@@ -78,7 +78,8 @@ def splice_curve(row) -> tuple[list[int], list[float]]:
 
 def plot_ablations(table, path=None):
     """Top: gFID at the preset and at each job's best grid point, one panel per p. Bottom: the first
-    step's bit accuracy with and without the label, and the class accuracy over spliced AR steps."""
+    step's bit accuracy with and without the label, and the class accuracy over spliced AR steps at the
+    largest values of p (one panel each)."""
     shuffles = sorted(int(p) for p in table[SHUFFLE].dropna().unique())
     fig = Figure(figsize=(4.2 * max(len(shuffles), 2), 8))
     axes = fig.subplots(2, max(len(shuffles), 2), squeeze=False)
@@ -105,17 +106,18 @@ def plot_ablations(table, path=None):
     ax.set_ylabel("bit accuracy, every bit masked (r = 1)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, axis="y")
-    ax = axes[1, 1]
-    for _, row in table.iterrows():
-        j, acc = splice_curve(row)
-        if j:
-            length = max(j)
-            ax.plot(np.array(j) / length, acc, marker="o", label=f"{row['ablation']}, p={int(row[SHUFFLE])}")
-    ax.set_xlabel("share of AR steps generated (the rest from a real image of the class)")
-    ax.set_ylabel("class accuracy (classifier)")
-    ax.legend(fontsize=6)
-    ax.grid(alpha=0.3)
-    for extra in axes[1, 2:]:
+    spliced = sorted(shuffles, reverse=True)[: axes.shape[1] - 1]     # the largest p first: where the class is lost
+    for ax, p in zip(axes[1, 1:], spliced):
+        for _, row in table[table[SHUFFLE] == p].iterrows():
+            j, acc = splice_curve(row)
+            if j:
+                ax.plot(j, acc, marker="o", label=row["ablation"])
+        ax.set_xlabel(f"j: AR steps generated (p = {p})")
+        ax.set_title("first j AR steps sampled, the rest from a real image", fontsize=8)
+        ax.set_ylabel("class accuracy (classifier)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    for extra in axes[1, 1 + len(spliced):]:
         extra.axis("off")
     fig.suptitle("Study 4: the MBM head's masking ablations against the bitwise head (16 bits per token)")
     fig.tight_layout()

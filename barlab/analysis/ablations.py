@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from barlab.analysis.collect import load_sweep
 from barlab.analysis.grid import best_points, load_grid
-from barlab.analysis.plots import label_fid_axis
+from barlab.analysis.plots import finish, label_fid_axis
 
 ORDER = ("bitwise", "mbm", "mbm_uniform", "mbm_full_mask_10", "mbm_random_fill", "mbm_unmasked_w1")
 SHUFFLE = "generator.token_shuffle"
@@ -119,8 +119,4 @@ def plot_ablations(table, path=None):
         ax.grid(alpha=0.3)
     for extra in axes[1, 1 + len(spliced):]:
         extra.axis("off")
-    fig.suptitle("Study 4: the MBM head's masking ablations against the bitwise head (16 bits per token)")
-    fig.tight_layout()
-    if path:
-        fig.savefig(path, dpi=120)
-    return fig
+    return finish(fig, "Study 4: the MBM head's masking ablations against the bitwise head (16 bits per token)", path)

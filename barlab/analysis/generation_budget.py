@@ -7,7 +7,7 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 
 from barlab.analysis.grid import best_points
-from barlab.analysis.plots import label_fid_axis
+from barlab.analysis.plots import finish, label_fid_axis
 
 PAIRS = ("fsq_mbm", "fsq_bitwise", "kl_diffusion")
 STYLE = {"fsq_mbm": dict(marker="s", label="binary FSQ + MBM"),
@@ -55,8 +55,4 @@ def plot_generation_budget(table, path=None):
         label_fid_axis(ax, table, "gFID (lower is better)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Study 3: discrete against continuous tokens at the generator")
-    fig.tight_layout()
-    if path:
-        fig.savefig(path, dpi=120)
-    return fig
+    return finish(fig, "Study 3: discrete against continuous tokens at the generator", path)

@@ -31,6 +31,15 @@ def label_fid_axis(ax, frame, name: str) -> None:
         ax.set_title(textwrap.fill("features: " + "; ".join(found), 70), fontsize=8)
 
 
+def finish(fig: Figure, title: str, path=None, **title_kwargs) -> Figure:
+    """Title ``fig``, lay it out, save it to ``path`` (120 dpi) when given, and return it."""
+    fig.suptitle(title, **title_kwargs)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
 def plot_bit_budget(frame, path=None):
     """rFID and PSNR against bits per image (log x), discrete vs continuous. Returns the figure."""
     ok = frame[frame["outcome"] == "ok"] if "outcome" in frame else frame
@@ -54,11 +63,7 @@ def plot_bit_budget(frame, path=None):
     title = "Reconstruction vs bit budget"
     if not failed.empty:
         title += f"  ({len(failed)} run(s) not ok: see the table)"
-    fig.suptitle(title)
-    fig.tight_layout()
-    if path:
-        fig.savefig(path, dpi=120)
-    return fig
+    return finish(fig, title, path)
 
 
 def plot_heads(frame, path=None, bits_column: str = "tokenizer.bits"):
@@ -95,11 +100,7 @@ def plot_heads(frame, path=None, bits_column: str = "tokenizer.bits"):
             ax.minorticks_off()
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Prediction heads as the codebook grows")
-    fig.tight_layout()
-    if path:
-        fig.savefig(path, dpi=120)
-    return fig
+    return finish(fig, "Prediction heads as the codebook grows", path)
 
 
 def _surface_title(values: dict, varying: list[str]) -> str:
@@ -140,9 +141,5 @@ def plot_sampling_grid(frame, path=None, value: str = "fid"):
         fig.colorbar(image, ax=ax, shrink=0.8)
     labels = frame.get("feature_label")
     found = [str(x) for x in labels.dropna().unique()] if labels is not None else []
-    fig.suptitle(f"{value} over the sampling grid" + (f" (features: {'; '.join(found)})" if found else ""),
-                 fontsize=9)
-    fig.tight_layout()
-    if path:
-        fig.savefig(path, dpi=120)
-    return fig
+    return finish(fig, f"{value} over the sampling grid" + (f" (features: {'; '.join(found)})" if found else ""),
+                  path, fontsize=9)

@@ -144,37 +144,23 @@ def plan_token_shards(split: str, sizes: list[int | None], views: int, shard_siz
 def _encoded(tokenizer, images: ImageShardDataModule, shard: TokenShard, flip: bool, device: torch.device,
              batch_size: int, on_batch: Callable[[int], None]) -> Iterator[dict]:
     """The tar samples (``__key__``, ``bits`` or, continuous tokens, ``f16``, ``cls``) of ``shard``;
-    ``on_batch(images)`` after each batch."""
-    if not tokenizer.is_discrete:
-        yield from _encoded_continuous(tokenizer, images, shard, flip, device, batch_size, on_batch)
-        return
+    ``on_batch(images)`` after each batch. Bits are packed 8 to a byte; continuous tokens (B, L, C) are
+    stored as little-endian float16."""
+    if tokenizer.is_discrete:
+        member, pack = "bits", pack_bits
+        encode = lambda v: tokenizer.encode_bits(v).to(torch.uint8).cpu().numpy()   # noqa: E731
+    else:
+        member, pack = "f16", pack_f16
+        encode = lambda v: tokenizer.encode_tokens(v).float().cpu().numpy()          # noqa: E731
     dataset = images.eval_dataset(shard.split, shard.limit, batch_size=batch_size, shards=list(shard.shards))
     index = shard.start
     for batch in DataLoader(dataset, batch_size=None, num_workers=min(1, images.num_workers)):
         x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)  # ~25% faster convs on CPU
         views = [x, x.flip(-1)] if flip else [x]
-        encoded = [tokenizer.encode_bits(v).to(torch.uint8).cpu().numpy() for v in views]
-        for i, label in enumerate(batch["label"].tolist()):
-            for view, bits in enumerate(encoded):
-                yield {"__key__": f"{shard.split}_{index + i:07d}_{view}", "bits": pack_bits(bits[i]),
-                       "cls": str(int(label)).encode("ascii")}
-        index += x.shape[0]
-        on_batch(x.shape[0])
-
-
-@torch.no_grad()
-def _encoded_continuous(tokenizer, images: ImageShardDataModule, shard: TokenShard, flip: bool, device: torch.device,
-                        batch_size: int, on_batch: Callable[[int], None]) -> Iterator[dict]:
-    """As :func:`_encoded` for a continuous tokenizer: ``f16`` = its scaled latents (L, C) as float16."""
-    dataset = images.eval_dataset(shard.split, shard.limit, batch_size=batch_size, shards=list(shard.shards))
-    index = shard.start
-    for batch in DataLoader(dataset, batch_size=None, num_workers=min(1, images.num_workers)):
-        x = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
-        views = [x, x.flip(-1)] if flip else [x]
-        encoded = [tokenizer.encode_tokens(v).float().cpu().numpy() for v in views]   # (B, L, C) each
+        encoded = [encode(v) for v in views]
         for i, label in enumerate(batch["label"].tolist()):
             for view, values in enumerate(encoded):
-                yield {"__key__": f"{shard.split}_{index + i:07d}_{view}", "f16": pack_f16(values[i]),
+                yield {"__key__": f"{shard.split}_{index + i:07d}_{view}", member: pack(values[i]),
                        "cls": str(int(label)).encode("ascii")}
         index += x.shape[0]
         on_batch(x.shape[0])

@@ -95,7 +95,7 @@ def diagnose(backbone: ARBackbone, head: Head, tokenizer: nn.Module, grid: tuple
     if classify is not None and splice_samples > 0:
         out.update(splice_class_accuracy(ARSampler(backbone, head), tokenizer, grid, token_shuffle, sampling,
                                          steps[:splice_samples], labels[:splice_samples].to(device), classify,
-                                         max_splice_points, gen, batch_size))
+                                         max_splice_points, gen, batch_size, backbone.token_type))
     out["diag_sequences"] = n
     out["diag_time_s"] = round(time.time() - start, 1)
     return out
@@ -125,10 +125,11 @@ def bit_diagnostics(head: Head, cond: torch.Tensor, uncond: torch.Tensor, target
 def splice_class_accuracy(sampler: ARSampler, tokenizer: nn.Module, grid: tuple[int, int], token_shuffle: int,
                           sampling: dict[str, Any], real_steps: torch.Tensor, labels: torch.Tensor,
                           classify: Classify, max_points: int, generator: torch.Generator | None,
-                          batch_size: int = 250) -> dict[str, float]:
+                          batch_size: int = 250, token_type: str = "discrete") -> dict[str, float]:
     """Class accuracy of images whose first j AR steps are sampled (for the real image's label) and the
     rest are the real image's, for j in :func:`splice_points`. real_steps (n, L, k'), labels (n,) ->
-    ``{"diag_splice{j}_class_acc": accuracy}``; j = 0 is the real tokens decoded, j = L plain samples."""
+    ``{"diag_splice{j}_class_acc": accuracy}``; j = 0 is the real tokens decoded, j = L plain samples.
+    ``token_type``: how the steps decode (``discrete`` bits or ``continuous`` tokens)."""
     generated = torch.cat([
         sampler.sample(labels[lo:lo + batch_size], guidance=sampling.get("guidance", 1.0),
                        schedule=sampling.get("schedule", "linear"), power=sampling.get("power", 1.0),
@@ -140,8 +141,7 @@ def splice_class_accuracy(sampler: ARSampler, tokenizer: nn.Module, grid: tuple[
         mixed = splice(generated, real_steps.to(generated.dtype), j)
         right = 0
         for lo in range(0, labels.shape[0], batch_size):
-            images = decode_steps(tokenizer, mixed[lo:lo + batch_size], grid, token_shuffle,
-                                  getattr(sampler.backbone, "token_type", "discrete"))
+            images = decode_steps(tokenizer, mixed[lo:lo + batch_size], grid, token_shuffle, token_type)
             right += int((classify(float_to_uint8(images.cpu())).to(labels.device) == labels[lo:lo + batch_size]).sum())
         out[f"diag_splice{j}_class_acc"] = right / labels.shape[0]
     return out

@@ -147,13 +147,7 @@ class Tokenizer(nn.Module):
     def decode_bits(self, bits: Tensor, grid: tuple[int, int]) -> Tensor:
         """bits (B, L, k) in {0, 1}, raster order, L = h * w -> images (B, C, h*f, w*f)."""
         self._check_discrete()
-        h, w = int(grid[0]), int(grid[1])
-        if bits.ndim != 3 or bits.shape[1] != h * w:
-            raise ConfigError(
-                "grid",
-                f"decode_bits got bits of shape {tuple(bits.shape)}, expected (B, {h * w}, k) for a {h}x{w} grid",
-                fix="generate with the grid of the tokenizer's image size",
-            )
+        h, w = _raster_grid(bits, grid, "decode_bits got bits", "k")
         latent = self.quantizer.decode_bits(rearrange(bits, "b (h w) k -> b h w k", h=h, w=w))
         return self.decode(latent)
 
@@ -207,12 +201,15 @@ class Tokenizer(nn.Module):
         """Continuous tokens (B, L, C_lat), raster order, L = h * w -> images (B, C, h*f, w*f): the tokens
         divided by ``latent_scale`` go through the quantizer's output projection and the decoder."""
         self._check_continuous()
-        h, w = int(grid[0]), int(grid[1])
-        if tokens.ndim != 3 or tokens.shape[1] != h * w:
-            raise ConfigError(
-                "grid",
-                f"decode_tokens got tokens of shape {tuple(tokens.shape)}, expected (B, {h * w}, C) for a {h}x{w} grid",
-                fix="generate with the grid of the tokenizer's image size",
-            )
+        h, w = _raster_grid(tokens, grid, "decode_tokens got tokens", "C")
         mean = rearrange(tokens.float() / self.checked_latent_scale(), "b (h w) c -> b c h w", h=h, w=w)
         return self.decode(self.quantizer.decode_mean(mean))
+
+
+def _raster_grid(tokens: Tensor, grid: tuple[int, int], what: str, channels: str) -> tuple[int, int]:
+    """(h, w) of ``grid`` once ``tokens`` is checked to be (B, h·w, ·); else a ConfigError naming ``grid``."""
+    h, w = int(grid[0]), int(grid[1])
+    if tokens.ndim != 3 or tokens.shape[1] != h * w:
+        raise ConfigError("grid", f"{what} of shape {tuple(tokens.shape)}, expected (B, {h * w}, {channels}) for a "
+                          f"{h}x{w} grid", fix="generate with the grid of the tokenizer's image size")
+    return h, w

@@ -179,7 +179,7 @@ BUGS = [
     bug("shuffle writes sub-tokens column-major", "barlab/generator/token_shuffle.py", "shuffle",
         "-> b (h w) (sh sw k)", "-> b (h w) (sw sh k)",
         T + "test_token_shuffle_export.py::test_shuffle_is_a_pixel_unshuffle_with_the_bits_innermost"),
-    bug("decoding unshuffles on the transposed grid", "barlab/generator/image_generator.py", "generate_images",
+    bug("decoding unshuffles on the transposed grid", "barlab/generator/image_generator.py", "decode_steps",
         "unshuffle(steps, grid, token_shuffle)", "unshuffle(steps, grid[::-1], token_shuffle)",
         RELOAD),
     bug("generator.pt reloads a transposed AR grid", "barlab/generator/image_generator.py", "load_generator",

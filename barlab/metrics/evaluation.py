@@ -115,6 +115,7 @@ def evaluate_generator(cfg: DictConfig, generate: Callable[..., torch.Tensor], n
     images, labels = images_to_tensor(data["arr_0"]), torch.from_numpy(data["arr_1"])
     result = evaluate_samples(cfg, images, labels)
     result.update({"samples": str(npz), "sampling_s": round(sampling_s, 1),
+                   "images_per_s": round(result["num_samples"] / max(sampling_s, 1e-9), 2),
                    "wall_time_s": round(time.time() - start, 1)})
     log.info("gFID %.3f, class accuracy %.3f on %d samples (%s)", result["fid"],
              result.get("class_accuracy", float("nan")),

@@ -156,7 +156,7 @@ def build_generator_module(cfg: DictConfig, tokenizer, info: dict, num_classes: 
     """The LightningModule for ``cfg.generator`` + ``cfg.head`` over ``tokenizer``'s token grid."""
     gen = cfg.generator
     grid = tuple(info["grid"])
-    if tokenizer.is_discrete:
+    if info.get("is_discrete", True):
         backbone, head = build_backbone_and_head(cfg, info["bits_per_token"], grid, num_classes)
     else:  # continuous tokens: C channels per token
         backbone, head = build_backbone_and_head(cfg, int(tokenizer.quantizer.channels), grid, num_classes,
@@ -331,8 +331,7 @@ def run_generator_stage(cfg: DictConfig, state: RunState, trained_tokenizer: Pat
         "resumed_from_step": resumed_from,
         "train_time_s": train_time_s,                # fit + final validation, this attempt
         "sampling_time_s": scores.get("sampling_s"),  # the scored class-balanced samples
-        "sampling_images_per_s": (round(scores["num_samples"] / scores["sampling_s"], 2)
-                                  if scores.get("sampling_s") and scores.get("num_samples") else None),
+        "sampling_images_per_s": scores.get("images_per_s"),
         "sampling": sampling_settings(cfg),
         **(headline("g", scores) if scores else {}),
         "gfid_eval": scores or None,

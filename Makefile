@@ -18,9 +18,10 @@ demo: setup data
 test: setup-dev lint
 	$(PY) -m pytest $(XDIST) $(ARGS)
 
-# Two pytest-xdist workers, each file's tests on one worker in order (tests/conftest.py starts the SLURM
-# tests first; session fixtures run once for both workers). XDIST= runs everything in one process.
-XDIST ?= -n 2 --dist loadfile
+# Two pytest-xdist workers, each file's tests on one worker in order; files start in the order of
+# tests/conftest.py (SLURM's first, then the longest; xdist's own reorder, by test count, is off).
+# Session fixtures run once for both workers. XDIST= runs everything in one process.
+XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 # Tests that start a Python process are marked `process` by tests/conftest.py; the quick tier keeps
 # those also marked `quick` (the shared smoke pipeline and one refusal per entry point), and leaves

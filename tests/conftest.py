@@ -192,12 +192,22 @@ def starts_processes(func, seen: set | None = None) -> bool:
                and module_globals[name].__module__ == func.__module__)
 
 
+# the two files with the longest tests (a study end to end; every injected bug), started right after SLURM's
+LONGEST_FILES = ("test_sweeps.py", "test_injected_bugs.py")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    # The SLURM tests first: `make test` runs two pytest-xdist workers with `--dist loadfile` (a file's
-    # tests on one worker, in order), so test_slurm.py, the longest file and mostly waiting on the
-    # cluster, starts at once and the other worker works through the rest meanwhile.
-    items.sort(key=lambda item: not item.get_closest_marker("slurm"))      # stable: the order otherwise kept
+    # The SLURM tests first, then the other files with a `slow` test, then the rest: `make test` runs two
+    # pytest-xdist workers with `--dist loadfile` (a file's tests on one worker, in order), so
+    # test_slurm.py, the longest file and mostly waiting on the cluster, starts at once; the long files
+    # start next, and the many short ones fill the end, where they even out the two workers.
+    rank: dict[str, int] = {}
+    for item in items:
+        here = (0 if item.get_closest_marker("slurm") else 1 if item.path.name in LONGEST_FILES
+                else 2 if item.get_closest_marker("slow") else 3)
+        rank[item.fspath] = min(rank.get(item.fspath, 3), here)
+    items.sort(key=lambda item: rank[item.fspath])                        # stable: the order otherwise kept
     for item in items:
         if item.get_closest_marker("process") or not isinstance(item, pytest.Function):
             continue

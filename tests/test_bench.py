@@ -150,3 +150,22 @@ def test_bench_paper_tokenizer_counts_both_gan_phases_and_labels_the_estimate(be
     assert off["step_s"] > 0 and on["batch"] == 8
     assert set(result["ratios"]) == {"gpu_hours_estimate"}           # no GPU: an estimate, and said so
     assert "ESTIMATE, not measured" in result["notes"][0]
+
+
+@pytest.mark.slow
+def test_bench_generation_budget_times_every_study_point_at_matched_bits(bench_run):
+    result = bench_run[1]["benchmarks"]["generation_budget"]
+    rows = {(r["token_head"], r["channels_per_token"]): r for r in result["rows"]}
+    assert sorted(rows) == sorted((t, c) for t in ("fsq_mbm", "fsq_bitwise", "kl_diffusion") for c in (1, 2))
+    for (token_head, c), row in rows.items():
+        # 16 tokens (16 px, 4x downsampling) of 16·c bits: a KL channel counts 16 bits, as the study counts it
+        assert row["bits_per_token"] == 16 * c and row["bits_per_image"] == 16 * 16 * c and row["ar_steps"] == 16
+        assert row["head"] == {"fsq_mbm": "MBMHead", "fsq_bitwise": "BitwiseHead",
+                               "kl_diffusion": "DiffusionHead"}[token_head]
+        assert row["rounds"] == 2 and row["sample_images_per_s"] == pytest.approx(row["sample_batch"] / row["sample_s"])
+        assert row["sample_images_per_s_min"] <= row["sample_images_per_s"] <= row["sample_images_per_s_max"]
+        assert row["train_steps_per_s"] == pytest.approx(1 / row["train_step_s"]) and row["batch"] == 4
+    ratios = result["ratios"]
+    assert ratios["sample_fsq_mbm_over_kl_diffusion_c2"] == pytest.approx(
+        rows["fsq_mbm", 2]["sample_images_per_s"] / rows["kl_diffusion", 2]["sample_images_per_s"])
+    assert len(ratios) == 8

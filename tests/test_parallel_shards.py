@@ -40,6 +40,9 @@ def small_source() -> SyntheticSource:
     return SyntheticSource(num_train=23, num_val=7, image_size=8, num_classes=3)
 
 
+# Worker pools start Python processes (multiprocessing's spawn, which the conftest's audit of subprocess
+# calls does not see): those tests are marked `process` by hand and run in the full tier.
+@pytest.mark.process
 def test_one_and_three_workers_write_the_same_shards(tmp_path):
     source = small_source()
     one = write_shards(source, str(tmp_path / "one"), maxcount=5, workers=1)
@@ -67,7 +70,7 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.process)])
 def test_an_interrupted_write_resumes_with_only_the_missing_shards(tmp_path, workers):
     source = SyntheticSource(num_train=40, num_val=7, image_size=8, num_classes=3)  # 10 + 2 shards of 4
     all_shards = {("train", i) for i in range(10)} | {("val", 0), ("val", 1)}
@@ -143,6 +146,7 @@ def make_imagefolder(root, per_class=(5, 4), bad=("b", 2)):
                 Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(path)
 
 
+@pytest.mark.process
 def test_imagefolder_shards_are_positional_slices_with_skipped_files_left_out(tmp_path):
     make_imagefolder(tmp_path / "root")
     source = ImageFolderSource(str(tmp_path / "root"), val_fraction=0.0, max_size=6)
@@ -165,6 +169,7 @@ def test_imagefolder_shards_are_positional_slices_with_skipped_files_left_out(tm
         ["train_0000004", "train_0000005", "train_0000006"]
 
 
+@pytest.mark.process
 def test_cli_workers_flag(tmp_path, capsys):
     from barlab.shard import main
 

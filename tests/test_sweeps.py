@@ -3,6 +3,7 @@ failed and refused jobs stay in the table with their reason; Optuna runs against
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -44,20 +45,23 @@ def test_bit_budget_points_resolve_to_their_quantizer(tmp_path, point, target, b
     assert tokens * per_token == bits_per_image
 
 
-def execute_notebook(name: str, sweep: Path) -> str:
-    """Run notebooks/<name> on ``sweep`` with nbclient; return the text of all its outputs."""
+def execute_notebook(name: str, sweep: Path, **env: str) -> str:
+    """Run notebooks/<name> on ``sweep`` (``$BARLAB_SWEEP``, and ``env``'s variables) with nbclient; return the
+    text of all its outputs."""
     import nbclient
     import nbformat
 
     nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "stored with outputs"
-    old = os.environ.get("BARLAB_SWEEP")
-    os.environ["BARLAB_SWEEP"] = str(sweep)
+    env = {"BARLAB_SWEEP": str(sweep), **env}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                 resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
     finally:
-        os.environ.pop("BARLAB_SWEEP") if old is None else os.environ.update(BARLAB_SWEEP=old)
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.update({k: v})
     text, images = [], 0
     for cell in nb.cells:
         for out in cell.get("outputs", []):
@@ -187,9 +191,11 @@ def test_mbm_ablation_study_in_two_parts_table_figure_and_notebook(tmp_path):
     parts = tmp_path / "part1", tmp_path / "part2"
     common = ("-m", "-cd", str(SWEEPS), "-cn", "mbm_ablations", "experiment=smoke", "tokenizer.bits=4",
               "diagnostics.sequences=32", "diagnostics.splice_samples=8")
-    for folder, points in zip(parts, (("ablation=bitwise,mbm", "generator.token_shuffle=1"),
-                                      ("ablation=mbm_full_mask_10", "generator.token_shuffle=2"))):
-        proc = run_module("barlab.train", *common, *points, f"hydra.sweep.dir={folder}", cwd=tmp_path)
+    # part 1 as the real command; part 2 (one job) in this process, which saves a start-up
+    for run, folder, points in zip((run_module, call_main), parts,
+                                   (("ablation=bitwise,mbm", "generator.token_shuffle=1"),
+                                    ("ablation=mbm_full_mask_10", "generator.token_shuffle=2"))):
+        proc = run("barlab.train", *common, *points, f"hydra.sweep.dir={folder}", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
     full = read_json(parts[1] / "0" / "results.json")
     assert full["generator"]["bits_per_step"] == 16 and full["tokenizer_cached"] is True
@@ -246,11 +252,22 @@ def test_generation_budget_study_matches_bits_and_reports_speed(tmp_path):
     assert info["token_type"] == "continuous" and model.tokenizer.latent_scale > 0
     images = model.generate(torch.arange(4), generator=torch.Generator().manual_seed(0))
     assert images.shape == (4, 3, 16, 16) and images.abs().max() <= 1.0
-    proc = call_main("barlab.analysis", str(sweep), cwd=tmp_path)
+    # the side-by-side speeds of `barlab.bench bench=generation_budget` (a bench.json of its rows) join the table
+    speed = tmp_path / "bench.json"
+    speed.write_text(json.dumps({"benchmarks": {"generation_budget": {"rows": [
+        {"token_head": "kl_diffusion", "channels_per_token": 1, "sample_images_per_s": 7.5, "train_steps_per_s": 2.0},
+        {"token_head": "fsq_bitwise", "channels_per_token": 1, "sample_images_per_s": 30.0, "train_steps_per_s": 3.0},
+        {"token_head": "fsq_bitwise", "channels_per_token": 2, "sample_images_per_s": 1.0, "train_steps_per_s": 1.0},
+    ]}}}))
+    proc = call_main("barlab.analysis", str(sweep), "--speed", str(speed), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = pd.read_csv(sweep / "generation_budget.csv")
     assert table["token_head"].tolist() == ["fsq_bitwise", "kl_diffusion"]
     assert table["gfid"].notna().all() and (table["sampling_images_per_s"] > 0).all()
+    assert table["bench_sample_images_per_s"].tolist() == [30.0, 7.5]
+    assert table["bench_train_steps_per_s"].tolist() == [3.0, 2.0]
     assert (sweep / "generation_budget.png").stat().st_size > 10_000
-    text = execute_notebook("generation_budget.ipynb", sweep)
-    assert "1 folder(s): 2 jobs" in text and "kl_diffusion" in text
+    proc = call_main("barlab.analysis", str(sweep), "--speed", str(tmp_path / "results.json"), cwd=tmp_path)
+    assert proc.returncode == 2 and error_lines(proc.stderr)[0].startswith("error: --speed: ")
+    text = execute_notebook("generation_budget.ipynb", sweep, BARLAB_SPEED=str(speed))
+    assert "1 folder(s): 2 jobs" in text and "kl_diffusion" in text and f"side by side from {speed}" in text

@@ -1,9 +1,11 @@
-"""``python -m barlab.analysis <sweep folder> [<more folders>] [--out DIR]``: results.csv and the study's figures.
+"""``python -m barlab.analysis <sweep folder> [<more folders>] [--out DIR] [--speed bench.json]``: results.csv and
+the study's figures.
 
 Writes ``<out>/results.csv`` (one row per job: failed, refused and missing jobs included, with
 their reason) and, when the columns are there, ``bit_budget.png`` (tokenizer sweeps) and
 ``heads.png`` (head sweeps), or ``mbm_ablations.csv`` and ``mbm_ablations.png`` (study 4), or
-``generation_budget.csv`` and ``generation_budget.png`` (study 3).
+``generation_budget.csv`` and ``generation_budget.png`` (study 3; ``--speed <bench.json>`` adds the
+side-by-side speeds of ``python -m barlab.bench bench=generation_budget``).
 Sampling grids under the folder (``python -m barlab.sample -m ... score=true``) add ``sampling_grid.csv``,
 ``sampling_grid_best.csv`` (each generator's best point by FID) and ``sampling_grid.png``; a grid folder
 alone gives only those. ``--out`` defaults to the folder.
@@ -16,7 +18,7 @@ import sys
 from pathlib import Path
 
 from barlab.analysis.ablations import ablation_table, load_parts, plot_ablations
-from barlab.analysis.generation_budget import budget_table, plot_generation_budget
+from barlab.analysis.generation_budget import budget_table, load_speed, plot_generation_budget
 from barlab.analysis.grid import best_points
 from barlab.analysis.plots import plot_bit_budget, plot_heads, plot_sampling_grid
 
@@ -25,11 +27,14 @@ SHOWN = ["quantizer", "bits_per_image", "params_head", "psnr", "ssim", "rfid", "
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m barlab.analysis", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m barlab.analysis", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", nargs="+",
                         help="a multirun folder (outputs/<task>/multiruns/<date_time>) or any folder of runs; several "
                              "folders (the parts of one study run in parts) make one table")
     parser.add_argument("--out", default=None, help="where results.csv and the figures go (default: the first folder)")
+    parser.add_argument("--speed", default=None,
+                        help="study 3: a bench.json of `python -m barlab.bench bench=generation_budget`, whose "
+                             "side-by-side speeds join the table and the figure")
     args = parser.parse_args(argv)
     folders = [Path(f) for f in args.folder]
     for folder in folders:
@@ -37,6 +42,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {folder} is not a folder "
                   "(fix: pass a sweep folder such as outputs/bit_budget/multiruns/<date_time>)",
                   file=sys.stderr)
+            return 2
+    speed = None
+    if args.speed:
+        try:
+            speed = load_speed(args.speed)
+        except (OSError, ValueError) as err:
+            print(f"error: --speed: {err} (fix: pass the bench.json of `python -m barlab.bench "
+                  "bench=generation_budget size=real`)", file=sys.stderr)
             return 2
     frame, grid = load_parts(folders)
     if frame.empty and grid.empty:
@@ -56,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_bit_budget(frame, out / "bit_budget.png")
         written.append(out / "bit_budget.png")
     if "token_head" in frame:
-        table = budget_table(frame, grid)
+        table = budget_table(frame, grid, speed)
         table.to_csv(out / "generation_budget.csv", index=False)
         plot_generation_budget(table, out / "generation_budget.png")
         written += [out / "generation_budget.csv", out / "generation_budget.png"]

@@ -5,4 +5,5 @@ One module per benchmark, each with ``run(ctx) -> dict`` (``rows`` for the table
 the order they run (``data`` reads ``train_loop``'s step rate when both run).
 """
 
-BENCHMARKS = ("heads", "sampling", "train_loop", "data", "tar_reader", "mfu", "gpu", "paper_tokenizer", "sweep_cost")
+BENCHMARKS = ("heads", "sampling", "train_loop", "data", "tar_reader", "mfu", "gpu", "paper_tokenizer", "sweep_cost",
+              "generation_budget")

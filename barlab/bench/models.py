@@ -14,17 +14,20 @@ from barlab.config.instantiate import instantiate_checked
 from barlab.config.paths import CONFIG_DIR
 
 
-def compose_generator(preset: str, head: str = "mbm", overrides: Sequence[str] = ()) -> DictConfig:
-    """``configs/train.yaml`` with ``generator=<preset> head=<head>`` and ``overrides``, inside or
-    outside a running Hydra app."""
+def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
+    """``configs/train.yaml`` with ``overrides``, inside or outside a running Hydra app."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    args = [f"generator={preset}", f"head={head}", *overrides]
     if GlobalHydra.instance().is_initialized():
-        return compose(config_name="train", overrides=args)
+        return compose(config_name="train", overrides=list(overrides))
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=args)
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def compose_generator(preset: str, head: str = "mbm", overrides: Sequence[str] = ()) -> DictConfig:
+    """``configs/train.yaml`` with ``generator=<preset> head=<head>`` and ``overrides``."""
+    return compose_train([f"generator={preset}", f"head={head}", *overrides])
 
 
 def build_head(cfg: DictConfig, bits_per_step: int, **kwargs) -> nn.Module:
@@ -34,13 +37,16 @@ def build_head(cfg: DictConfig, bits_per_step: int, **kwargs) -> nn.Module:
 
 
 def build_module(cfg: DictConfig, grid: tuple[int, int], bits_per_token: int, num_classes: int,
-                 device: torch.device, seed: int = 0):
-    """A :class:`GeneratorModule` for ``cfg`` over a (h, w) token grid of ``bits_per_token`` bits,
-    seeded, on ``device``; its tokenizer is an ``nn.Identity`` (nothing is decoded)."""
+                 device: torch.device, seed: int = 0, token_channels: int | None = None):
+    """A :class:`GeneratorModule` for ``cfg`` over a (h, w) token grid of ``bits_per_token`` bits (with
+    ``token_channels`` C: continuous tokens of C channels instead), seeded, on ``device``; its tokenizer is
+    an ``nn.Identity`` (nothing is decoded)."""
     from barlab.pipeline.generator_stage import build_generator_module
 
     torch.manual_seed(seed)
     info = {"grid": list(grid), "bits_per_token": int(bits_per_token)}
+    if token_channels is not None:
+        info.update(is_discrete=False, token_channels=int(token_channels))
     return build_generator_module(cfg, nn.Identity(), info, num_classes).to(device)
 
 

@@ -20,10 +20,14 @@ from barlab.bench.timing import device_sync
 
 def random_batch(module, batch_size: int, seed: int = 0) -> dict:
     """``{"bits": float (B, h·w, k) {0,1} raster token bits, "label": long (B,)}`` for ``module``
-    (a GeneratorModule: grid (h, w), k = bits per token before shuffling), on the CPU."""
+    (a GeneratorModule: grid (h, w), k = bits per token before shuffling), on the CPU; for continuous
+    tokens ``{"tokens": float (B, h·w, C) standard normal, "label": ...}``, as the loader gives them."""
     gen = torch.Generator().manual_seed(seed)
     h, w = module.grid
     k = module.backbone.bits_per_step // (module.p * module.p)
+    if module.backbone.token_type == "continuous":
+        tokens = torch.randn(batch_size, h * w, k, generator=gen)
+        return {"tokens": tokens, "label": torch.randint(0, module.num_classes, (batch_size,), generator=gen)}
     bits = torch.randint(0, 2, (batch_size, h * w, k), generator=gen).float()
     labels = torch.randint(0, module.num_classes, (batch_size,), generator=gen)
     return {"bits": bits, "label": labels}

@@ -82,29 +82,29 @@ def diagnose(backbone: ARBackbone, head: Head, tokenizer: nn.Module, grid: tuple
     device = next(backbone.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(seed)
     steps = shuffle(bits.to(device), grid, token_shuffle)                   # (n, L, k')
-    n, length = steps.shape[:2]
-    targets = steps.reshape(n * length, -1)
-    null = torch.full_like(labels, backbone.null_class).to(device)
-    cond, uncond = [], []
-    for lo in range(0, n, batch_size):
-        cond.append(teacher_forced(backbone, steps[lo:lo + batch_size], labels[lo:lo + batch_size].to(device)))
-        uncond.append(teacher_forced(backbone, steps[lo:lo + batch_size], null[lo:lo + batch_size]))
-    cond, uncond = torch.cat(cond), torch.cat(uncond)
     out: dict[str, Any] = {} if head.token_type == "continuous" else bit_diagnostics(
-        head, cond, uncond, targets, n, length, sampling, gen, device)
+        backbone, head, steps, labels.to(device), sampling, gen, batch_size)
     if classify is not None and splice_samples > 0:
         out.update(splice_class_accuracy(ARSampler(backbone, head), tokenizer, grid, token_shuffle, sampling,
                                          steps[:splice_samples], labels[:splice_samples].to(device), classify,
                                          max_splice_points, gen, batch_size, backbone.token_type))
-    out["diag_sequences"] = n
+    out["diag_sequences"] = steps.shape[0]
     out["diag_time_s"] = round(time.time() - start, 1)
     return out
 
 
-def bit_diagnostics(head: Head, cond: torch.Tensor, uncond: torch.Tensor, targets: torch.Tensor, n: int, length: int,
-                    sampling: dict[str, Any], gen: torch.Generator, device: torch.device) -> dict[str, Any]:
-    """The first step's bit accuracy (true and null label) and the accuracy per unmasking step, on the
-    teacher-forced conditions cond/uncond (n·L, C) of the true bits targets (n·L, k')."""
+def bit_diagnostics(backbone: ARBackbone, head: Head, steps: torch.Tensor, labels: torch.Tensor,
+                    sampling: dict[str, Any], gen: torch.Generator, batch_size: int = 250) -> dict[str, Any]:
+    """The first step's bit accuracy (true and null label) and the accuracy per unmasking step of a
+    bit head, on the teacher-forced conditions of the true AR steps ``steps`` (n, L, k') with labels (n,)."""
+    n, length = steps.shape[:2]
+    device = steps.device
+    targets = steps.reshape(n * length, -1)
+    null = torch.full_like(labels, backbone.null_class)
+    cond = torch.cat([teacher_forced(backbone, steps[lo:lo + batch_size], labels[lo:lo + batch_size])
+                      for lo in range(0, n, batch_size)])                   # (n·L, C)
+    uncond = torch.cat([teacher_forced(backbone, steps[lo:lo + batch_size], null[lo:lo + batch_size])
+                        for lo in range(0, n, batch_size)])
     out: dict[str, Any] = {
         "diag_first_step_acc_label": first_step_accuracy(head, cond, targets, generator=gen),
         "diag_first_step_acc_null": first_step_accuracy(head, uncond, targets, generator=gen),

@@ -158,9 +158,9 @@ def build_generator_module(cfg: DictConfig, tokenizer, info: dict, num_classes: 
     grid = tuple(info["grid"])
     if info.get("is_discrete", True):
         backbone, head = build_backbone_and_head(cfg, info["bits_per_token"], grid, num_classes)
-    else:  # continuous tokens: C channels per token
-        backbone, head = build_backbone_and_head(cfg, int(tokenizer.quantizer.channels), grid, num_classes,
-                                                 token_type="continuous")
+    else:  # continuous tokens: C channels per token (info's token_channels, else the tokenizer's)
+        channels = int(info.get("token_channels") or tokenizer.quantizer.channels)
+        backbone, head = build_backbone_and_head(cfg, channels, grid, num_classes, token_type="continuous")
     return GeneratorModule(
         backbone=backbone, head=head, tokenizer=tokenizer, grid=grid, token_shuffle=gen.token_shuffle,
         label_drop=gen.label_drop, rar_start=gen.rar.start, rar_end=gen.rar.end, sampling=sampling_settings(cfg),

@@ -115,6 +115,12 @@ def test_every_bug_is_placed_once_in_the_working_tree_and_names_existing_tests()
     assert {"ImageMetrics.set_reference", "ImageMetrics.compute"} <= metrics
 
 
+def test_light_baseline_takes_one_single_test_per_file():
+    ib = load_script()
+    tests = ("tests/a.py", "tests/a.py::test_x", "tests/b.py::test_y", "tests/b.py::test_z", "tests/c.py")
+    assert ib.light_baseline(tests) == ("tests/a.py::test_x", "tests/b.py::test_y", "tests/c.py")
+
+
 def tree_snapshot() -> dict[Path, bytes]:
     """The files the script could write: every file under barlab/ and the files the bugs target."""
     ib = load_script()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -84,14 +85,15 @@ def test_the_layout_and_keys(tmp_path):
     assert not Path(partial_dir(str(tmp_path / "tokens"))).exists()
 
 
-def run_ranks(world: int, tokenizer, images, out: Path, shard_size: int = 24, **kwargs) -> list[dict]:
+def run_ranks(world: int, tokenizer, images, out: Path, shard_size: int = 24, stall_timeout_s: float = 30,
+              **kwargs) -> list[dict]:
     """``pretokenize`` as ``world`` ranks of one attempt, each in its own thread; their manifests."""
     results: list = [None] * world
 
     def rank(r: int) -> None:
         try:
             results[r] = pretokenize(tokenizer, images, str(out), batch_size=4, shard_size=shard_size, rank=r,
-                                     world=world, attempt="attempt-1", stall_timeout_s=30, **kwargs)
+                                     world=world, attempt="attempt-1", stall_timeout_s=stall_timeout_s, **kwargs)
         except BaseException as err:  # noqa: BLE001 - re-raised below, in the test's thread
             results[r] = err
 
@@ -114,10 +116,12 @@ def test_ranks_share_the_work_and_write_the_shards_of_one_process(tmp_path, monk
 
     def recording(path, samples):
         writers[Path(path).name] = threading.current_thread().name
+        if Path(path).name not in ("train-000000.tar", "val-000000.tar"):
+            time.sleep(0.5)  # ranks 1 and 2 finish after rank 0: it must wait for every shard to publish
         return original(path, samples)
 
     monkeypatch.setattr(pt, "write_tar", recording)
-    manifests = run_ranks(3, tokenizer, images, tmp_path / "three")
+    manifests = run_ranks(3, tokenizer, images, tmp_path / "three", stall_timeout_s=10)  # a stalled rank fails fast
     assert all(m == one for m in manifests)
     assert digests(tmp_path / "three") == digests(tmp_path / "one")
     # rank r wrote shards r, r + 3, ... of [train-0, train-1, train-2, val-0]: every rank its own

@@ -40,7 +40,8 @@ from barlab.utils.io import atomic_write_json
 
 log = logging.getLogger("barlab")
 # the sampler's arguments a user sets as sampling.* (an error naming one names the knob)
-SAMPLING_KNOBS = {name: f"sampling.{name}" for name in ("allocation", "schedule", "guidance", "temperature", "power")}
+SAMPLING_KNOBS = {name: f"sampling.{name}" for name in ("allocation", "schedule", "guidance", "temperature", "power",
+                                                         "clip_x0")}
 
 
 def run(cfg: DictConfig) -> dict:

@@ -291,3 +291,37 @@ def test_config_builds_the_head_and_names_the_knob(compose_train):
     with pytest.raises(ConfigError) as err:
         instantiate_checked(cfg.head, "head", cond_dim=32, bits_per_step=4)
     assert err.value.knob == "head.sampling_steps"
+
+
+def test_clip_x0_clamps_the_predicted_x0_and_none_is_mar_s_path(monkeypatch):
+    """A denoiser that predicts ε̂ = 0 sends x̂0 = x_t/√ᾱ_t to about ±1e4 at the first step. The last respaced
+    step has ᾱ_prev = 1, so its mean is x̂0 itself: with ``clip_x0 = c`` every sample lies in [−c, c]."""
+    head = DiffusionHead(4, 2, width=8, depth=1, learn_sigma=False, sampling_steps=10)
+    monkeypatch.setattr(head.net, "forward", lambda x, t, z: torch.zeros_like(x))
+    cond = torch.zeros(200, 4)
+
+    def run(**kw):
+        return head.sample(cond, None, 1.0, generator=torch.Generator().manual_seed(0), **kw)
+
+    free, clipped = run(), run(clip_x0=0.5)
+    assert free.abs().max() > 100                                     # MAR's sampler: no clamp
+    assert clipped.abs().max() <= 0.5 + 1e-6 and (clipped.abs() > 0.5 - 1e-6).any()      # at the bound
+    assert torch.equal(run(clip_x0=None), free)                       # None is MAR's path, unchanged
+    # at the schedule level: x̂0 is clamped before the posterior mean, which is built from the clamped x̂0
+    sch = head.sample_schedule
+    x_t, t = torch.tensor([[3.0, -3.0]]), torch.tensor([9])
+    mean, _, x0 = sch.p_mean_variance(torch.zeros(1, 2), None, x_t, t, clip_x0=1.0)
+    assert torch.equal(x0, torch.tensor([[1.0, -1.0]]))
+    assert torch.allclose(mean, sch.q_posterior(x0, x_t, t)[0])
+    with pytest.raises(ConfigError, match="clip_x0: must be a positive number"):
+        run(clip_x0=0)
+
+
+def test_a_bit_head_refuses_clip_x0_in_one_line():
+    from barlab.generator import ARBackbone, BitwiseHead
+    from barlab.generator.sampler import ARSampler
+
+    backbone = ARBackbone(4, (2, 2), 3, width=16, depth=1, heads=2, cond_dim=8)
+    sampler = ARSampler(backbone, BitwiseHead(8, 4))
+    with pytest.raises(ConfigError, match="clip_x0: only the diffusion head predicts x0"):
+        sampler.sample(torch.arange(2), clip_x0=4)

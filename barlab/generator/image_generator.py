@@ -32,14 +32,27 @@ SAMPLING_KEYS = ("guidance", "schedule", "power", "temperature", "allocation")
 def generate_images(sampler: ARSampler, tokenizer: nn.Module, grid: tuple[int, int], token_shuffle: int,
                     labels: torch.Tensor, guidance: float = 1.0, schedule: str = "linear", power: float = 1.0,
                     temperature: float = 1.0, generator: torch.Generator | None = None,
-                    allocation=None) -> torch.Tensor:
+                    allocation=None, clip_x0: float | None = None) -> torch.Tensor:
     """labels (B,) → images (B, C, H, W) in [-1, 1]: AR-sample bits (or continuous tokens), undo token
     shuffling, decode (``decode_bits``, or ``decode_tokens`` for continuous tokens).
 
-    ``allocation``: the MBM head's unmasking allocation for this call (None: the head's own)."""
+    ``allocation``: the MBM head's unmasking allocation for this call (None: the head's own);
+    ``clip_x0``: the diffusion head's x̂0 clamp (None: none, as MAR)."""
     steps = sampler.sample(labels, guidance=guidance, schedule=schedule, power=power,
-                           temperature=temperature, generator=generator, allocation=allocation)
+                           temperature=temperature, generator=generator, allocation=allocation, clip_x0=clip_x0)
     return decode_steps(tokenizer, steps, grid, token_shuffle, getattr(sampler.backbone, "token_type", "discrete"))
+
+
+def generate_with_settings(sampler: ARSampler, tokenizer: nn.Module, grid: tuple[int, int], token_shuffle: int,
+                           labels: torch.Tensor, settings: dict, generator: torch.Generator | None = None
+                           ) -> torch.Tensor:
+    """:func:`generate_images` with a ``sampling`` settings dict (guidance, schedule, power, temperature,
+    allocation, clip_x0; missing keys take their defaults)."""
+    return generate_images(sampler, tokenizer, grid, token_shuffle, labels,
+                           guidance=settings.get("guidance", 1.0), schedule=settings.get("schedule", "linear"),
+                           power=settings.get("power", 1.0), temperature=settings.get("temperature", 1.0),
+                           generator=generator, allocation=settings.get("allocation"),
+                           clip_x0=settings.get("clip_x0"))
 
 
 def decode_steps(tokenizer: nn.Module, steps: torch.Tensor, grid: tuple[int, int], token_shuffle: int,
@@ -73,10 +86,8 @@ class ImageGenerator(nn.Module):
         """labels (B,) → images (B, C, H, W) in [-1, 1], with the stored ``sampling`` (overridable)."""
         opts = {**self.sampling, **{k: v for k, v in overrides.items() if v is not None}}
         device = next(self.backbone.parameters()).device
-        return generate_images(self.sampler, self.tokenizer, self.grid, self.token_shuffle, labels.to(device),
-                               guidance=opts.get("guidance", 1.0), schedule=opts.get("schedule", "linear"),
-                               power=opts.get("power", 1.0), temperature=opts.get("temperature", 1.0),
-                               generator=generator, allocation=opts.get("allocation"))
+        return generate_with_settings(self.sampler, self.tokenizer, self.grid, self.token_shuffle, labels.to(device),
+                                      opts, generator)
 
 
 def plain(value):

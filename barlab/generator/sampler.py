@@ -58,12 +58,20 @@ class ARSampler:
     @torch.no_grad()
     def sample(self, labels: Tensor, guidance: float = 1.0, schedule: str = "linear", power: float = 1.0,
                temperature: float = 1.0, generator: torch.Generator | None = None,
-               use_kv_cache: bool = True, allocation: Sequence[int] | None = None) -> Tensor:
-        """labels (B,) long -> bits (B, L, k') float {0,1} (continuous: real tokens) in raster order."""
+               use_kv_cache: bool = True, allocation: Sequence[int] | None = None,
+               clip_x0: float | None = None) -> Tensor:
+        """labels (B,) long -> bits (B, L, k') float {0,1} (continuous: real tokens) in raster order.
+        ``allocation``: the MBM head's unmasking allocation; ``clip_x0``: the diffusion head's x̂0 clamp
+        (None: each head's own default)."""
         head_kwargs = {}
         alloc = sampling_allocation(self.head, allocation)
         if alloc is not None:
             head_kwargs["allocation"] = alloc
+        if clip_x0 is not None:
+            if getattr(self.head, "token_type", "discrete") != "continuous":
+                raise ConfigError("clip_x0", f"only the diffusion head predicts x0; this generator's head is "
+                                  f"{type(self.head).__name__}", fix="clip_x0=null")
+            head_kwargs["clip_x0"] = clip_x0
         modes = (self.backbone.training, self.head.training)
         self.backbone.eval()
         self.head.eval()

@@ -26,7 +26,7 @@ from torch import nn
 
 from barlab.generator.backbone import ARBackbone
 from barlab.generator.heads import Head
-from barlab.generator.image_generator import generate_images
+from barlab.generator.image_generator import generate_with_settings
 from barlab.generator.order import random_ratio, sample_orders
 from barlab.generator.sampler import ARSampler
 from barlab.generator.token_shuffle import shuffle
@@ -109,10 +109,8 @@ class GeneratorModule(L.LightningModule):
     def generate(self, labels: torch.Tensor, generator: torch.Generator | None = None, **overrides) -> torch.Tensor:
         """labels (B,) → images (B, C, H, W) in [-1, 1], with the ``sampling`` settings (overridable)."""
         opts = {**self.sampling, **overrides}
-        return generate_images(self.sampler, self.tokenizer, self.grid, self.p, labels.to(self.device),
-                               guidance=opts.get("guidance", 1.0), schedule=opts.get("schedule", "linear"),
-                               power=opts.get("power", 1.0), temperature=opts.get("temperature", 1.0),
-                               generator=generator, allocation=opts.get("allocation"))
+        return generate_with_settings(self.sampler, self.tokenizer, self.grid, self.p, labels.to(self.device), opts,
+                                      generator)
 
     def _loss(self, batch: dict, order: torch.Tensor | None, labels: torch.Tensor):
         bits = self.to_steps(self.batch_tokens(batch))

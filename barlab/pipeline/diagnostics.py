@@ -134,7 +134,7 @@ def splice_class_accuracy(sampler: ARSampler, tokenizer: nn.Module, grid: tuple[
         sampler.sample(labels[lo:lo + batch_size], guidance=sampling.get("guidance", 1.0),
                        schedule=sampling.get("schedule", "linear"), power=sampling.get("power", 1.0),
                        temperature=sampling.get("temperature", 1.0), generator=generator,
-                       allocation=sampling.get("allocation"))
+                       allocation=sampling.get("allocation"), clip_x0=sampling.get("clip_x0"))
         for lo in range(0, labels.shape[0], batch_size)])
     out = {}
     for j in splice_points(real_steps.shape[1], max_points):

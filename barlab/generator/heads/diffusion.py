@@ -217,8 +217,13 @@ class DiffusionHead(Head):
 
     @torch.no_grad()
     def sample(self, cond: Tensor, uncond: Tensor | None, guidance: Guidance,
-               temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
-        """Ancestral sampling over the S respaced steps (MAR's ``p_sample_loop``, no clipping of x̂0).
+               temperature: float = 1.0, generator: torch.Generator | None = None,
+               clip_x0: float | None = None) -> Tensor:
+        """Ancestral sampling over the S respaced steps (MAR's ``p_sample_loop``; MAR never clips x̂0).
+
+        ``clip_x0`` (``sampling.clip_x0``): None as MAR; c > 0 clamps the predicted x̂0 to [−c, c] at every
+        step. The first step, at ᾱ_T ≈ 1e-8, divides ε̂'s error by √ᾱ_T ≈ 1e-4: a denoiser trained briefly
+        sends x̂0 to ±1e3 there and the chain never comes back; on unit-std tokens c = 4 keeps it in range.
 
         cond/uncond (N, cond_dim); guidance scalar or (N,). From x ~ N(0, I) (N, D), for i = S−1 … 0:
         (ε̂, v) = ``guided`` at the original step ``timestep_map[i]``; x = mean_i + τ·σ_i·ξ_i, ξ_i ~ N(0, I),
@@ -226,6 +231,9 @@ class DiffusionHead(Head):
         whatever the guidance. -> tokens (N, D) fp32.
         """
         self._check_inputs(cond)
+        if clip_x0 is not None and not (isinstance(clip_x0, (int, float)) and not isinstance(clip_x0, bool)
+                                        and clip_x0 > 0):
+            raise ConfigError("clip_x0", f"must be a positive number or null, got {clip_x0!r}", fix="clip_x0=4")
         schedule = self.sample_schedule
         n_tok = cond.shape[0]
         x = normal((n_tok, self.bits_per_step), generator, cond.device)
@@ -233,7 +241,7 @@ class DiffusionHead(Head):
             for i in reversed(range(schedule.num_steps)):
                 t = torch.full((n_tok,), i, dtype=torch.long, device=cond.device)
                 eps, var_values = self.guided(x, schedule.timestep_map[t], cond, uncond, guidance)
-                mean, log_variance, _ = schedule.p_mean_variance(eps, var_values, x, t)
+                mean, log_variance, _ = schedule.p_mean_variance(eps, var_values, x, t, clip_x0)
                 if i > 0 and temperature != 0:
                     x = mean + torch.exp(0.5 * log_variance) * normal(tuple(x.shape), generator, x.device) * temperature
                 else:

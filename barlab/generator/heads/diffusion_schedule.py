@@ -120,12 +120,13 @@ class GaussianSchedule(nn.Module):
         return self.coef("sqrt_recip_alphas_cumprod", t) * x_t - self.coef("sqrt_recipm1_alphas_cumprod", t) * eps
 
     def p_mean_variance(self, eps: Tensor, var_values: Tensor | None, x_t: Tensor,
-                        t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The model's p(x_{t−1} | x_t) from its epsilon prediction (no clipping of x̂0, as MAR).
+                        t: Tensor, clip_x0: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The model's p(x_{t−1} | x_t) from its epsilon prediction.
 
         eps (R, D); var_values (R, D) in about [−1, 1] (learned range: log σ² = f·log β_t + (1−f)·log β̃_t,
         f = (v+1)/2) or None (fixed large: σ² = β_t, β̃_1 at t = 0); x_t (R, D); t (R,) long.
-        -> (mean (R, D), log-variance (R, D) or (R, 1), x̂0 (R, D)).
+        ``clip_x0``: None (MAR) leaves x̂0 as it is; c > 0 clamps it to [−c, c] before the posterior mean
+        (IDDPM's ``clip_denoised`` at ±c). -> (mean (R, D), log-variance (R, D) or (R, 1), x̂0 (R, D)).
         """
         if var_values is None:
             log_variance = self.coef("fixed_large_log_variance", t)
@@ -134,6 +135,8 @@ class GaussianSchedule(nn.Module):
             max_log, min_log = self.coef("log_betas", t), self.coef("posterior_log_variance_clipped", t)
             log_variance = frac * max_log + (1 - frac) * min_log
         x0 = self.predict_x0(x_t, t, eps)
+        if clip_x0 is not None:
+            x0 = x0.clamp(-clip_x0, clip_x0)
         mean, _ = self.q_posterior(x0, x_t, t)
         return mean, log_variance, x0
 

@@ -222,8 +222,8 @@ def test_logger_and_data_options_build_their_objects(compose_train, tmp_path):
 MBM = {"_target_": "barlab.generator.MBMHead", "width": 192, "depth": 2, "mlp_ratio": 2.6666666666666665,
        "allocation": None, "steps": 4, "mask_ratio_std": 0.8, "unmasked_weight": 0.1, "fourier_dim": 256,
        "mask_ratio_dist": "logit_normal", "mask_ratio_mean": 0.0, "full_mask_share": 0.0, "masked_fill": "mask"}
-SAMPLING = {"guidance": 3.0, "schedule": "linear", "power": 1.0, "temperature": 1.0, "allocation": None, "clip_x0": None,
-            "per_class": 10}
+SAMPLING = {"guidance": 3.0, "schedule": "linear", "power": 1.0, "temperature": 1.0, "allocation": None,
+            "clip_x0": None, "per_class": 10}
 # generator preset -> (its MBM head's width, depth and stored allocation; its sampling settings)
 PRESET_VALUES = {
     "tiny": (dict(width=192, depth=2, allocation=None), dict(guidance=3.0, temperature=1.0)),

@@ -376,6 +376,11 @@ def test_the_generator_stage_pieces_train_sample_save_and_load_continuous_tokens
     assert loaded.tokenizer.latent_scale == tokenizer.latent_scale
     again = loaded.generate(labels, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(again, images, atol=1e-5)
+    # the x0 clamp is a stored sampling setting, as the guidance is
+    save_generator(tmp_path / "clipped.pt", cfg.generator.backbone, cfg.head, module.backbone, module.head,
+                   tokenizer_file, grid=module.grid, token_shuffle=module.p, num_classes=module.num_classes,
+                   sampling={"guidance": 1.5, "clip_x0": 4.0, "per_class": 10})
+    assert load_generator(tmp_path / "clipped.pt")[0].sampling == {"guidance": 1.5, "clip_x0": 4.0}
     # the same images through generate_images by hand: decode_tokens of the unshuffled samples
     steps = module.sampler.sample(labels, guidance=1.5, generator=torch.Generator().manual_seed(0))
     by_hand = tokenizer.decode_tokens(unshuffle(steps, (4, 4), 2), (4, 4)).clamp(-1, 1)

@@ -25,7 +25,7 @@ from barlab.utils.io import atomic_torch_save, describe_payload, load_torch_file
 # /2: the MBM head's adaLN modulations are Sequential(SiLU, Linear), as in the official code
 FORMAT = "barlab.generator/2"
 OLD_FORMATS = ("barlab.generator/1",)
-SAMPLING_KEYS = ("guidance", "schedule", "power", "temperature", "allocation")
+SAMPLING_KEYS = ("guidance", "schedule", "power", "temperature", "allocation", "clip_x0")  # stored in generator.pt
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from barlab.analysis.grid import best_points
 from barlab.analysis.plots import finish, label_fid_axis
@@ -25,6 +26,7 @@ KEEP = ("token_head", "channels_per_token", "bits_per_image", "family", "head", 
         "class_accuracy", "precision", "recall", "generator_train_time_s", "sampling_images_per_s", "metrics_label",
         "run_dir")
 BEST = ("guidance", "temperature", "fid", "class_accuracy", "precision", "recall")
+LABEL_OFFSETS = ((4, 3), (4, -9), (-28, 4))  # points' labels on alternating sides: close points stay legible
 SPEED = {"sample_images_per_s": "bench_sample_images_per_s", "train_steps_per_s": "bench_train_steps_per_s"}
 
 
@@ -56,8 +58,8 @@ def budget_table(jobs, grid, speed: pd.DataFrame | None = None):
 
 
 def plot_generation_budget(table, path=None):
-    """Left: gFID (the preset, and each job's best grid point where there is one) against bits per image,
-    one line per tokenizer + head. Right: gFID (the best point where there is one) against sampling
+    """Left: gFID (the preset, and each job's best grid point where there is one; log scale) against bits
+    per image, one line per tokenizer + head. Right: gFID (the best point where there is one) against sampling
     images/s: the side-by-side benchmark's where the table has it, else the jobs' own."""
     fig = Figure(figsize=(11, 4))
     left, right = fig.subplots(1, 2)
@@ -66,7 +68,7 @@ def plot_generation_budget(table, path=None):
     for pair in [p for p in PAIRS if p in set(table["token_head"])]:
         rows = table[table["token_head"] == pair].sort_values("bits_per_image")
         style = STYLE.get(pair, dict(marker="o", label=pair))
-        line = left.plot(rows["bits_per_image"], rows["gfid"], **style)[0]
+        line = left.plot(rows["bits_per_image"], rows["gfid"], **{**style, "label": f"{style['label']}, preset"})[0]
         fid = rows["gfid"]
         if "best_fid" in rows and rows["best_fid"].notna().any():
             left.plot(rows["bits_per_image"], rows["best_fid"], marker=style["marker"], linestyle=":",
@@ -74,17 +76,23 @@ def plot_generation_budget(table, path=None):
             fid = rows["best_fid"].fillna(rows["gfid"])
         right.plot(rows[speed], fid, marker=style["marker"], color=line.get_color(), linestyle=style.get("linestyle"),
                    label=style["label"])
-        for (_, row), y in zip(rows.iterrows(), fid):
+        for i, ((_, row), y) in enumerate(zip(rows.iterrows(), fid)):
             right.annotate(f"{int(row['bits_per_image'])}", (row[speed], y), fontsize=7,
-                           xytext=(3, 3), textcoords="offset points")
+                           xytext=LABEL_OFFSETS[i % len(LABEL_OFFSETS)], textcoords="offset points")
     left.set_xscale("log", base=2)
+    left.set_yscale("log")  # a sampler that fails (tens) and the working points (units) on one axis
     left.set_xlabel("bits per image (KL: 16 bits per channel)")
     right.set_xscale("log")
-    right.set_xlabel("sampling images/s, " + ("side by side in one process (bench=generation_budget)" if bench
-                                              else "each job's own scored samples"))
+    right.set_xlabel("sampling images/s\n" + ("side by side in one process (bench=generation_budget)" if bench
+                                               else "each job's own scored samples, separate processes"))
     label_fid_axis(left, table, "gFID (lower is better)")
     label_fid_axis(right, table, "gFID, best grid point (lower is better)")
+    for axis, subs in ((left.yaxis, (1, 1.5, 2, 3, 5, 7)), (right.xaxis, (1, 2, 5))):  # plain numbers, not 10^x
+        axis.set_major_locator(LogLocator(subs=subs))
+        axis.set_minor_formatter(NullFormatter())
     for ax in (left, right):
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return finish(fig, "Study 3: discrete against continuous tokens at the generator", path)

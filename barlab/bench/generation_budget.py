@@ -19,7 +19,9 @@ The points are timed in rounds, in a rotated order each round, and each number i
 
 from __future__ import annotations
 
+import logging
 import statistics
+import time
 
 import torch
 
@@ -29,6 +31,7 @@ from barlab.bench.steps import BareTrainer, random_batch
 from barlab.bench.timing import measure
 from barlab.generator.image_generator import SAMPLING_KEYS
 
+log = logging.getLogger("barlab")
 TOKEN_HEADS = ("fsq_mbm", "fsq_bitwise", "kl_diffusion")
 GUIDANCE, NUM_CLASSES = 3.0, 10
 TINY = ("generator.backbone.width=32", "generator.backbone.depth=1", "generator.backbone.heads=2",
@@ -102,10 +105,13 @@ class Point:
 def run(ctx: BenchContext) -> dict:
     s = ctx.pick(SIZES)
     points = [Point(t, c, s, ctx) for c in s["channels"] for t in TOKEN_HEADS]
+    start = time.perf_counter()
     for r in range(s["rounds"]):
         shift = r % len(points)
         for point in points[shift:] + points[:shift]:      # a rotated order each round
             point.time_once(first=r == 0)
+        log.info("generation_budget: round %d/%d of %d points done, %.0f s", r + 1, s["rounds"], len(points),
+                 time.perf_counter() - start)
     rows = [p.result() for p in points]
     return {"rows": rows, "ratios": budget_ratios(rows),
             "notes": [f"study 3's generators (experiment=head_study token_head=... channels_per_token=...), "

@@ -14,6 +14,12 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # The session's shared smoke pipeline (the ``smoke_run`` fixture of conftest.py): its command line.
 SMOKE_RUN_ARGS = ("experiment=smoke", "run_name=smoke")
+# barlab.sample / barlab.evaluate on experiment=smoke's data and metrics sizes (its cached classifier, no new one)
+SMOKE_DATA = ["data=synthetic", "data.image_size=16"]
+SMOKE_CLASSIFIER = ["metrics.classifier.width=8", "metrics.classifier.max_steps=20"]   # names its cached file
+SMOKE_METRICS = [*SMOKE_CLASSIFIER, "metrics.classifier.batch_size=32", "metrics.reference.max_samples=256",
+                 "metrics.batch_size=64", "metrics.kid_subset_size=32",
+                 "trainer.enable_progress_bar=false"]
 
 
 def run_module(module: str, *args: str, cwd: Path, timeout: int = 600,

@@ -11,12 +11,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.helpers import call_main, error_lines, read_json, run_module, run_modules
-
-SMOKE_DATA = ["data=synthetic", "data.image_size=16"]
-SMOKE_METRICS = ["metrics.classifier.width=8", "metrics.classifier.max_steps=20", "metrics.classifier.batch_size=32",
-                 "metrics.reference.max_samples=256", "metrics.batch_size=64", "metrics.kid_subset_size=32",
-                 "trainer.enable_progress_bar=false"]
+from tests.helpers import SMOKE_DATA, SMOKE_METRICS, call_main, error_lines, read_json, run_module, run_modules
 
 
 @pytest.mark.quick

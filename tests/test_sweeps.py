@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import REPO, call_main, error_lines, read_json, run_module
+from tests.helpers import REPO, SMOKE_CLASSIFIER, SMOKE_DATA, call_main, error_lines, read_json, run_module
 
 SWEEPS = REPO / "sweeps"
 
@@ -201,8 +201,7 @@ def test_mbm_ablation_study_in_two_parts_table_figure_and_notebook(tmp_path):
     assert full["generator"]["bits_per_step"] == 16 and full["tokenizer_cached"] is True
     # a g x tau grid on the MBM job of part 1
     proc = call_main("barlab.sample", "-m", f"ckpt={parts[0] / '1'}", "score=true", "per_class=2", "png=false",
-                     "data=synthetic", "data.image_size=16", "sampling.guidance=1.5,3", "sampling.temperature=1",
-                     cwd=tmp_path)
+                     *SMOKE_DATA, *SMOKE_CLASSIFIER, "sampling.guidance=1.5,3", "sampling.temperature=1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     proc = call_main("barlab.analysis", str(parts[0]), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -25,7 +25,14 @@ from barlab.utils.io import atomic_torch_save, describe_payload, load_torch_file
 # /2: the MBM head's adaLN modulations are Sequential(SiLU, Linear), as in the official code
 FORMAT = "barlab.generator/2"
 OLD_FORMATS = ("barlab.generator/1",)
-SAMPLING_KEYS = ("guidance", "schedule", "power", "temperature", "allocation", "clip_x0")  # stored in generator.pt
+# the sampler's keyword settings (``ARSampler.sample``, :func:`generate_images`), stored in generator.pt
+SAMPLING_KEYS = ("guidance", "schedule", "power", "temperature", "allocation", "clip_x0")
+
+
+def sampling_settings(settings) -> dict:
+    """The :data:`SAMPLING_KEYS` entries of a ``sampling`` mapping (dict or DictConfig), as keyword arguments of
+    ``ARSampler.sample`` / :func:`generate_images`; the missing ones keep those functions' defaults."""
+    return {k: settings[k] for k in SAMPLING_KEYS if k in settings}
 
 
 @torch.no_grad()
@@ -46,13 +53,9 @@ def generate_images(sampler: ARSampler, tokenizer: nn.Module, grid: tuple[int, i
 def generate_with_settings(sampler: ARSampler, tokenizer: nn.Module, grid: tuple[int, int], token_shuffle: int,
                            labels: torch.Tensor, settings: dict, generator: torch.Generator | None = None
                            ) -> torch.Tensor:
-    """:func:`generate_images` with a ``sampling`` settings dict (guidance, schedule, power, temperature,
-    allocation, clip_x0; missing keys take their defaults)."""
-    return generate_images(sampler, tokenizer, grid, token_shuffle, labels,
-                           guidance=settings.get("guidance", 1.0), schedule=settings.get("schedule", "linear"),
-                           power=settings.get("power", 1.0), temperature=settings.get("temperature", 1.0),
-                           generator=generator, allocation=settings.get("allocation"),
-                           clip_x0=settings.get("clip_x0"))
+    """:func:`generate_images` with a ``sampling`` settings dict (:func:`sampling_settings`)."""
+    return generate_images(sampler, tokenizer, grid, token_shuffle, labels, generator=generator,
+                           **sampling_settings(settings))
 
 
 def decode_steps(tokenizer: nn.Module, steps: torch.Tensor, grid: tuple[int, int], token_shuffle: int,
@@ -74,7 +77,7 @@ class ImageGenerator(nn.Module):
         self.backbone, self.head = backbone, head
         self.tokenizer = tokenizer.eval().requires_grad_(False)
         self.grid, self.token_shuffle = tuple(grid), int(token_shuffle)
-        self.sampling = {k: v for k, v in (sampling or {}).items() if k in SAMPLING_KEYS}
+        self.sampling = sampling_settings(sampling or {})
         self.sampler = ARSampler(backbone, head)
 
     @property
@@ -121,7 +124,7 @@ def save_generator(path: str | Path, backbone_cfg, head_cfg, backbone: nn.Module
         "token_shuffle": int(token_shuffle),
         "num_classes": int(num_classes),
         "bits_per_step": int(head.bits_per_step),
-        "sampling": {k: v for k, v in plain(sampling).items() if k in SAMPLING_KEYS},
+        "sampling": sampling_settings(plain(sampling)),
         **token_type_entry(backbone),
         **(extra or {}),
     }

@@ -29,7 +29,7 @@ from barlab.bench.context import BenchContext, ratio
 from barlab.bench.models import build_module, compose_train, count_params
 from barlab.bench.steps import BareTrainer, random_batch
 from barlab.bench.timing import measure
-from barlab.generator.image_generator import sampling_settings
+from barlab.generator.image_generator import sampler_kwargs
 
 log = logging.getLogger("barlab")
 TOKEN_HEADS = ("fsq_mbm", "fsq_bitwise", "kl_diffusion")
@@ -76,7 +76,7 @@ class Point:
                     count_params(module.head), "batch": batch_size, "sample_batch": s["sample_batch"]}
         self.batch = random_batch(module, batch_size, ctx.seed)
         self.trainer = BareTrainer(module, ctx.device, "32-true", total_steps=10_000)
-        self.sampling = {**sampling_settings(module.sampling), "guidance": GUIDANCE}
+        self.sampling = {**sampler_kwargs(module.sampling), "guidance": GUIDANCE}
         self.labels = torch.arange(s["sample_batch"], device=ctx.device) % NUM_CLASSES
         self.module, self.ctx = module, ctx
         self.train_s: list[float] = []

@@ -29,7 +29,7 @@ OLD_FORMATS = ("barlab.generator/1",)
 SAMPLING_KEYS = ("guidance", "schedule", "power", "temperature", "allocation", "clip_x0")
 
 
-def sampling_settings(settings) -> dict:
+def sampler_kwargs(settings) -> dict:
     """The :data:`SAMPLING_KEYS` entries of a ``sampling`` mapping (dict or DictConfig), as keyword arguments of
     ``ARSampler.sample`` / :func:`generate_images`; the missing ones keep those functions' defaults."""
     return {k: settings[k] for k in SAMPLING_KEYS if k in settings}
@@ -53,9 +53,9 @@ def generate_images(sampler: ARSampler, tokenizer: nn.Module, grid: tuple[int, i
 def generate_with_settings(sampler: ARSampler, tokenizer: nn.Module, grid: tuple[int, int], token_shuffle: int,
                            labels: torch.Tensor, settings: dict, generator: torch.Generator | None = None
                            ) -> torch.Tensor:
-    """:func:`generate_images` with a ``sampling`` settings dict (:func:`sampling_settings`)."""
+    """:func:`generate_images` with a ``sampling`` settings dict (:func:`sampler_kwargs`)."""
     return generate_images(sampler, tokenizer, grid, token_shuffle, labels, generator=generator,
-                           **sampling_settings(settings))
+                           **sampler_kwargs(settings))
 
 
 def decode_steps(tokenizer: nn.Module, steps: torch.Tensor, grid: tuple[int, int], token_shuffle: int,
@@ -77,7 +77,7 @@ class ImageGenerator(nn.Module):
         self.backbone, self.head = backbone, head
         self.tokenizer = tokenizer.eval().requires_grad_(False)
         self.grid, self.token_shuffle = tuple(grid), int(token_shuffle)
-        self.sampling = sampling_settings(sampling or {})
+        self.sampling = sampler_kwargs(sampling or {})
         self.sampler = ARSampler(backbone, head)
 
     @property
@@ -124,7 +124,7 @@ def save_generator(path: str | Path, backbone_cfg, head_cfg, backbone: nn.Module
         "token_shuffle": int(token_shuffle),
         "num_classes": int(num_classes),
         "bits_per_step": int(head.bits_per_step),
-        "sampling": sampling_settings(plain(sampling)),
+        "sampling": sampler_kwargs(plain(sampling)),
         **token_type_entry(backbone),
         **(extra or {}),
     }

@@ -41,7 +41,7 @@ from barlab.generator.diagnostics import (
     unmasking_step_accuracy,
 )
 from barlab.generator.heads import Head
-from barlab.generator.image_generator import decode_steps, sampling_settings
+from barlab.generator.image_generator import decode_steps, sampler_kwargs
 from barlab.generator.sampler import ARSampler
 from barlab.generator.token_shuffle import shuffle
 from barlab.utils.image_grid import float_to_uint8
@@ -131,7 +131,7 @@ def splice_class_accuracy(sampler: ARSampler, tokenizer: nn.Module, grid: tuple[
     ``{"diag_splice{j}_class_acc": accuracy}``; j = 0 is the real tokens decoded, j = L plain samples.
     ``token_type``: how the steps decode (``discrete`` bits or ``continuous`` tokens)."""
     generated = torch.cat([
-        sampler.sample(labels[lo:lo + batch_size], generator=generator, **sampling_settings(sampling))
+        sampler.sample(labels[lo:lo + batch_size], generator=generator, **sampler_kwargs(sampling))
         for lo in range(0, labels.shape[0], batch_size)])
     out = {}
     for j in splice_points(real_steps.shape[1], max_points):
